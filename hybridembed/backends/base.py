@@ -1,0 +1,36 @@
+"""The contract between the engine and a compute backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class BackendOutOfMemory(Exception):
+    """Raised by a backend when a batch does not fit; the engine splits and retries."""
+
+
+@dataclass(frozen=True)
+class BackendOutput:
+    """Padded outputs of one forward pass over a ``(batch, length)`` token matrix.
+
+    dense: ``(batch, hidden)`` pooled, not normalised.
+    token_weights: ``(batch, length)`` learned sparse weight of every position
+    (``relu(W_s h_t + b)``), special tokens not yet removed.
+    token_vectors: ``(batch, length - 1, dim)`` per-token vectors of every position after
+    the first (CLS), L2-normalised, zero where padded.
+    """
+
+    dense: np.ndarray | None = None
+    token_weights: np.ndarray | None = None
+    token_vectors: np.ndarray | None = None
+
+
+class Backend(Protocol):
+    device: str
+    dtype: str
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, dense: bool,
+                sparse: bool, multivector: bool) -> BackendOutput: ...

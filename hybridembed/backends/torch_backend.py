@@ -1,0 +1,119 @@
+"""The PyTorch backend: loads the checkpoint in process (SDPA attention, fp32 on CPU,
+bf16/fp16 on GPU) and runs :class:`EncoderWithHeads` under ``inference_mode``."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from ..errors import InvalidOptionError
+from ..registry import ModelSpec
+from .base import BackendOutOfMemory, BackendOutput
+from .torch_model import EncoderWithHeads, load_linear_head
+
+log = logging.getLogger(__name__)
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16,
+                                  "bf16": torch.bfloat16}
+
+
+def pick_device(device: str) -> str:
+    base = device.split(":", 1)[0]
+    if base not in DEVICES:
+        raise InvalidOptionError(f"unknown device {device!r}; valid: {', '.join(DEVICES)} "
+                                 "(optionally cuda:N)", "device")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if base == "cuda" and not torch.cuda.is_available():
+        raise InvalidOptionError("device 'cuda' asked for but torch sees no CUDA GPU; use "
+                                 "device='auto' or 'cpu'", "device")
+    return device
+
+
+def pick_dtype(dtype: str | None, device: str) -> str:
+    if dtype in (None, "auto"):
+        if device.startswith("cuda"):
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp16" if device == "mps" else "fp32"
+    if dtype not in DTYPES:
+        raise InvalidOptionError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(DTYPES)}",
+                                 "dtype")
+    return dtype
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text
+                                               or "not enough memory" in text)
+
+
+def _load_encoder(auto_model, spec: ModelSpec, torch_dtype: torch.dtype):
+    """The bare encoder with SDPA attention. BERT-family classes also build a pooler head
+    that embeddings never use; it is left out, and its weights' absence or presence is not
+    worth a warning. Any other missing weight is."""
+    from transformers.utils import logging as hf_logging
+
+    kwargs = {"attn_implementation": "sdpa", "dtype": torch_dtype, "output_loading_info": True}
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        try:
+            encoder, info = auto_model.from_pretrained(spec.path, add_pooling_layer=False, **kwargs)
+        except TypeError:
+            encoder, info = auto_model.from_pretrained(spec.path, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith("pooler.")]
+    if missing:
+        log.warning("%s: %d encoder weights missing from the checkpoint and randomly "
+                    "initialised (first: %s); embeddings will be meaningless",
+                    spec.name, len(missing), ", ".join(sorted(missing)[:3]))
+    return encoder
+
+
+class TorchBackend:
+    def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str | None = None,
+                 threads: int | None = None):
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        if threads:
+            torch.set_num_threads(int(threads))
+        torch_dtype = DTYPES[self.dtype]
+        encoder = _load_encoder(AutoModel, spec, torch_dtype)
+        sparse = load_linear_head(spec.sparse_head, torch_dtype) if spec.sparse_head else None
+        colbert = load_linear_head(spec.colbert_head, torch_dtype) if spec.colbert_head else None
+        self.module = EncoderWithHeads(encoder, spec.pooling, sparse, colbert)
+        self.module.to(self.device).eval()
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, dense: bool,
+                sparse: bool, multivector: bool) -> BackendOutput:
+        try:
+            with torch.inference_mode():
+                ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
+                mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
+                pooled, weights, vectors = self.module(ids, mask, dense, sparse, multivector)
+                return BackendOutput(
+                    dense=None if pooled is None else pooled.float().cpu().numpy(),
+                    token_weights=None if weights is None else weights.float().cpu().numpy(),
+                    token_vectors=None if vectors is None else vectors.cpu().numpy(),
+                )
+        except Exception as exc:
+            if _is_oom(exc):
+                if self.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                raise BackendOutOfMemory(str(exc)) from exc
+            raise

@@ -1,0 +1,131 @@
+"""The ``hybridembed`` command line: parse flags into settings, call the library, print.
+Errors from the library become one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import registry
+from .config import ENV_DOC, Settings
+from .errors import HybridEmbedError
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="alias, folder or Hugging Face id (env HYBRIDEMBED_MODEL)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--dtype", help="auto, fp32, fp16, bf16")
+    p.add_argument("--max-batch-tokens", type=int, help="padded tokens per forward pass")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybridembed", description="Dense, sparse and ColBERT embeddings from one pass.",
+        epilog="Environment: " + "; ".join(f"{k}: {v}" for k, v in ENV_DOC.items()))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    embed = sub.add_parser("embed", help="embed texts and show what came out")
+    embed.add_argument("texts", nargs="+", help="texts to embed ('-' reads lines from stdin)")
+    embed.add_argument("--sparse", action="store_true", help="also the sparse lexical vector")
+    embed.add_argument("--multivector", action="store_true", help="also per-token vectors")
+    embed.add_argument("--no-dense", action="store_true", help="skip the dense vector")
+    embed.add_argument("--query", action="store_true", help="embed as queries, not documents")
+    embed.add_argument("--dimensions", type=int, help="truncate dense vectors (Matryoshka)")
+    embed.add_argument("--no-truncate", action="store_true",
+                       help="fail on texts over the model's limit instead of cutting them")
+    embed.add_argument("--top", type=int, default=8, help="sparse tokens to show per text")
+    embed.add_argument("--json", action="store_true", help="print JSON (full vectors)")
+    _add_model_flags(embed)
+
+    models = sub.add_parser("models", help="list the models resolvable on this machine")
+    models.add_argument("--json", action="store_true")
+
+    pull = sub.add_parser("pull", help="download a model into the Hugging Face cache")
+    pull.add_argument("model")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"embed": cmd_embed, "models": cmd_models, "pull": cmd_pull}[args.command](args)
+    except HybridEmbedError as exc:
+        print(f"hybridembed: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _settings(args) -> Settings:
+    return Settings.from_env(model=args.model, device=args.device, dtype=args.dtype,
+                             max_batch_tokens=args.max_batch_tokens)
+
+
+def cmd_embed(args) -> int:
+    from .service import Embedder
+
+    texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
+    embedder = Embedder(**_settings(args).embedder_options())
+    result = embedder.embed(texts, dense=not args.no_dense, sparse=args.sparse,
+                            multivector=args.multivector,
+                            kind="query" if args.query else "document",
+                            truncate=not args.no_truncate, dimensions=args.dimensions)
+    if args.json:
+        rows = []
+        for text, item in zip(texts, result, strict=True):
+            row = {"text": text, "tokens": item.tokens}
+            if item.dense is not None:
+                row["dense"] = item.dense.tolist()
+            if item.sparse is not None:
+                row["sparse"] = item.sparse.to_json()
+                row["sparse_tokens"] = embedder.sparse_tokens(item.sparse, text)
+            if item.multivector is not None:
+                row["multivector"] = item.multivector.tolist()
+            rows.append(row)
+        json.dump({"model": result.model, "data": rows}, sys.stdout)
+        print()
+        return 0
+    spec = embedder.spec
+    print(f"model {spec.name} ({spec.model_type}, {embedder.device}/{embedder.dtype}), "
+          f"dense {result.dense.shape[1] if result.dense is not None else '-'}-d, "
+          f"sparse {spec.sparse_kind}, multivector {spec.multivector_dim}-d")
+    for i, (text, item) in enumerate(zip(texts, result, strict=True)):
+        print(f"\n[{i}] {text[:70]!r} ({item.tokens} tokens)")
+        if item.dense is not None:
+            head = ", ".join(f"{v:+.4f}" for v in item.dense[:6])
+            print(f"  dense       {len(item.dense)}-d  [{head}, ...]")
+        if item.sparse is not None:
+            top = list(embedder.sparse_tokens(item.sparse, text).items())[:args.top]
+            shown = "  ".join(f"{tok}:{w:.3f}" for tok, w in top)
+            print(f"  sparse      {len(item.sparse)} terms  {shown}")
+        if item.multivector is not None:
+            print(f"  multivector {item.multivector.shape[0]} x {item.multivector.shape[1]}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    rows = registry.available()
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"{'name':<22} {'dim':>5} {'max_len':>7} {'pooling':<9} {'sparse':<8} {'colbert':<7} "
+          "where / why not")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['name']:<22} {'-':>5} {'-':>7} {'-':<9} {'-':<8} {'-':<7} "
+                  f"not here: {row['error'][:90]}")
+            continue
+        print(f"{row['name']:<22} {row['dim']:>5} {row['max_length']:>7} {row['pooling']:<9} "
+              f"{row['sparse']:<8} {'yes' if row['colbert_head'] else 'no':<7} {row['path']}")
+    return 0
+
+
+def cmd_pull(args) -> int:
+    path = registry.pull(args.model)
+    print(f"{args.model}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""The one exception tree of hybridembed.
+
+Every error a caller can see derives from :class:`HybridEmbedError`. Errors about bad
+input also derive from the matching built-in (``TypeError``/``ValueError``) so callers
+that already catch those keep working. Each edge (CLI, HTTP) maps this tree to its own
+wire format in one place.
+"""
+
+from __future__ import annotations
+
+
+class HybridEmbedError(Exception):
+    """Base class of every error raised by hybridembed."""
+
+
+class ModelNotFoundError(HybridEmbedError, LookupError):
+    """A model name could not be resolved to files on this machine."""
+
+
+class UnsupportedModelError(HybridEmbedError, ValueError):
+    """The model's files describe something this version cannot run."""
+
+
+class InvalidInputError(HybridEmbedError, TypeError):
+    """An input text is not a string (``None``, a number, a nested list...)."""
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index
+
+
+class InvalidOptionError(HybridEmbedError, ValueError):
+    """An option has a value outside what is valid; the message lists the valid ones."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+
+class InputTooLongError(HybridEmbedError, ValueError):
+    """One or more texts exceed the model's token limit and truncation was refused.
+
+    ``too_long`` maps each offending caller index to its token count. The other texts of
+    the call were embedded: ``partial`` holds their result (rows in the order of
+    ``partial_indices``) so nothing already accepted is lost.
+    """
+
+    def __init__(self, too_long: dict[int, int], limit: int, partial=None, partial_indices=()):
+        shown = ", ".join(f"#{i} has {n} tokens" for i, n in list(too_long.items())[:10])
+        more = f" (and {len(too_long) - 10} more)" if len(too_long) > 10 else ""
+        super().__init__(
+            f"{len(too_long)} text(s) exceed the model limit of {limit} tokens: {shown}{more}. "
+            "Pass truncate=True to cut them to the limit, or split them."
+        )
+        self.too_long = too_long
+        self.limit = limit
+        self.partial = partial
+        self.partial_indices = list(partial_indices)
+
+
+class OutOfMemoryError(HybridEmbedError, MemoryError):
+    """A single text did not fit in device memory even alone in its batch."""
+
+    def __init__(self, index: int, tokens: int, device: str):
+        super().__init__(
+            f"out of memory on {device} embedding text #{index} ({tokens} tokens) even in a "
+            "batch of one; lower max_length, use a smaller dtype, or move to a larger device"
+        )
+        self.index = index
+        self.tokens = tokens
+
+
+class UnsupportedOutputError(HybridEmbedError, ValueError):
+    """The chosen backend or model cannot produce a requested output kind."""
+
+
+class NetworkUnavailableError(HybridEmbedError, ConnectionError):
+    """A download was asked for but no network (or hub) can be reached."""

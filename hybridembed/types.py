@@ -1,0 +1,64 @@
+"""Values that cross layers: what an embedding call returns. No logic beyond access."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .sparse import SparseVector
+
+Kind = Literal["document", "query"]
+KINDS: tuple[str, ...] = ("document", "query")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of a call: per text (after truncation, special tokens included)."""
+
+    tokens: list[int] = field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int:
+        return int(sum(self.tokens))
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """Every requested representation of one text."""
+
+    dense: np.ndarray | None
+    sparse: SparseVector | None
+    multivector: np.ndarray | None
+    tokens: int
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """The result of one ``embed`` call, rows in the caller's order.
+
+    ``dense`` is an ``(n, dim)`` float32 matrix, ``sparse`` a list of
+    :class:`SparseVector`, ``multivector`` a list of ``(tokens, dim)`` float32 matrices;
+    each is ``None`` when it was not requested.
+    """
+
+    model: str
+    dense: np.ndarray | None
+    sparse: list[SparseVector] | None
+    multivector: list[np.ndarray] | None
+    usage: Usage
+
+    def __len__(self) -> int:
+        return len(self.usage.tokens)
+
+    def __getitem__(self, i: int) -> Embedding:
+        return Embedding(
+            dense=None if self.dense is None else self.dense[i],
+            sparse=None if self.sparse is None else self.sparse[i],
+            multivector=None if self.multivector is None else self.multivector[i],
+            tokens=self.usage.tokens[i],
+        )
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))

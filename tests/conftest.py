@@ -1,0 +1,30 @@
+"""Test set-up: nothing reaches a model hub; shared models are built or loaded once."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from tests.models import build_tiny_bge_m3  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from hybridembed import Embedder
+
+    return Embedder("minilm", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_m3_dir(tmp_path_factory):
+    """A randomly initialised XLM-RoBERTa saved in BGE-M3's layout."""
+    return build_tiny_bge_m3(tmp_path_factory.mktemp("tiny-bge-m3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_m3(tiny_m3_dir):
+    from hybridembed import Embedder
+
+    return Embedder(str(tiny_m3_dir), device="cpu", cache_size=0)
