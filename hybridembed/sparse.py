@@ -120,7 +120,7 @@ def prune(vector: SparseVector, min_weight: float | None = None,
     index first). The result stays sorted by index."""
     keep = np.ones(len(vector), bool)
     if min_weight is not None:
-        keep &= vector.values >= min_weight
+        keep &= vector.values.astype(np.float64) >= float(min_weight)
     idx, val = vector.indices[keep], vector.values[keep]
     if top_k is not None:
         if top_k < 0:

@@ -57,7 +57,8 @@ def build_tiny_bge_m3(folder: Path, hidden: int = 32, colbert_dim: int | None = 
                folder / "colbert_linear.pt")
     (folder / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize",
          "type": "sentence_transformers.models.Normalize"}]))
     (folder / "1_Pooling").mkdir(exist_ok=True)

@@ -1,0 +1,31 @@
+"""Token-budget packing, a pure function."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hybridembed.engine import pack_by_token_budget
+
+
+@given(st.lists(st.integers(1, 600), max_size=200), st.integers(1, 5000),
+       st.one_of(st.none(), st.integers(1, 64)))
+def test_every_text_once_and_budget_kept(lengths, budget, max_items):
+    batches = pack_by_token_budget(lengths, budget, max_items)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    for batch in batches:
+        padded = max(lengths[i] for i in batch) * len(batch)
+        assert padded <= budget or len(batch) == 1
+        assert max_items is None or len(batch) <= max_items
+
+
+def test_longest_first_and_similar_lengths_together():
+    lengths = [5, 100, 6, 98, 5, 101]
+    batches = pack_by_token_budget(lengths, 210)
+    assert batches[0] == [5, 1]
+    assert [lengths[i] for i in batches[-1]] == [5, 5]
+
+
+def test_bad_budget():
+    with pytest.raises(ValueError):
+        pack_by_token_budget([1, 2], 0)

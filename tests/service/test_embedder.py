@@ -1,0 +1,157 @@
+"""Behaviour of Embedder.embed through the public API: outputs, cache, bad input,
+truncation, out-of-memory splitting and threads."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from hybridembed import (
+    Embedder,
+    InputTooLongError,
+    InvalidInputError,
+    InvalidOptionError,
+    OutOfMemoryError,
+)
+from hybridembed.backends import BackendOutOfMemory
+
+
+def test_outputs_and_usage(minilm):
+    r = minilm.embed(["the cat sat on the mat", "dogs"], sparse=True, multivector=True)
+    assert r.dense.shape == (2, 384) and r.dense.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(r.dense, axis=1), 1.0, atol=1e-5)
+    assert r.usage.tokens == [8, 3] and r.usage.total_tokens == 11
+    assert [m.shape for m in r.multivector] == [(7, 384), (2, 384)]
+    np.testing.assert_allclose(np.linalg.norm(r.multivector[0], axis=1), 1.0, atol=1e-5)
+    assert len(r) == 2 and r[1].tokens == 3
+
+
+def test_bm25_sparse_matches_qdrant_edge(minilm):
+    from qdrant_edge import Bm25
+
+    text = "Running runners run quickly; the runner runs."
+    bm25 = Bm25()
+    for kind, fn in (("document", bm25.embed_document), ("query", bm25.embed_query)):
+        ours = minilm.embed([text], dense=False, sparse=True, kind=kind).sparse[0]
+        ref = fn(text)
+        assert ours.to_dict() == pytest.approx(dict(zip(ref.indices, ref.values, strict=True)))
+    tokens = minilm.sparse_tokens(ours, text)
+    assert "quickly" in tokens and "the" not in tokens  # stopwords are dropped
+
+
+def test_empty_list_and_empty_string(minilm):
+    r = minilm.embed([], sparse=True, multivector=True)
+    assert r.dense.shape == (0, 384) and r.sparse == [] and r.multivector == [] and len(r) == 0
+    r = minilm.embed([""])
+    assert r.dense.shape == (1, 384) and r.usage.tokens == [2]
+
+
+def test_dimensions_truncate_and_renormalise(minilm):
+    full = minilm.embed(["matryoshka"]).dense[0]
+    short = minilm.embed(["matryoshka"], dimensions=64).dense[0]
+    assert short.shape == (64,)
+    np.testing.assert_allclose(short, full[:64] / np.linalg.norm(full[:64]), atol=1e-6)
+
+
+def test_query_embedding(minilm):
+    q = minilm.embed_query("what is hybrid search?", sparse=True)
+    assert q.dense.shape == (384,) and np.all(q.sparse.values == 1.0)
+
+
+@pytest.mark.parametrize("bad, index", [([None], 0), (["ok", 3], 1), (["ok", ["nested"]], 1),
+                                        (["a", "b", b"bytes"], 2)])
+def test_non_string_items_name_the_index(minilm, bad, index):
+    with pytest.raises(InvalidInputError, match=f"#{index}") as err:
+        minilm.embed(bad)
+    assert err.value.index == index and isinstance(err.value, TypeError)
+
+
+def test_non_list_input(minilm):
+    with pytest.raises(TypeError, match="list of strings"):
+        minilm.embed(42)
+
+
+@pytest.mark.parametrize("options, valid", [
+    ({"kind": "passage"}, "document, query"),
+    ({"dimensions": 0}, "1 to 384"),
+    ({"dimensions": 385}, "1 to 384"),
+    ({"dense": False}, "at least one output"),
+    ({"sparse": "yes"}, "True or False"),
+])
+def test_bad_options_list_what_is_valid(minilm, options, valid):
+    with pytest.raises(InvalidOptionError, match=valid):
+        minilm.embed(["x"], **options)
+
+
+def test_unknown_device_and_model():
+    with pytest.raises(InvalidOptionError, match="valid: auto, cpu, cuda, mps"):
+        Embedder("minilm", device="tpu")
+    with pytest.raises(LookupError, match="bge-m3.*minilm"):
+        Embedder("no-such-model")
+
+
+def test_too_long_without_truncation_keeps_the_rest(minilm):
+    long_text = "word " * 400
+    with pytest.raises(InputTooLongError, match="#1 has 402 tokens") as err:
+        minilm.embed(["short one", long_text, "short two"], truncate=False)
+    e = err.value
+    assert e.too_long == {1: 402} and e.limit == 256 and e.partial_indices == [0, 2]
+    expected = minilm.embed(["short one", "short two"]).dense
+    np.testing.assert_allclose(e.partial.dense, expected, atol=1e-6)
+    assert minilm.embed([long_text]).usage.tokens == [256]  # truncated by default
+
+
+def test_cache_hits_stats_and_in_call_duplicates():
+    emb = Embedder("minilm", device="cpu", cache_size=3)
+    before = emb.stats()["encoder"]["texts"]
+    first = emb.embed(["a", "b", "a", "a"])
+    assert emb.stats()["encoder"]["texts"] - before == 2  # duplicates computed once
+    np.testing.assert_array_equal(first.dense[0], first.dense[3])
+    emb.embed(["a", "b"])
+    cache = emb.stats()["cache"]
+    assert cache["hits"] == 2 and cache["misses"] == 2 and cache["entries"] == 2
+    emb.embed(["c", "d"])
+    assert emb.stats()["cache"]["evictions"] == 1
+    emb.embed(["a"], sparse=True)  # other outputs: another key
+    assert emb.stats()["cache"]["misses"] == 5
+
+
+def test_oom_splits_the_batch_then_names_the_text(minilm, monkeypatch):
+    backend = minilm._backend
+    real_forward = backend.forward
+    seen = []
+
+    def forward(input_ids, attention_mask, **kw):
+        seen.append(input_ids.shape[0])
+        if input_ids.shape[0] > 2 or input_ids.shape[1] > 100:
+            raise BackendOutOfMemory("injected")
+        return real_forward(input_ids, attention_mask, **kw)
+
+    monkeypatch.setattr(backend, "forward", forward)
+    texts = [f"fresh text number {i}" for i in range(8)]
+    r = minilm.embed(texts)
+    assert seen[0] == 8 and max(seen[1:]) <= 8 and 2 in seen
+    monkeypatch.setattr(backend, "forward", real_forward)
+    np.testing.assert_allclose(r.dense, minilm.embed(texts, dimensions=384).dense, atol=1e-5)
+    monkeypatch.setattr(backend, "forward", forward)
+    with pytest.raises(OutOfMemoryError, match=r"text #2 \(2\d\d tokens\)") as err:
+        minilm.embed(["tiny", "also tiny", "long " * 220])
+    assert err.value.index == 2
+
+
+def test_threads_get_their_own_answers(minilm):
+    texts = [f"thread text {i} about search" for i in range(40)]
+    expected = minilm.embed(texts, sparse=True, dimensions=128)
+    results = {}
+
+    def worker(k):
+        results[k] = minilm.embed(texts[k::4], sparse=True, dimensions=128)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(4):
+        np.testing.assert_allclose(results[k].dense, expected.dense[k::4], atol=1e-5)
+        assert results[k].sparse == expected.sparse[k::4]

@@ -1,0 +1,42 @@
+"""The command line, run as a user runs it (a subprocess) where output matters."""
+
+import json
+import os
+import subprocess
+import sys
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def run(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "hybridembed", *args], capture_output=True,
+                          text=True, env=ENV, input=stdin, timeout=300)
+
+
+def test_embed_shows_dims_and_sparse_tokens():
+    out = run("embed", "Hybrid search keeps dense and sparse vectors", "--sparse",
+              "--multivector", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert "dense       384-d" in out.stdout and "sparse" in out.stdout
+    assert "hybrid:" in out.stdout and "multivector 8 x 384" in out.stdout
+
+
+def test_embed_json_from_stdin():
+    out = run("embed", "-", "--json", "--sparse", stdin="first line\nsecond line\n")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert [row["text"] for row in data["data"]] == ["first line", "second line"]
+    assert len(data["data"][0]["dense"]) == 384 and "line" in data["data"][0]["sparse_tokens"]
+
+
+def test_errors_are_one_line_and_exit_2():
+    out = run("embed", "x", "--model", "nope/nothing")
+    assert out.returncode == 2 and out.stderr.startswith("hybridembed: error: model")
+    out = run("pull", "bge-m3")
+    assert out.returncode == 2 and "HF_HUB_OFFLINE" in out.stderr
+
+
+def test_models_lists_minilm():
+    out = run("models", "--json")
+    assert out.returncode == 0
+    assert any(row["name"] == "minilm" and row["dim"] == 384 for row in json.loads(out.stdout))
