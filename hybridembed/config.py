@@ -19,7 +19,7 @@ class Settings:
     model: str = "minilm"
     device: str = "auto"
     dtype: str = "auto"
-    backend: str = "torch"
+    runtime: str = "torch"
     max_batch_tokens: int = 0  # 0: pick by device
     max_batch_size: int = 0  # 0: no cap beyond the token budget
     cache_size: int = 10_000
@@ -40,7 +40,7 @@ class Settings:
 
     def embedder_options(self) -> dict:
         return {"model": self.model, "device": self.device, "dtype": self.dtype,
-                "backend": self.backend, "max_batch_tokens": self.max_batch_tokens or None,
+                "runtime": self.runtime, "max_batch_tokens": self.max_batch_tokens or None,
                 "max_batch_size": self.max_batch_size or None, "cache_size": self.cache_size,
                 "threads": self.threads or None}
 
@@ -64,7 +64,7 @@ ENV_DOC: dict[str, str] = {
     "HYBRIDEMBED_MODEL": "model alias, folder or Hugging Face id (default minilm)",
     "HYBRIDEMBED_DEVICE": "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps",
     "HYBRIDEMBED_DTYPE": "auto (bf16/fp16 on GPU, fp32 on CPU), fp32, fp16, bf16",
-    "HYBRIDEMBED_BACKEND": "compute backend: torch",
+    "HYBRIDEMBED_RUNTIME": "compute runtime: torch",
     "HYBRIDEMBED_MAX_BATCH_TOKENS": "padded tokens per forward pass (0 = by device)",
     "HYBRIDEMBED_MAX_BATCH_SIZE": "texts per forward pass cap (0 = none)",
     "HYBRIDEMBED_CACHE_SIZE": "entries in the result cache (0 disables it)",

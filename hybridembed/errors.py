@@ -71,7 +71,8 @@ class OutOfMemoryError(HybridEmbedError, MemoryError):
 
 
 class UnsupportedOutputError(HybridEmbedError, ValueError):
-    """The chosen backend or model cannot produce a requested output kind."""
+    """The chosen backend (local, remote, ollama, openai) or model cannot produce a
+    requested output kind."""
 
 
 class NetworkUnavailableError(HybridEmbedError, ConnectionError):

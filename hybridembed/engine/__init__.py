@@ -1,4 +1,4 @@
-"""The encoding engine: tokenize, pack by token budget, run a backend, turn padded
+"""The encoding engine: tokenize, pack by token budget, run a runtime, turn padded
 outputs into per-text dense, sparse and multi-vector results."""
 
 from .encoder import Encoder, Outputs, RawRow

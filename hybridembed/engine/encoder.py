@@ -1,5 +1,5 @@
 """The encoder: packs token id lists into padded batches by token budget, runs the
-backend, splits a batch in half on out-of-memory, and returns one raw row per text in
+runtime, splits a batch in half on out-of-memory, and returns one raw row per text in
 the order it was given."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends.base import Backend, BackendOutOfMemory
 from ..errors import OutOfMemoryError
+from ..runtimes.base import Runtime, RuntimeOutOfMemory
 from ..sparse import SparseVector
 from .heads import learned_sparse
 from .packing import pack_by_token_budget
@@ -51,9 +51,9 @@ class EncoderStats:
 
 
 class Encoder:
-    def __init__(self, backend: Backend, pad_id: int, special_ids: np.ndarray,
+    def __init__(self, runtime: Runtime, pad_id: int, special_ids: np.ndarray,
                  max_batch_tokens: int, max_batch_size: int | None = None):
-        self.backend = backend
+        self.runtime = runtime
         self.pad_id = pad_id
         self.special_ids = special_ids
         self.max_batch_tokens = int(max_batch_tokens)
@@ -82,12 +82,12 @@ class Encoder:
             mask[r, :len(ids[i])] = 1
         started = time.perf_counter()
         try:
-            out = self.backend.forward(input_ids, mask, dense=want.dense, sparse=want.sparse,
+            out = self.runtime.forward(input_ids, mask, dense=want.dense, sparse=want.sparse,
                                        multivector=want.multivector)
-        except BackendOutOfMemory:
+        except RuntimeOutOfMemory:
             if len(batch) == 1:
                 i = batch[0]
-                raise OutOfMemoryError(origin[i], len(ids[i]), self.backend.device) from None
+                raise OutOfMemoryError(origin[i], len(ids[i]), self.runtime.device) from None
             self.stats.oom_splits += 1
             half = len(batch) // 2
             log.warning("out of memory on a batch of %d texts x %d tokens; splitting in half",

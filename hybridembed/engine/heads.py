@@ -1,4 +1,4 @@
-"""Post-processing of padded backend outputs into per-text results (NumPy only)."""
+"""Post-processing of padded runtime outputs into per-text results (NumPy only)."""
 
 from __future__ import annotations
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import load_backend
 from ..engine import Encoder, Outputs, TextTokenizer
 from ..engine.bm25 import Bm25Sparse
 from ..engine.heads import finish_dense
 from ..errors import InputTooLongError, InvalidInputError, InvalidOptionError, OutOfMemoryError
 from ..registry import DEFAULT_MODEL, ModelSpec, resolve
+from ..runtimes import load_runtime
 from ..sparse import SparseVector
 from ..types import KINDS, Embedding, EmbedResult, Usage
 from .cache import EmbeddingCache, text_key
@@ -44,26 +44,26 @@ class Embedder:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto",
-                 dtype: str | None = None, backend: str = "torch",
+                 dtype: str | None = None, runtime: str = "torch",
                  max_batch_tokens: int | None = None, max_batch_size: int | None = None,
                  cache_size: int = 10_000, threads: int | None = None,
                  bm25: dict[str, Any] | None = None, warmup: bool = True):
         self.spec: ModelSpec = resolve(model)
         self.tokenizer = TextTokenizer(self.spec.path, self.spec.max_length)
-        self._backend = load_backend(backend, self.spec, device=device, dtype=dtype,
+        self._runtime = load_runtime(runtime, self.spec, device=device, dtype=dtype,
                                      threads=threads)
-        self.backend_name = backend
+        self.runtime_name = runtime
         if max_batch_tokens is None:
             max_batch_tokens = DEFAULT_BATCH_TOKENS.get(self.device.split(":")[0], 16_384)
         if max_batch_tokens < 1:
             raise InvalidOptionError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}",
                                      "max_batch_tokens")
-        self._encoder = Encoder(self._backend, self.tokenizer.pad_id, self.tokenizer.special_ids,
+        self._encoder = Encoder(self._runtime, self.tokenizer.pad_id, self.tokenizer.special_ids,
                                 max_batch_tokens, max_batch_size)
         self._bm25 = None if self.spec.has_learned_sparse else Bm25Sparse(**(bm25 or {}))
         self._cache = EmbeddingCache(cache_size)
         self._lock = threading.Lock()
-        self._model_key = (str(self.spec.path), backend, self.dtype,
+        self._model_key = (str(self.spec.path), runtime, self.dtype,
                            tuple(sorted((self._bm25.options if self._bm25 else {}).items())))
         self._calls = 0
         if warmup:
@@ -80,11 +80,11 @@ class Embedder:
 
     @property
     def device(self) -> str:
-        return self._backend.device
+        return self._runtime.device
 
     @property
     def dtype(self) -> str:
-        return self._backend.dtype
+        return self._runtime.dtype
 
     @property
     def max_length(self) -> int:

@@ -13,7 +13,7 @@ from hybridembed import (
     InvalidOptionError,
     OutOfMemoryError,
 )
-from hybridembed.backends import BackendOutOfMemory
+from hybridembed.runtimes import RuntimeOutOfMemory
 
 
 def test_outputs_and_usage(minilm):
@@ -117,14 +117,14 @@ def test_cache_hits_stats_and_in_call_duplicates():
 
 
 def test_oom_splits_the_batch_then_names_the_text(minilm, monkeypatch):
-    backend = minilm._backend
+    backend = minilm._runtime
     real_forward = backend.forward
     seen = []
 
     def forward(input_ids, attention_mask, **kw):
         seen.append(input_ids.shape[0])
         if input_ids.shape[0] > 2 or input_ids.shape[1] > 100:
-            raise BackendOutOfMemory("injected")
+            raise RuntimeOutOfMemory("injected")
         return real_forward(input_ids, attention_mask, **kw)
 
     monkeypatch.setattr(backend, "forward", forward)

@@ -1,5 +1,5 @@
 """The encoder and its heads as one torch module: pooling, learned sparse weights and
-ColBERT vectors computed from one pass over the last hidden states. The torch backend
+ColBERT vectors computed from one pass over the last hidden states. The torch runtime
 runs it; an ONNX export can trace the same module."""
 
 from __future__ import annotations

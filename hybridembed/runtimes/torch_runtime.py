@@ -1,4 +1,4 @@
-"""The PyTorch backend: loads the checkpoint in process (SDPA attention, fp32 on CPU,
+"""The PyTorch runtime: loads the checkpoint in process (SDPA attention, fp32 on CPU,
 bf16/fp16 on GPU) and runs :class:`EncoderWithHeads` under ``inference_mode``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 from ..errors import InvalidOptionError
 from ..registry import ModelSpec
-from .base import BackendOutOfMemory, BackendOutput
+from .base import RuntimeOutOfMemory, RuntimeOutput
 from .torch_model import EncoderWithHeads, load_linear_head
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def _load_encoder(auto_model, spec: ModelSpec, torch_dtype: torch.dtype):
     return encoder
 
 
-class TorchBackend:
+class TorchRuntime:
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str | None = None,
                  threads: int | None = None):
         from transformers import AutoModel
@@ -100,13 +100,13 @@ class TorchBackend:
         self.module.to(self.device).eval()
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, dense: bool,
-                sparse: bool, multivector: bool) -> BackendOutput:
+                sparse: bool, multivector: bool) -> RuntimeOutput:
         try:
             with torch.inference_mode():
                 ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
                 mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
                 pooled, weights, vectors = self.module(ids, mask, dense, sparse, multivector)
-                return BackendOutput(
+                return RuntimeOutput(
                     dense=None if pooled is None else pooled.float().cpu().numpy(),
                     token_weights=None if weights is None else weights.float().cpu().numpy(),
                     token_vectors=None if vectors is None else vectors.cpu().numpy(),
@@ -115,5 +115,5 @@ class TorchBackend:
             if _is_oom(exc):
                 if self.device.startswith("cuda"):
                     torch.cuda.empty_cache()
-                raise BackendOutOfMemory(str(exc)) from exc
+                raise RuntimeOutOfMemory(str(exc)) from exc
             raise

@@ -1,4 +1,4 @@
-"""The contract between the engine and a compute backend."""
+"""The contract between the engine and a compute runtime."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Protocol
 import numpy as np
 
 
-class BackendOutOfMemory(Exception):
-    """Raised by a backend when a batch does not fit; the engine splits and retries."""
+class RuntimeOutOfMemory(Exception):
+    """Raised by a runtime when a batch does not fit; the engine splits and retries."""
 
 
 @dataclass(frozen=True)
-class BackendOutput:
+class RuntimeOutput:
     """Padded outputs of one forward pass over a ``(batch, length)`` token matrix.
 
     dense: ``(batch, hidden)`` pooled, not normalised.
@@ -28,9 +28,9 @@ class BackendOutput:
     token_vectors: np.ndarray | None = None
 
 
-class Backend(Protocol):
+class Runtime(Protocol):
     device: str
     dtype: str
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, dense: bool,
-                sparse: bool, multivector: bool) -> BackendOutput: ...
+                sparse: bool, multivector: bool) -> RuntimeOutput: ...

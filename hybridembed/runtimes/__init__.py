@@ -1,0 +1,23 @@
+"""Compute runtimes: run the encoder and its heads on padded token batches.
+
+A runtime takes NumPy arrays in and gives NumPy ``float32`` arrays out; torch (or ONNX
+Runtime) never leaks above this package.
+"""
+
+from .base import Runtime, RuntimeOutOfMemory, RuntimeOutput
+
+RUNTIMES: tuple[str, ...] = ("torch",)
+
+
+def load_runtime(name: str, spec, **options) -> Runtime:
+    """Instantiate the runtime called ``name`` for ``spec``."""
+    from ..errors import InvalidOptionError
+
+    if name == "torch":
+        from .torch_runtime import TorchRuntime
+
+        return TorchRuntime(spec, **options)
+    raise InvalidOptionError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}", "runtime")
+
+
+__all__ = ["RUNTIMES", "Runtime", "RuntimeOutOfMemory", "RuntimeOutput", "load_runtime"]
