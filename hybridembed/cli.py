@@ -44,21 +44,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     pull = sub.add_parser("pull", help="download a model into the Hugging Face cache")
     pull.add_argument("model")
+
+    serve = sub.add_parser("serve", help="run the HTTP server (native, OpenAI, Ollama, TEI)")
+    _add_model_flags(serve)
+    serve.add_argument("--host", help="bind address (default 127.0.0.1: loopback only)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route "
+                       "but /health (env HYBRIDEMBED_API_KEY)")
+    serve.add_argument("--max-queued-requests", type=int,
+                       help="texts allowed to wait; a list of k inputs counts k")
+    serve.add_argument("--max-queued-tokens", type=int, help="tokens allowed to wait")
+    serve.add_argument("--max-batch-requests", type=int, help="requests merged per batch")
+    serve.add_argument("--max-inputs", type=int, help="inputs per request")
+    serve.add_argument("--max-body-bytes", type=int, help="request body size limit")
+    serve.add_argument("--request-timeout", type=float, help="seconds before a 503")
+    serve.add_argument("--served-model-name", help="another model name clients may send")
+    serve.add_argument("--log-level", default="info")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"embed": cmd_embed, "models": cmd_models, "pull": cmd_pull}[args.command](args)
+        commands = {"embed": cmd_embed, "models": cmd_models, "pull": cmd_pull,
+                    "serve": cmd_serve}
+        return commands[args.command](args)
     except HybridEmbedError as exc:
         print(f"hybridembed: error: {exc}", file=sys.stderr)
         return 2
 
 
-def _settings(args) -> Settings:
+def _settings(args, **more) -> Settings:
     return Settings.from_env(model=args.model, device=args.device, dtype=args.dtype,
-                             max_batch_tokens=args.max_batch_tokens)
+                             max_batch_tokens=args.max_batch_tokens, **more)
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    import uvicorn
+
+    from .server import create_app
+
+    names = ("host", "port", "api_key", "max_queued_requests", "max_queued_tokens",
+             "max_batch_requests", "max_inputs", "max_body_bytes", "request_timeout",
+             "served_model_name")
+    settings = _settings(args, **{n: getattr(args, n) for n in names})
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    print(f"hybridembed serving {settings.model} on http://{settings.host}:{settings.port} "
+          f"(docs at /docs)", flush=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=args.log_level, access_log=False)
+    return 0
 
 
 def cmd_embed(args) -> int:

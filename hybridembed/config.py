@@ -25,6 +25,17 @@ class Settings:
     cache_size: int = 10_000
     threads: int = 0  # 0: torch's default (all cores)
     data_dir: Path = Path(".hybridembed")
+    # server
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str = ""
+    max_queued_requests: int = 4096  # texts waiting; a request of k inputs counts k
+    max_queued_tokens: int = 0  # 0: no token cap on the queue
+    max_batch_requests: int = 0  # 0: no cap on requests merged into one batch
+    max_inputs: int = 2048  # inputs per request
+    max_body_bytes: int = 8 * 1024 * 1024
+    request_timeout: float = 60.0
+    served_model_name: str = ""  # extra name clients may use for the model
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> Settings:
@@ -55,6 +66,15 @@ def _convert(name: str, raw: str, kind: type):
         if value < 0:
             raise InvalidOptionError(f"{ENV_PREFIX}{name.upper()} must be >= 0, got {value}", name)
         return value
+    if kind is float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InvalidOptionError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a number",
+                                     name) from None
+        if value <= 0:
+            raise InvalidOptionError(f"{ENV_PREFIX}{name.upper()} must be > 0, got {value}", name)
+        return value
     if issubclass(kind, Path):
         return Path(raw).expanduser()
     return raw
@@ -70,4 +90,14 @@ ENV_DOC: dict[str, str] = {
     "HYBRIDEMBED_CACHE_SIZE": "entries in the result cache (0 disables it)",
     "HYBRIDEMBED_THREADS": "CPU threads for torch (0 = all cores)",
     "HYBRIDEMBED_DATA_DIR": "where hybridembed keeps its data (default ./.hybridembed)",
+    "HYBRIDEMBED_HOST": "server bind address (default 127.0.0.1)",
+    "HYBRIDEMBED_PORT": "server port (default 8080)",
+    "HYBRIDEMBED_API_KEY": "if set, every route but /health needs 'Authorization: Bearer KEY'",
+    "HYBRIDEMBED_MAX_QUEUED_REQUESTS": "texts allowed to wait (a list of k counts k; default 4096)",
+    "HYBRIDEMBED_MAX_QUEUED_TOKENS": "tokens allowed to wait (0 = no cap)",
+    "HYBRIDEMBED_MAX_BATCH_REQUESTS": "requests merged into one batch at most (0 = no cap)",
+    "HYBRIDEMBED_MAX_INPUTS": "inputs per request (default 2048)",
+    "HYBRIDEMBED_MAX_BODY_BYTES": "request body size limit (default 8 MiB)",
+    "HYBRIDEMBED_REQUEST_TIMEOUT": "seconds a request may wait before 503 (default 60)",
+    "HYBRIDEMBED_SERVED_MODEL_NAME": "another model name clients may send (e.g. nomic-embed-text)",
 }

@@ -77,3 +77,15 @@ class UnsupportedOutputError(HybridEmbedError, ValueError):
 
 class NetworkUnavailableError(HybridEmbedError, ConnectionError):
     """A download was asked for but no network (or hub) can be reached."""
+
+
+class OverloadedError(HybridEmbedError):
+    """The queue is full; the request was refused at once and may be retried."""
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimeoutError(HybridEmbedError, TimeoutError):
+    """A request waited longer than the server's per-request timeout; its slot was freed."""

@@ -40,5 +40,26 @@ class TextTokenizer:
                          max_length=self.max_length, return_attention_mask=False,
                          return_token_type_ids=False)["input_ids"]
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids (special tokens skipped); ids outside the vocabulary raise."""
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary "
+                             f"(0..{self.vocab_size - 1})")
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def offsets(self, text: str) -> list[tuple[int, str, bool, int | None, int | None]]:
+        """(id, text, special, start, stop) per token; offsets count characters."""
+        enc = self._tok(text, truncation=True, max_length=self.max_length,
+                        return_offsets_mapping=True, return_special_tokens_mask=True)
+        out = []
+        for tid, (a, b), special in zip(enc["input_ids"], enc["offset_mapping"],
+                                        enc["special_tokens_mask"], strict=True):
+            if special:
+                out.append((tid, self._tok.convert_ids_to_tokens(tid), True, None, None))
+            else:
+                out.append((tid, text[a:b], False, a, b))
+        return out
+
     def id_to_token(self, token_id: int) -> str:
         return self._tok.convert_ids_to_tokens(int(token_id))

@@ -112,7 +112,7 @@ class Embedder:
         (prompts, BM25 weighting). With ``truncate=False`` a text over the model's limit
         raises :class:`InputTooLongError` carrying the other texts' results."""
         texts = _check_texts(texts)
-        self._check_options(dense, sparse, multivector, kind, dimensions)
+        self.check_options(dense, sparse, multivector, kind, dimensions)
         self._calls += 1
         options = (self._model_key, dense, sparse, multivector, kind, dimensions, normalize)
         unique = list(dict.fromkeys(texts))
@@ -160,7 +160,8 @@ class Embedder:
         return vector.to_tokens(lambda i: names.get(i, f"#{i}"))
 
     # -- internals ------------------------------------------------------------------------
-    def _check_options(self, dense, sparse, multivector, kind, dimensions) -> None:
+    def check_options(self, dense, sparse, multivector, kind, dimensions) -> None:
+        """Raise :class:`InvalidOptionError` for options ``embed`` would refuse."""
         for name, value in (("dense", dense), ("sparse", sparse), ("multivector", multivector)):
             if not isinstance(value, bool):
                 raise InvalidOptionError(f"{name} must be True or False, got {value!r}", name)

@@ -1,0 +1,186 @@
+"""The FastAPI application: routers of every protocol over one :class:`ServerCore`, an
+edge middleware (auth, body size, metrics) and one error handler per failure kind that
+renders in the client's protocol."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..config import Settings
+from ..errors import HybridEmbedError
+from . import native_routes, ollama_routes, openai_routes, tei_routes
+from .core import ServerCore
+from .errors import ApiError, from_exception, protocol_of, render
+
+PUBLIC_PATHS = ("/health",)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class EdgeMiddleware:
+    """Pure ASGI (it must not break disconnect detection): bearer auth, body size limit,
+    and request metrics by route and status."""
+
+    def __init__(self, app, core: ServerCore, routes: set[str]):
+        self.app = app
+        self.core = core
+        self.routes = routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        protocol = protocol_of(path)
+        route = path if path in self.routes else "other"
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_tracked(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        if scope["method"] == "POST":  # every POST body here is JSON, whatever curl says
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
+        try:
+            error = self._refuse(scope, path)
+            if error is not None:
+                return await render(protocol, error)(scope, receive, send_tracked)
+            limit = self.core.settings.max_body_bytes
+            seen = [0]
+
+            async def receive_limited():
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen[0] += len(message.get("body", b""))
+                    if seen[0] > limit:
+                        raise _TooLarge
+                return message
+
+            try:
+                await self.app(scope, receive_limited, send_tracked)
+            except _TooLarge:
+                await render(protocol, ApiError(413, f"request body over {limit} bytes",
+                                                "too_large"))(scope, receive, send_tracked)
+        finally:
+            m = self.core.metrics
+            m.requests.labels(route, str(status[0])).inc()
+            m.latency.labels(route).observe(time.perf_counter() - started)
+
+    def _refuse(self, scope, path: str) -> ApiError | None:
+        headers = dict(scope.get("headers") or [])
+        key = self.core.settings.api_key
+        if key and path not in PUBLIC_PATHS:
+            given = headers.get(b"authorization", b"")
+            expected = b"Bearer " + key.encode()
+            if not hmac.compare_digest(given, expected):
+                return ApiError(401, "missing or wrong API key; send 'Authorization: Bearer "
+                                "<key>'", "auth")
+        length = headers.get(b"content-length")
+        limit = self.core.settings.max_body_bytes
+        if length and length.isdigit() and int(length) > limit:
+            return ApiError(413, f"request body of {int(length)} bytes is over the limit of "
+                            f"{limit} bytes", "too_large")
+        return None
+
+
+def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
+    """Build the app. With ``embedder`` given, it is used as is (tests, embedding apps);
+    otherwise the model named in ``settings`` loads in the background at start-up."""
+    settings = settings or Settings.from_env()
+    core = ServerCore(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await core.start(embedder)
+        yield
+        await core.stop()
+
+    app = FastAPI(title="hybridembed", version=__version__, lifespan=lifespan,
+                  description="Dense, sparse and ColBERT embeddings over native, OpenAI, "
+                              "Ollama and text-embeddings-inference wire formats.")
+    app.state.core = core
+    for module in (native_routes, openai_routes, ollama_routes, tei_routes):
+        app.include_router(module.router)
+
+    @app.get("/health", tags=["operations"])
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["operations"])
+    async def ready():
+        emb = core.ready()
+        return {"status": "ready", "model": emb.model, "device": emb.device,
+                "load_seconds": round(core.load_seconds, 3)}
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics():
+        b = core.batcher
+        cache = core.embedder.stats()["cache"] if core.embedder else None
+        body = core.metrics.render(b.queued_texts if b else 0, b.queued_tokens if b else 0, cache)
+        return Response(body, media_type="text/plain; version=0.0.4")
+
+    def _respond(request: Request, err: ApiError) -> JSONResponse:
+        return render(protocol_of(request.url.path), err)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError):
+        return _respond(request, exc)
+
+    @app.exception_handler(HybridEmbedError)
+    async def on_library_error(request: Request, exc: HybridEmbedError):
+        return _respond(request, from_exception(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError):
+        return _respond(request, ApiError(400, _describe(exc), "invalid_request",
+                                          _first_field(exc)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException):
+        kind = {404: "not_found", 405: "invalid_request"}.get(exc.status_code, "invalid_request")
+        message = ("request body is not valid UTF-8 JSON" if exc.status_code == 400
+                   else f"{exc.detail}: {request.method} {request.url.path}")
+        return _respond(request, ApiError(exc.status_code, message, kind))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception):
+        return _respond(request, from_exception(exc))
+
+    routes = {r.path for m in (native_routes, openai_routes, ollama_routes, tei_routes)
+              for r in m.router.routes}
+    routes |= {"/health", "/ready", "/metrics", "/docs", "/openapi.json"}
+    app.add_middleware(EdgeMiddleware, core=core, routes=routes)
+    return app
+
+
+def _first_field(exc: RequestValidationError) -> str | None:
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            return None
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        if loc:
+            return loc[0]
+    return None
+
+
+def _describe(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        if err.get("type") == "json_invalid":
+            return "request body is not valid JSON"
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg')}")
+    return "invalid request: " + "; ".join(parts) if parts else json.dumps(exc.errors())[:300]

@@ -1,0 +1,135 @@
+"""What every protocol route shares: the loaded model, the batcher, admission checks
+(input count, per-text token limit, token counting) and waiting with a timeout while
+watching for the client to leave. Routes only translate their wire format."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ..config import Settings
+from ..errors import RequestTimeoutError
+from ..service.batcher import DynamicBatcher, EmbedOptions
+from ..types import EmbedResult
+from .errors import ApiError
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerCore:
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    embedder: object | None = None
+    batcher: DynamicBatcher | None = None
+    started: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+    load_error: str | None = None
+
+    async def start(self, embedder=None) -> None:
+        """Load the model (off the event loop) unless one is given, then start batching."""
+        began = time.perf_counter()
+        try:
+            if embedder is None:
+                from ..service import Embedder
+
+                embedder = await asyncio.to_thread(Embedder, **self.settings.embedder_options())
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("model failed to load: %s", self.load_error)
+            return
+        self.load_seconds = time.perf_counter() - began
+        s = self.settings
+        batcher = DynamicBatcher(
+            embedder, max_batch_tokens=embedder.max_batch_tokens,
+            max_batch_requests=s.max_batch_requests or None,
+            max_queued_texts=s.max_queued_requests, max_queued_tokens=s.max_queued_tokens or None,
+            on_batch=self.metrics.record_batch)
+        await batcher.start()
+        self.embedder, self.batcher = embedder, batcher
+
+    async def stop(self) -> None:
+        if self.batcher:
+            await self.batcher.stop()
+
+    # -- checks ---------------------------------------------------------------------------
+    def ready(self):
+        if self.embedder is None or self.batcher is None:
+            why = f"model failed to load: {self.load_error}" if self.load_error else "model loading"
+            raise ApiError(503, why, "not_ready", retry_after=None if self.load_error else 2)
+        return self.embedder
+
+    def model_names(self) -> set[str]:
+        emb = self.ready()
+        names = {emb.spec.name, self.settings.served_model_name}
+        if emb.spec.hf_id:
+            names |= {emb.spec.hf_id, emb.spec.hf_id.rsplit("/", 1)[-1]}
+        names.discard("")
+        return names | {n + ":latest" for n in names}
+
+    def check_model(self, name: str | None) -> None:
+        if name in (None, ""):
+            return
+        if name not in self.model_names():
+            raise ApiError(404, f"model {name!r} is not served here; this server serves "
+                           f"{self.ready().model!r} (also known as "
+                           f"{', '.join(sorted(self.model_names() - {self.ready().model}))})",
+                           "not_found", "model")
+
+    def check_inputs(self, texts: list[str], allow_empty: bool = False) -> None:
+        if not texts and not allow_empty:
+            raise ApiError(400, "input is empty; send at least one text", "empty", "input")
+        if len(texts) > self.settings.max_inputs:
+            raise ApiError(413, f"{len(texts)} inputs in one request; the limit is "
+                           f"{self.settings.max_inputs}", "too_large", "input")
+
+    async def count_tokens(self, texts: list[str], truncate: bool) -> int:
+        emb = self.ready()
+        if len(texts) > 64:
+            ids = await asyncio.to_thread(emb.tokenize, texts, False)
+        else:
+            ids = emb.tokenize(texts, truncate=False)
+        limit = emb.max_length
+        if not truncate:
+            over = [(i, len(x)) for i, x in enumerate(ids) if len(x) > limit]
+            if over:
+                shown = ", ".join(f"input {i} has {n} tokens" for i, n in over[:5])
+                raise ApiError(400, f"the model's limit is {limit} tokens and truncation is off: "
+                               f"{shown}", "too_long", "input")
+        return sum(min(len(x), limit) for x in ids)
+
+    # -- the one embedding path -----------------------------------------------------------
+    async def embed(self, request, texts: list[str], options: EmbedOptions,
+                    truncate: bool = True) -> EmbedResult:
+        emb = self.ready()
+        emb.check_options(options.dense, options.sparse, options.multivector, options.kind,
+                          options.dimensions)
+        self.check_inputs(texts)
+        tokens = await self.count_tokens(texts, truncate)
+        job = asyncio.ensure_future(self.batcher.submit(texts, options, tokens))
+        watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
+        waiting = {job} | ({watch} if watch else set())
+        try:
+            done, _ = await asyncio.wait(waiting, timeout=self.settings.request_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if watch:
+                watch.cancel()
+        if job in done:
+            return job.result()
+        job.cancel()
+        if watch is not None and watch in done:
+            raise ApiError(499, "client closed the request", "invalid_request")
+        raise RequestTimeoutError(f"request waited more than {self.settings.request_timeout:g} s "
+                                  "and was dropped; retry later or raise the timeout")
+
+
+async def _client_left(request) -> None:
+    """Returns when the client disconnects (the body has already been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

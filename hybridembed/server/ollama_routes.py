@@ -1,0 +1,109 @@
+"""Ollama wire format: ``/api/embed``, legacy ``/api/embeddings``, and the listing routes
+the official client and Ollama-aware apps call."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict
+
+from .. import __version__
+from ..service.batcher import EmbedOptions
+
+router = APIRouter(tags=["Ollama"])
+OLLAMA_VERSION = "0.6.0"  # the Ollama API level these routes follow
+
+
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    input: str | list[str] = ""
+    truncate: bool | None = True
+    dimensions: int | None = None
+    keep_alive: Any = None
+    options: dict | None = None
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    prompt: str | None = None
+    keep_alive: Any = None
+    options: dict | None = None
+
+
+class ShowRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    name: str | None = None
+
+
+@router.post("/api/embed")
+async def embed(body: EmbedRequest, request: Request):
+    core = request.app.state.core
+    core.check_model(body.model)
+    started = time.perf_counter_ns()
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    texts = [t for t in texts] if texts != [""] else []
+    if not texts:  # Ollama answers an empty input (a preload) with no embeddings
+        return {"model": body.model, "embeddings": []}
+    result = await core.embed(request, texts, EmbedOptions(dimensions=body.dimensions),
+                              truncate=body.truncate is not False)
+    return {"model": body.model, "embeddings": result.dense.tolist(),
+            "total_duration": time.perf_counter_ns() - started,
+            "prompt_eval_count": result.usage.total_tokens}
+
+
+@router.post("/api/embeddings")
+async def embeddings(body: EmbeddingsRequest, request: Request):
+    core = request.app.state.core
+    core.check_model(body.model)
+    if not body.prompt:
+        return {"embedding": []}
+    # Ollama's legacy route returns the model's raw (unnormalised) vector.
+    result = await core.embed(request, [body.prompt], EmbedOptions(normalize=False))
+    return {"embedding": result.dense[0].tolist()}
+
+
+def _model_entry(core) -> dict:
+    emb = core.ready()
+    name = emb.model if ":" in emb.model else emb.model + ":latest"
+    return {"name": name, "model": name,
+            "modified_at": datetime.fromtimestamp(core.started, UTC).isoformat(),
+            "size": 0, "digest": "0" * 64,
+            "details": {"parent_model": "", "format": "safetensors", "family": emb.spec.model_type,
+                        "families": [emb.spec.model_type], "parameter_size": "",
+                        "quantization_level": emb.dtype.upper()}}
+
+
+@router.get("/api/tags")
+async def tags(request: Request):
+    return {"models": [_model_entry(request.app.state.core)]}
+
+
+@router.get("/api/version")
+async def version():
+    return {"version": OLLAMA_VERSION, "hybridembed": __version__}
+
+
+@router.post("/api/show")
+async def show(body: ShowRequest, request: Request):
+    core = request.app.state.core
+    core.check_model(body.model or body.name)
+    entry = _model_entry(core)
+    emb = core.ready()
+    arch = emb.spec.model_type
+    return {"details": entry["details"], "modified_at": entry["modified_at"],
+            "capabilities": ["embedding"], "license": "", "modelfile": "", "parameters": "",
+            "template": "",
+            "model_info": {"general.architecture": arch, f"{arch}.context_length": emb.max_length,
+                           f"{arch}.embedding_length": emb.dim}}
+
+
+@router.get("/", include_in_schema=False)
+async def root():
+    return PlainTextResponse("Ollama is running (hybridembed)")

@@ -1,0 +1,213 @@
+"""Dynamic batching for concurrent callers (no HTTP here).
+
+Every request enters one queue. Admission counts each *text* and its tokens, whether it
+came alone or in a list, and refuses at once (:class:`OverloadedError`) past the limits.
+A worker takes queued requests with the same options up to a token budget, drops those
+whose caller went away, and runs :meth:`Embedder.embed` off the event loop. Up to
+``prefetch + 1`` batches are in flight, so the next batch is tokenised while the previous
+one holds the model. A failed batch fails every request in it: none is left waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import OverloadedError
+from ..types import EmbedResult, Usage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    dense: bool = True
+    sparse: bool = False
+    multivector: bool = False
+    kind: str = "document"
+    dimensions: int | None = None
+    normalize: bool = True
+
+    def kwargs(self) -> dict:
+        return {"dense": self.dense, "sparse": self.sparse, "multivector": self.multivector,
+                "kind": self.kind, "dimensions": self.dimensions, "normalize": self.normalize}
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    options: EmbedOptions
+    tokens: int
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchRecord:
+    """What a batch looked like, for metrics."""
+
+    texts: int
+    tokens: int
+    requests: int
+    seconds: float
+
+
+class DynamicBatcher:
+    def __init__(self, embedder, *, max_batch_tokens: int, max_batch_requests: int | None = None,
+                 max_queued_texts: int = 4096, max_queued_tokens: int | None = None,
+                 prefetch: int = 1, on_batch=None):
+        self.embedder = embedder
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_requests = max_batch_requests
+        self.max_queued_texts = max_queued_texts
+        self.max_queued_tokens = max_queued_tokens
+        self.on_batch = on_batch
+        self._queue: deque[_Job] = deque()
+        self._queued_texts = 0
+        self._queued_tokens = 0
+        self._wakeup: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._pool = ThreadPoolExecutor(max_workers=prefetch + 1, thread_name_prefix="embed")
+        self._prefetch = prefetch
+        self._worker: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(self._prefetch + 1)
+        self._worker = asyncio.create_task(self._work(), name="hybridembed-batcher")
+
+    async def stop(self) -> None:
+        if self._worker:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, *self._running, return_exceptions=True)
+        self._fail_all(RuntimeError("the server is shutting down"))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, texts: list[str], options: EmbedOptions, tokens: int) -> EmbedResult:
+        """Queue ``texts`` (already validated; ``tokens`` counted after truncation) and wait
+        for their result. Cancelling the wait drops the texts before they are computed."""
+        if self._worker is None or self._worker.done():
+            raise RuntimeError("the batcher is not running")
+        n = len(texts)
+        if (self._queued_texts + n > self.max_queued_texts or (
+                self.max_queued_tokens and self._queued_tokens + tokens > self.max_queued_tokens)):
+            raise OverloadedError(
+                f"queue full ({self._queued_texts} texts / {self._queued_tokens} tokens queued, "
+                f"limits {self.max_queued_texts} texts"
+                + (f" / {self.max_queued_tokens} tokens" if self.max_queued_tokens else "")
+                + "); retry shortly")
+        job = _Job(texts, options, tokens, asyncio.get_running_loop().create_future())
+        self._queue.append(job)
+        self._queued_texts += n
+        self._queued_tokens += tokens
+        self._wakeup.set()
+        try:
+            return await job.future
+        finally:
+            if not job.future.done():
+                job.future.cancel()
+
+    # -- worker ---------------------------------------------------------------------------
+    def _take(self, job: _Job) -> None:
+        self._queued_texts -= len(job.texts)
+        self._queued_tokens -= job.tokens
+
+    def _next_batch(self) -> list[_Job]:
+        """The oldest live request plus queued requests with the same options, up to the
+        token budget and request cap. Cancelled requests are dropped here."""
+        batch: list[_Job] = []
+        tokens = 0
+        keep: deque[_Job] = deque()
+        while self._queue:
+            job = self._queue.popleft()
+            if job.future.done():  # caller went away or timed out
+                self._take(job)
+                continue
+            fits = (not batch or (job.options == batch[0].options
+                                  and tokens + job.tokens <= self.max_batch_tokens
+                                  and (self.max_batch_requests is None
+                                       or len(batch) < self.max_batch_requests)))
+            if fits:
+                self._take(job)
+                batch.append(job)
+                tokens += job.tokens
+            else:
+                keep.append(job)
+                if tokens >= self.max_batch_tokens:
+                    break
+        keep.extend(self._queue)
+        self._queue = keep
+        return batch
+
+    async def _work(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._slots.acquire()
+            batch = self._next_batch()
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Job]) -> None:
+        try:
+            texts = [t for job in batch for t in job.texts]
+            started = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(
+                self._pool, lambda: self.embedder.embed(texts, **batch[0].options.kwargs()))
+            if self.on_batch:
+                self.on_batch(BatchRecord(len(texts), result.usage.total_tokens, len(batch),
+                                          time.perf_counter() - started))
+            start = 0
+            for job in batch:
+                part = _slice(result, start, start + len(job.texts))
+                start += len(job.texts)
+                if not job.future.done():
+                    job.future.set_result(part)
+        except BaseException as exc:  # every waiting request gets an answer
+            log.exception("batch of %d requests failed", len(batch))
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc if isinstance(exc, Exception)
+                                             else RuntimeError("batch cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._slots.release()
+
+    def _fail_all(self, exc: Exception) -> None:
+        while self._queue:
+            job = self._queue.popleft()
+            self._take(job)
+            if not job.future.done():
+                job.future.set_exception(exc)
+
+
+def _slice(result: EmbedResult, a: int, b: int) -> EmbedResult:
+    return EmbedResult(
+        model=result.model,
+        dense=None if result.dense is None else np.ascontiguousarray(result.dense[a:b]),
+        sparse=None if result.sparse is None else result.sparse[a:b],
+        multivector=None if result.multivector is None else result.multivector[a:b],
+        usage=Usage(result.usage.tokens[a:b]),
+    )
