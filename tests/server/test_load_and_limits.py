@@ -1,0 +1,161 @@
+"""Concurrency, overload, auth, limits and a bad-input matrix against a real server."""
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.server.conftest import running_server
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text,
+                                            re.M))
+
+
+def test_64_concurrent_single_text_clients_are_batched(server_url, minilm):
+    texts = [f"concurrent request number {i} about topic {i * 7 % 13}" for i in range(64)]
+    expected = minilm.embed(texts, dimensions=96).dense  # other options: no cache sharing
+    before = httpx.get(server_url + "/metrics").text
+
+    def call(i):
+        with httpx.Client(base_url=server_url, timeout=60) as c:
+            r = c.post("/v1/embed", json={"inputs": [texts[i]], "dimensions": 96})
+            return i, r.status_code, r.json()
+
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(call, range(64)))
+    for i, status, body in answers:
+        assert status == 200
+        np.testing.assert_allclose(body["data"][0]["dense"], expected[i], atol=1e-5)
+    after = httpx.get(server_url + "/metrics").text
+    batches = _metric(after, "hybridembed_batch_texts_count") - _metric(
+        before, "hybridembed_batch_texts_count")
+    singles = (_metric(after, 'hybridembed_batch_texts_bucket{le="1.0"}')
+               - _metric(before, 'hybridembed_batch_texts_bucket{le="1.0"}'))
+    assert batches < 64 and batches - singles >= 1  # some batches held more than one text
+
+
+def test_overload_refuses_cleanly_and_recovers(minilm):
+    texts = [f"overload text {i} " + "filler words " * 60 for i in range(48)]
+    expected = minilm.embed(texts, dimensions=200).dense
+    with running_server(minilm, max_queued_requests=3) as url:
+        def call(i):
+            path, body = (("/api/embed", {"model": "minilm", "input": texts[i], "dimensions": 200})
+                          if i % 2 else ("/v1/embed", {"inputs": texts[i], "dimensions": 200}))
+            with httpx.Client(base_url=url, timeout=60) as c:
+                r = c.post(path, json=body)
+                return i, path, r
+
+        with ThreadPoolExecutor(48) as pool:
+            answers = list(pool.map(call, range(48)))
+        refused = [(p, r) for _, p, r in answers if r.status_code != 200]
+        assert refused, "nothing was refused with a queue of 3"
+        for path, r in refused:
+            if path == "/api/embed":
+                assert r.status_code == 503 and "server busy" in r.json()["error"]
+            else:
+                assert r.status_code == 429 and r.headers["retry-after"]
+                assert "queue full" in r.json()["error"]["message"]
+        for i, path, r in answers:
+            if r.status_code == 200:
+                got = r.json()["embeddings"][0] if path == "/api/embed" else r.json()["data"][0][
+                    "dense"]
+                np.testing.assert_allclose(got, expected[i], atol=1e-5)
+        assert httpx.get(url + "/health").status_code == 200
+        ok = httpx.post(url + "/v1/embed", json={"inputs": "after the storm"}, timeout=60)
+        assert ok.status_code == 200
+
+
+def test_list_and_single_inputs_count_the_same_at_admission(minilm):
+    with running_server(minilm, max_queued_requests=4) as url:
+        r = httpx.post(url + "/v1/embed", json={"inputs": ["x"] * 5}, timeout=60)
+        assert r.status_code == 429  # five texts never fit a queue of four
+        assert httpx.post(url + "/v1/embed", json={"inputs": ["x"] * 4}, timeout=60).status_code \
+            == 200
+
+
+def test_timeout_frees_the_slot(minilm):
+    with running_server(minilm, request_timeout=0.001) as url:
+        r = httpx.post(url + "/v1/embeddings", json={"model": "minilm",
+                                                      "input": "slow " * 200}, timeout=60)
+        assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+
+
+def test_auth(minilm):
+    import openai
+
+    with running_server(minilm, api_key="s3cret") as url:
+        assert httpx.get(url + "/health").status_code == 200
+        for path, body, shape in [
+            ("/v1/embed", {"inputs": "x"}, lambda b: b["error"]["code"] == "invalid_api_key"),
+            ("/api/embed", {"model": "minilm", "input": "x"}, lambda b: "API key" in b["error"]),
+            ("/embed", {"inputs": "x"}, lambda b: b["error_type"] == "Authentication"),
+        ]:
+            r = httpx.post(url + path, json=body, headers={"Authorization": "Bearer wrong"})
+            assert r.status_code == 401 and shape(r.json())
+        assert httpx.get(url + "/metrics").status_code == 401
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="nope").embeddings.create(
+                model="minilm", input="x")
+        good = openai.OpenAI(base_url=url + "/v1", api_key="s3cret").embeddings.create(
+            model="minilm", input="x")
+        assert len(good.data[0].embedding) == 384
+
+
+LONG = "word " * 300
+BAD = [
+    # OpenAI shape: {"error": {"message", "type", "param", "code"}}
+    ("/v1/embeddings", {"model": "minilm", "input": 123}, 400, "openai"),
+    ("/v1/embeddings", {"model": "minilm"}, 400, "openai"),
+    ("/v1/embeddings", {"input": "x"}, 400, "openai"),
+    ("/v1/embeddings", {"model": "minilm", "input": []}, 400, "openai"),
+    ("/v1/embeddings", {"model": "minilm", "input": ["a", None]}, 400, "openai"),
+    ("/v1/embeddings", {"model": "minilm", "input": [[99999999]]}, 400, "openai"),
+    ("/v1/embeddings", {"model": "minilm", "input": "x", "dimensions": 0}, 400, "openai"),
+    ("/v1/embeddings", {"model": "minilm", "input": "x", "encoding_format": "hex"}, 400, "openai"),
+    ("/v1/embeddings", {"model": "gpt-4", "input": "x"}, 404, "openai"),
+    ("/v1/embeddings", b"{not json", 400, "openai"),
+    ("/v1/embeddings", b"\xff\xfe\x00garbage", 400, "openai"),
+    ("/v1/embeddings", {"model": "minilm", "input": ["x"] * 65}, 413, "openai"),
+    ("/v1/embeddings", {"model": "minilm", "input": "y" * 300_000}, 413, "openai"),
+    # Ollama shape: {"error": "..."}
+    ("/api/embed", {"model": "minilm", "input": [1, 2]}, 400, "ollama"),
+    ("/api/embed", {"input": "x"}, 400, "ollama"),
+    ("/api/embed", {"model": "llama3", "input": "x"}, 404, "ollama"),
+    ("/api/embed", {"model": "minilm", "input": LONG, "truncate": False}, 400, "ollama"),
+    ("/api/embeddings", {"model": "minilm", "prompt": 5}, 400, "ollama"),
+    ("/api/embed", b"[]", 400, "ollama"),
+    # TEI shape: {"error", "error_type"}
+    ("/embed", {}, 422, "tei"),
+    ("/embed", {"inputs": []}, 400, "tei"),
+    ("/embed", {"inputs": LONG, "truncate": False}, 413, "tei"),
+    ("/embed", {"inputs": ["x"] * 65}, 413, "tei"),
+    ("/embed", {"inputs": "x", "prompt_name": "passage"}, 422, "tei"),
+    ("/embed", {"inputs": "x", "truncation_direction": "Left"}, 422, "tei"),
+    # native
+    ("/v1/embed", {"inputs": "x", "kind": "passage"}, 400, "native"),
+    ("/v1/embed", {"inputs": "x", "colour": "red"}, 400, "native"),
+    ("/v1/embed", {"inputs": "x", "dense": False}, 400, "native"),
+    ("/v1/embed", {"inputs": ["x", ["nested"]]}, 400, "native"),
+    ("/v1/embed", {"inputs": "x", "model": "bge-m3"}, 404, "native"),
+    ("/v1/nothing", {"inputs": "x"}, 404, "native"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, shape", BAD,
+                         ids=[f"{p}-{i}" for i, (p, *_) in enumerate(BAD)])
+def test_bad_input_gets_a_clear_4xx_in_the_protocols_shape(client, path, body, status, shape):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = client.post(path, content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    b = r.json()
+    if shape in ("openai", "native"):
+        assert set(b["error"]) == {"message", "type", "param", "code"} and b["error"]["message"]
+    elif shape == "ollama":
+        assert isinstance(b["error"], str) and b["error"]
+    else:
+        assert isinstance(b["error"], str) and b["error_type"]
