@@ -25,6 +25,7 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/hybridembed embed "Hybrid search keeps dense and sparse vectors in one record." \
 		"BM25 finds exact keywords; dense vectors find meaning." --sparse --multivector
+	$(VENV)/bin/hybridembed serve
 
 test: install
 	$(VENV)/bin/ruff check hybridembed tests

@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--request-timeout", type=float, help="seconds before a 503")
     serve.add_argument("--served-model-name", help="another model name clients may send")
     serve.add_argument("--log-level", default="info")
+
+    load = sub.add_parser("loadtest", help="server throughput vs in-process, and latency")
+    load.add_argument("--model", default="minilm")
+    load.add_argument("--texts", type=int, default=1000)
+    load.add_argument("--concurrency", type=int, default=64)
+    load.add_argument("--json", action="store_true")
     return parser
 
 
@@ -67,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"embed": cmd_embed, "models": cmd_models, "pull": cmd_pull,
-                    "serve": cmd_serve}
+                    "serve": cmd_serve, "loadtest": cmd_loadtest}
         return commands[args.command](args)
     except HybridEmbedError as exc:
         print(f"hybridembed: error: {exc}", file=sys.stderr)
@@ -137,6 +143,15 @@ def cmd_embed(args) -> int:
             print(f"  sparse      {len(item.sparse)} terms  {shown}")
         if item.multivector is not None:
             print(f"  multivector {item.multivector.shape[0]} x {item.multivector.shape[1]}")
+    return 0
+
+
+def cmd_loadtest(args) -> int:
+    from .bench import loadtest
+
+    report = loadtest.run(args.model, args.texts, args.concurrency,
+                          progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps(report, indent=2) if args.json else loadtest.format_report(report))
     return 0
 
 

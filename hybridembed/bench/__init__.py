@@ -1,0 +1,1 @@
+"""Measurement harnesses behind the CLI (``hybridembed loadtest``)."""

@@ -1,0 +1,22 @@
+"""Deterministic synthetic corpora for benchmarks (no download, same texts every run)."""
+
+from __future__ import annotations
+
+import random
+
+_VOCAB = ("retrieval dense sparse vector index query document model batch token search "
+          "hybrid lexical semantic embedding ranking score fusion memory latency throughput "
+          "river city forest mountain ocean history science music language market energy "
+          "health policy travel weather garden kitchen library museum bridge station").split()
+_GLUE = "the a of and to in is for on with as by at from that this it be are was".split()
+
+
+def texts(n: int = 1000, min_words: int = 20, max_words: int = 40, seed: int = 0) -> list[str]:
+    """``n`` sentences of ``min_words``..``max_words`` words, unique, reproducible."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        words = [rng.choice(_VOCAB if rng.random() < 0.6 else _GLUE)
+                 for _ in range(rng.randint(min_words, max_words))]
+        out.append(f"{i}. " + " ".join(words).capitalize() + ".")
+    return out

@@ -1,0 +1,125 @@
+"""Server overhead, measured: in-process batch throughput versus the HTTP server under N
+concurrent single-text clients, and single-request latency, in one run.
+
+The server runs in a child process (as in production) with the result cache off, so
+every request is computed; the load generator is this process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+
+from . import corpus
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def _concurrent(url: str, texts: list[str], concurrency: int) -> tuple[float, list[float]]:
+    queue = list(enumerate(texts))
+    latencies: list[float] = []
+
+    async def client(http: httpx.AsyncClient):
+        while queue:
+            _, text = queue.pop()
+            began = time.perf_counter()
+            r = await http.post("/v1/embeddings", json={"model": "any-name-ok", "input": text,
+                                                        "encoding_format": "base64"})
+            r.raise_for_status()
+            latencies.append(time.perf_counter() - began)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        began = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        return time.perf_counter() - began, latencies
+
+
+def run(model: str = "minilm", n: int = 1000, concurrency: int = 64, single: int = 100,
+        progress=print) -> dict:
+    from ..service import Embedder
+
+    texts = corpus.texts(n)
+    progress(f"in-process: embedding {n} texts with {model} ...")
+    emb = Embedder(model, cache_size=0)
+    began = time.perf_counter()
+    result = emb.embed(texts)
+    inproc = time.perf_counter() - began
+    tokens = result.usage.total_tokens
+    del emb
+
+    port = _free_port()
+    env = {**os.environ, "HYBRIDEMBED_CACHE_SIZE": "0", "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "hybridembed", "serve", "--model", model,
+                               "--port", str(port), "--served-model-name", "any-name-ok",
+                               "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise RuntimeError("the server did not become ready")
+            time.sleep(0.25)
+        progress(f"server: {concurrency} concurrent clients, one text per request ...")
+        asyncio.run(_concurrent(url, texts[:64], concurrency))  # warm connections and pools
+        wall, latencies = asyncio.run(_concurrent(url, texts, concurrency))
+        progress(f"server: {single} sequential single-text requests ...")
+        singles = []
+        with httpx.Client(base_url=url, timeout=60) as http:
+            for text in texts[:single]:
+                began = time.perf_counter()
+                http.post("/v1/embeddings", json={"model": "any-name-ok", "input": text}
+                          ).raise_for_status()
+                singles.append(time.perf_counter() - began)
+        metrics = httpx.get(url + "/metrics").text
+    finally:
+        server.terminate()
+        server.wait(30)
+    batches = [line for line in metrics.splitlines()
+               if line.startswith(("hybridembed_batch_texts_sum", "hybridembed_batch_texts_count"))]
+    total, count = (float(line.split()[-1]) for line in sorted(batches, reverse=True)[:2])
+    report = {
+        "model": model, "texts": n, "tokens": tokens, "concurrency": concurrency,
+        "in_process_texts_per_s": n / inproc,
+        "server_texts_per_s": n / wall,
+        "server_vs_in_process": (n / wall) / (n / inproc),
+        "server_latency_p50_ms": 1000 * statistics.median(latencies),
+        "server_latency_p95_ms": 1000 * _percentile(latencies, 0.95),
+        "single_request_p50_ms": 1000 * statistics.median(singles),
+        "single_request_p95_ms": 1000 * _percentile(singles, 0.95),
+        "mean_texts_per_batch": total / count if count else 0.0,
+    }
+    return report
+
+
+def format_report(r: dict) -> str:
+    return "\n".join([
+        f"model {r['model']}: {r['texts']} texts, {r['tokens']} tokens, "
+        f"{r['concurrency']} concurrent clients",
+        f"  in-process batch      {r['in_process_texts_per_s']:8.1f} texts/s",
+        f"  server (concurrent)   {r['server_texts_per_s']:8.1f} texts/s  "
+        f"= {r['server_vs_in_process']:.2f}x in-process; p50 {r['server_latency_p50_ms']:.0f} ms,"
+        f" p95 {r['server_latency_p95_ms']:.0f} ms; {r['mean_texts_per_batch']:.1f} texts/batch",
+        f"  single request        p50 {r['single_request_p50_ms']:.1f} ms, "
+        f"p95 {r['single_request_p95_ms']:.1f} ms",
+    ])
