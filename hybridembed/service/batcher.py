@@ -61,13 +61,16 @@ class BatchRecord:
 class DynamicBatcher:
     def __init__(self, embedder, *, max_batch_tokens: int, max_batch_requests: int | None = None,
                  max_queued_texts: int = 4096, max_queued_tokens: int | None = None,
-                 prefetch: int = 1, on_batch=None):
+                 prefetch: int = 0, settle_ms: float = 2.0, max_settle_ms: float = 20.0,
+                 on_batch=None):
         self.embedder = embedder
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_requests = max_batch_requests
         self.max_queued_texts = max_queued_texts
         self.max_queued_tokens = max_queued_tokens
         self.on_batch = on_batch
+        self.settle = settle_ms / 1000
+        self.max_settle = max_settle_ms / 1000
         self._queue: deque[_Job] = deque()
         self._queued_texts = 0
         self._queued_tokens = 0
@@ -160,6 +163,7 @@ class DynamicBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             await self._slots.acquire()
+            await self._settle()
             batch = self._next_batch()
             if not batch:
                 self._slots.release()
@@ -167,6 +171,18 @@ class DynamicBatcher:
             task = asyncio.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    async def _settle(self) -> None:
+        """Let requests that arrived while the model was busy finish parsing and join the
+        queue: wait while the queue keeps growing, ``settle`` at a time, ``max_settle`` at
+        most. On a CPU the forward pass starves the event loop, so without this the next
+        batch would hold only the few requests parsed so far."""
+        deadline = time.perf_counter() + self.max_settle
+        while time.perf_counter() < deadline:
+            before = self._queued_texts
+            await asyncio.sleep(self.settle)
+            if self._queued_texts == before:
+                return
 
     async def _run(self, batch: list[_Job]) -> None:
         try:
