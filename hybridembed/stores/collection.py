@@ -1,0 +1,151 @@
+""":class:`HybridStore`: the one entry point for indexing and searching, over any adapter.
+
+It embeds (dense + sparse + multi-vector in one forward pass per batch), checks that the
+collection was built by the same model and options, validates names, documents and
+filters before anything is written, asks the adapter for fused candidates, and applies a
+cross-encoder rerank when asked. Adapters only move vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import InvalidOptionError
+from .base import (
+    CollectionSchema,
+    Document,
+    Hit,
+    QuerySpec,
+    Record,
+    StoreBackend,
+    check_documents,
+    check_filter,
+    check_name,
+    check_search,
+)
+
+
+class HybridStore:
+    def __init__(self, backend: StoreBackend, embedder, reranker=None,
+                 reranker_model: str = "bge-reranker-base", batch_size: int = 256):
+        self.backend = backend
+        self.embedder = embedder
+        self._reranker = reranker
+        self.reranker_model = reranker_model
+        self.batch_size = batch_size
+
+    @property
+    def kind(self) -> str:
+        return self.backend.kind
+
+    # -- collections ----------------------------------------------------------------------
+    def create_collection(self, name: str, multivector: bool = True) -> CollectionSchema:
+        schema = CollectionSchema.of(self.embedder, multivector=multivector)
+        self.backend.create(check_name(name), {"schema": schema.to_dict(), "fields": []})
+        return schema
+
+    def ensure_collection(self, name: str, multivector: bool = True) -> CollectionSchema:
+        if check_name(name) in self.backend.list():
+            return self.schema(name)
+        return self.create_collection(name, multivector)
+
+    def list_collections(self) -> list[str]:
+        return self.backend.list()
+
+    def drop_collection(self, name: str) -> None:
+        self.backend.drop(check_name(name))
+
+    def schema(self, name: str) -> CollectionSchema:
+        return CollectionSchema.from_dict(self.backend.meta(check_name(name))["schema"])
+
+    def count(self, name: str) -> int:
+        return self.backend.count(check_name(name))
+
+    def describe(self, name: str) -> dict[str, Any]:
+        meta = self.backend.meta(check_name(name))
+        return {"name": name, "store": self.kind, "count": self.backend.count(name), **meta}
+
+    def _checked_meta(self, name: str) -> tuple[dict[str, Any], CollectionSchema]:
+        meta = self.backend.meta(check_name(name))
+        schema = CollectionSchema.from_dict(meta["schema"])
+        mine = CollectionSchema.of(self.embedder, multivector=bool(schema.multivector_dim))
+        schema.check(mine, name)
+        return meta, schema
+
+    # -- documents ------------------------------------------------------------------------
+    def upsert(self, name: str, docs: Sequence[Document | Mapping], progress=None) -> int:
+        """Embed and write ``docs``; every vector of a document goes in one record.
+        Validation happens before anything is written."""
+        meta, schema = self._checked_meta(name)
+        docs = check_documents(docs)
+        fields = set(meta.get("fields", []))
+        new_fields = {k for d in docs for k in d.payload} - fields
+        if new_fields:  # record fields first: a filter on them must never be refused
+            meta["fields"] = sorted(fields | new_fields)
+            self.backend.update_meta(name, meta)
+        for start in range(0, len(docs), self.batch_size):
+            chunk = docs[start:start + self.batch_size]
+            result = self.embedder.embed([d.text for d in chunk], dense=True, sparse=True,
+                                         multivector=bool(schema.multivector_dim))
+            records = [Record(key=d.key, text=d.text, payload=dict(d.payload),
+                              dense=result.dense[i], sparse=result.sparse[i],
+                              multivector=result.multivector[i] if result.multivector else None)
+                       for i, d in enumerate(chunk)]
+            self.backend.write(name, records)
+            if progress:
+                progress(len(chunk))
+        return len(docs)
+
+    def delete(self, name: str, ids: Sequence[str | int]) -> int:
+        return self.backend.delete(check_name(name), [str(i) for i in ids])
+
+    # -- search ---------------------------------------------------------------------------
+    def search(self, name: str, query: str, *, mode: str = "hybrid", fusion: str = "rrf",
+               k: int = 10, filter: Mapping[str, Any] | None = None, rerank: str | None = None,
+               candidates: int | None = None,
+               weights: tuple[float, float] = (1.0, 1.0)) -> list[Hit]:
+        """Top ``k`` hits. ``mode``: dense | sparse | hybrid; ``fusion``: rrf | dbsf |
+        weighted (weighted RRF with ``weights`` = (dense, sparse)); ``rerank``: None |
+        multivector (ColBERT MaxSim, in the store) | cross-encoder."""
+        rerank = None if rerank in (None, "", "none") else rerank
+        check_search(mode, fusion, rerank, k)
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidOptionError("query must be a non-empty string", "query")
+        meta, schema = self._checked_meta(name)
+        if rerank == "multivector" and not schema.multivector_dim:
+            raise InvalidOptionError(f"collection {name!r} stores no multi-vectors; rerank with "
+                                     "cross-encoder or recreate it with multivector=True",
+                                     "rerank")
+        flt = check_filter(filter, meta.get("fields", []), name)
+        pool = max(candidates or 4 * k, k)
+        q = self.embedder.embed([query], kind="query", dense=True, sparse=True,
+                                multivector=rerank == "multivector")
+        spec = QuerySpec(dense=q.dense[0], sparse=q.sparse[0],
+                         multivector=q.multivector[0] if q.multivector else None, mode=mode,
+                         fusion=fusion, k=pool if rerank == "cross-encoder" else k,
+                         candidates=pool, filter=flt, weights=tuple(weights))
+        found = self.backend.query(name, spec)
+        if rerank == "cross-encoder" and found:
+            order = self.reranker.rerank(query, [c.text for c in found], top_k=k)
+            found = [_with(found[i], "cross-encoder", rank, score)
+                     for rank, (i, score) in enumerate(order, 1)]
+        return [Hit(id=c.key, score=float(c.score), text=c.text, payload=c.payload,
+                    retrievers=c.retrievers) for c in found[:k]]
+
+    @property
+    def reranker(self):
+        if self._reranker is None:
+            from ..rerank import CrossEncoderReranker
+
+            self._reranker = CrossEncoderReranker(self.reranker_model)
+        return self._reranker
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _with(candidate, retriever: str, rank: int, score: float):
+    candidate.retrievers[retriever] = {"rank": rank, "score": float(score)}
+    candidate.score = float(score)
+    return candidate

@@ -1,0 +1,217 @@
+"""Embedded Qdrant Edge: one shard directory per collection under a data directory.
+
+Named vectors ``dense`` (cosine), ``sparse`` (IDF modifier when the sparse kind is BM25)
+and ``multivector`` (MaxSim comparator, no HNSW: it only reranks). Hybrid search is one
+Query API request: a prefetch per retriever fused with ``Fusion.Rrf`` or ``Fusion.Dbsf``,
+optionally wrapped in a MaxSim rerank on ``multivector``. Every write is flushed before it
+returns. A shard directory belongs to one process: the second opener gets
+:class:`StoreLockedError` instead of two writers corrupting it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from .base import (
+    Candidate,
+    CollectionExistsError,
+    CollectionNotFoundError,
+    QuerySpec,
+    Record,
+    StoreLockedError,
+    check_name,
+    point_uuid,
+)
+
+META = "hybridembed.json"
+
+
+def edge_filter(flt: dict[str, Any]):
+    if not flt:
+        return None
+    conditions = []
+    for key, value in flt.items():
+        match = qe.MatchAny(any=value) if isinstance(value, list) else qe.MatchValue(value=value)
+        conditions.append(qe.FieldCondition(key=f"payload.{key}", match=match))
+    return qe.Filter(must=conditions)
+
+
+class QdrantEdgeBackend:
+    kind = "edge"
+
+    def __init__(self, data_dir: str | os.PathLike):
+        self.root = Path(data_dir) / "collections"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._shards: dict[str, tuple[Any, Any]] = {}  # name -> (shard, lock file)
+        self._lock = threading.RLock()
+
+    # -- collections ----------------------------------------------------------------------
+    def _dir(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def create(self, name: str, meta: dict[str, Any]) -> None:
+        folder = self._dir(name)
+        with self._lock:
+            if (folder / META).exists():
+                raise CollectionExistsError(f"collection {name!r} already exists")
+            schema = meta["schema"]
+            vectors = {"dense": qe.EdgeVectorParams(size=schema["dense_dim"],
+                                                    distance=qe.Distance.Cosine)}
+            if schema.get("multivector_dim"):
+                vectors["multivector"] = qe.EdgeVectorParams(
+                    size=schema["multivector_dim"], distance=qe.Distance.Dot,
+                    multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+                    hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100,
+                                                   full_scan_threshold=10_000))
+            modifier = qe.Modifier.Idf if schema["sparse_kind"] == "bm25" else None
+            config = qe.EdgeConfig(vectors=vectors, sparse_vectors={
+                "sparse": qe.EdgeSparseVectorParams(modifier=modifier)})
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = self._acquire(name, folder)
+            try:
+                shard = qe.EdgeShard.create(str(folder / "shard"), config)
+            except Exception:
+                lock.close()
+                raise
+            self._shards[name] = (shard, lock)
+            self._write_meta(folder, meta)
+
+    def _write_meta(self, folder: Path, meta: dict[str, Any]) -> None:
+        tmp = folder / (META + ".tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, folder / META)
+
+    def _acquire(self, name: str, folder: Path):
+        lock = open(folder / ".lock", "w")  # noqa: SIM115 - held for the shard's lifetime
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise StoreLockedError(f"collection {name!r} at {folder} is open in another process; "
+                                   "Qdrant Edge allows one process per shard (serve it over HTTP "
+                                   "to share it)") from None
+        return lock
+
+    def _shard(self, name: str):
+        with self._lock:
+            if name in self._shards:
+                return self._shards[name][0]
+            folder = self._dir(name)
+            if not (folder / META).exists():
+                raise CollectionNotFoundError(f"collection {name!r} does not exist; existing: "
+                                              f"{', '.join(self.list()) or 'none'}")
+            lock = self._acquire(name, folder)
+            try:
+                shard = qe.EdgeShard.load(str(folder / "shard"))
+            except Exception:
+                lock.close()
+                raise
+            self._shards[name] = (shard, lock)
+            return shard
+
+    def list(self) -> list[str]:
+        return sorted(p.parent.name for p in self.root.glob(f"*/{META}"))
+
+    def meta(self, name: str) -> dict[str, Any]:
+        self._shard(name)
+        return json.loads((self._dir(name) / META).read_text())
+
+    def update_meta(self, name: str, meta: dict[str, Any]) -> None:
+        self._shard(name)
+        self._write_meta(self._dir(name), meta)
+
+    def drop(self, name: str) -> None:
+        self._shard(name)
+        with self._lock:
+            shard, lock = self._shards.pop(name)
+            shard.close()
+            shutil.rmtree(self._dir(name))
+            lock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for shard, lock in self._shards.values():
+                shard.close()
+                lock.close()
+            self._shards.clear()
+
+    # -- points ---------------------------------------------------------------------------
+    def write(self, name: str, records: list[Record]) -> None:
+        shard = self._shard(name)
+        points = []
+        for r in records:
+            vector: dict[str, Any] = {"dense": r.dense.tolist(), "sparse": qe.SparseVector(
+                indices=r.sparse.indices.tolist(), values=r.sparse.values.tolist())}
+            if r.multivector is not None:
+                vector["multivector"] = r.multivector.tolist()
+            points.append(qe.Point(id=point_uuid(r.key), vector=vector,
+                                   payload={"key": r.key, "text": r.text, "payload": r.payload}))
+        with self._lock:
+            shard.update(qe.UpdateOperation.upsert_points(points))
+            shard.flush()
+
+    def delete(self, name: str, keys: list[str]) -> int:
+        shard = self._shard(name)
+        ids = [point_uuid(k) for k in keys]
+        with self._lock:
+            present = len(shard.retrieve(ids, with_payload=False, with_vector=False))
+            shard.update(qe.UpdateOperation.delete_points(ids))
+            shard.flush()
+        return present
+
+    def count(self, name: str) -> int:
+        return self._shard(name).count(qe.CountRequest(exact=True))
+
+    def query(self, name: str, spec: QuerySpec) -> list[Candidate]:
+        shard = self._shard(name)
+        flt = edge_filter(spec.filter)
+        dense_q = qe.Query.Nearest(spec.dense.tolist(), using="dense")
+        sparse_q = qe.Query.Nearest(qe.SparseVector(indices=spec.sparse.indices.tolist(),
+                                                    values=spec.sparse.values.tolist()),
+                                    using="sparse")
+        singles = {"dense": dense_q, "sparse": sparse_q}
+        wanted = ["dense", "sparse"] if spec.mode == "hybrid" else [spec.mode]
+        requests = [qe.QueryRequest(limit=spec.candidates, query=singles[r], filter=flt,
+                                    with_payload=False) for r in wanted]
+        if spec.mode == "hybrid":
+            fusion = (qe.Fusion.Dbsf() if spec.fusion == "dbsf" else qe.Fusion.Rrf(
+                k=spec.rrf_k, weights=list(spec.weights) if spec.fusion == "weighted" else None))
+            prefetches = [qe.Prefetch(limit=spec.candidates, query=singles[r], filter=flt)
+                          for r in wanted]
+            main = qe.QueryRequest(limit=spec.candidates if spec.multivector is not None
+                                   else spec.k, query=fusion, prefetches=prefetches,
+                                   with_payload=True)
+            fused_stage = qe.Prefetch(limit=spec.candidates, query=fusion, prefetches=prefetches)
+        else:
+            main = qe.QueryRequest(limit=spec.k, query=singles[spec.mode], filter=flt,
+                                   with_payload=True)
+            fused_stage = qe.Prefetch(limit=spec.candidates, query=singles[spec.mode], filter=flt)
+        if spec.multivector is not None:
+            main = qe.QueryRequest(
+                limit=spec.k, prefetches=[fused_stage], with_payload=True,
+                query=qe.Query.Nearest(spec.multivector.tolist(), using="multivector"))
+        results = shard.query_batch(qe.QueryBatchRequest([*requests, main]))
+        per_retriever = {r: {str(p.id): (rank, p.score) for rank, p in enumerate(res, 1)}
+                         for r, res in zip(wanted, results, strict=False)}
+        out = []
+        for rank, point in enumerate(results[-1], 1):
+            pid = str(point.id)
+            retrievers = {r: {"rank": found[pid][0], "score": found[pid][1]}
+                          for r, found in per_retriever.items() if pid in found}
+            score = point.score
+            if spec.multivector is not None:  # Qdrant sums MaxSim; BGE-M3 means it
+                score = point.score / max(len(spec.multivector), 1)
+                retrievers["multivector"] = {"rank": rank, "score": score}
+            payload = point.payload or {}
+            out.append(Candidate(key=payload.get("key", pid), score=score,
+                                 text=payload.get("text", ""), payload=payload.get("payload", {}),
+                                 retrievers=retrievers))
+        return out
