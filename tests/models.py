@@ -69,3 +69,25 @@ def build_tiny_bge_m3(folder: Path, hidden: int = 32, colbert_dim: int | None = 
     (folder / "sentence_bert_config.json").write_text(
         json.dumps({"max_seq_length": 128, "do_lower_case": False}))
     return folder
+
+
+def build_tiny_cross_encoder(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised XLM-RoBERTa sequence classifier with one label, laid out as
+    BAAI/bge-reranker-base ships (``config.json`` naming
+    ``XLMRobertaForSequenceClassification``, weights and tokenizer; no
+    sentence-transformers files)."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    build_xlmr_tokenizer(folder)
+    torch.manual_seed(seed)
+    config = XLMRobertaConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, intermediate_size=64,
+                              max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
+                              eos_token_id=2, num_labels=1,
+                              # wider than the default 0.02 so scores differ visibly
+                              initializer_range=0.2)
+    XLMRobertaForSequenceClassification(config).save_pretrained(str(folder))
+    return folder

@@ -80,10 +80,9 @@ def test_conversions():
     assert list(edge.indices) == [2, 7] and list(edge.values) == pytest.approx([1.5, 0.5])
     assert v.to_json() == {"indices": [2, 7], "values": [1.5, 0.5]}
     assert list(v.to_tokens({2: "two", 7: "seven"})) == ["two", "seven"]
-    try:
-        pg = v.to_pgvector(10)
-    except ImportError:  # pgvector is installed with the store extras
-        return
+    qc = v.to_qdrant()
+    assert qc.indices == [2, 7] and qc.values == pytest.approx([1.5, 0.5])
+    pg = v.to_pgvector(10)
     assert pg.dimensions() == 10 and pg.indices() == [2, 7]
     with pytest.raises(ValueError, match="does not fit"):
         v.to_pgvector(5)

@@ -17,7 +17,7 @@ from .base import (
     StoreError,
     StoreLockedError,
 )
-from .collection import HybridStore
+from .collection import VectorStore
 
 STORES: tuple[str, ...] = ("edge", "qdrant", "pgvector")
 
@@ -45,11 +45,11 @@ def open_backend(kind: str = "edge", *, url: str | None = None,
     raise InvalidOptionError(f"unknown store {kind!r}; valid: {', '.join(STORES)}", "store")
 
 
-def open_store(embedder, kind: str = "edge", **options) -> HybridStore:
+def open_store(embedder, kind: str = "edge", **options) -> VectorStore:
     reranker_model = options.pop("reranker_model", "bge-reranker-base")
-    return HybridStore(open_backend(kind, **options), embedder, reranker_model=reranker_model)
+    return VectorStore(open_backend(kind, **options), embedder, reranker_model=reranker_model)
 
 
 __all__ = ["STORES", "CollectionExistsError", "CollectionNotFoundError", "CollectionSchema",
-           "Document", "Hit", "HybridStore", "SchemaMismatchError", "StoreError",
+           "Document", "Hit", "VectorStore", "SchemaMismatchError", "StoreError",
            "StoreLockedError", "open_backend", "open_store"]

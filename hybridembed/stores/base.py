@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from ..errors import HybridEmbedError, InvalidOptionError
 
@@ -232,7 +232,7 @@ class Candidate:
 class StoreBackend(Protocol):
     """What an adapter (qdrant_edge, qdrant, pgvector) implements; everything shared —
     embedding, schema checks, validation, cross-encoder rerank — lives in
-    :class:`~hybridembed.stores.collection.HybridStore`."""
+    :class:`~hybridembed.stores.collection.VectorStore`."""
 
     kind: str
 

@@ -1,4 +1,4 @@
-""":class:`HybridStore`: the one entry point for indexing and searching, over any adapter.
+""":class:`VectorStore`: the one entry point for indexing and searching, over any adapter.
 
 It embeds (dense + sparse + multi-vector in one forward pass per batch), checks that the
 collection was built by the same model and options, validates names, documents and
@@ -26,7 +26,7 @@ from .base import (
 )
 
 
-class HybridStore:
+class VectorStore:
     def __init__(self, backend: StoreBackend, embedder, reranker=None,
                  reranker_model: str = "bge-reranker-base", batch_size: int = 256):
         self.backend = backend

@@ -30,6 +30,7 @@ from .base import (
     check_name,
     point_uuid,
 )
+from .qdrant_common import candidates, ranked, weighted_ids
 
 META = "hybridembed.json"
 
@@ -173,45 +174,41 @@ class QdrantEdgeBackend:
     def query(self, name: str, spec: QuerySpec) -> list[Candidate]:
         shard = self._shard(name)
         flt = edge_filter(spec.filter)
-        dense_q = qe.Query.Nearest(spec.dense.tolist(), using="dense")
-        sparse_q = qe.Query.Nearest(qe.SparseVector(indices=spec.sparse.indices.tolist(),
-                                                    values=spec.sparse.values.tolist()),
-                                    using="sparse")
-        singles = {"dense": dense_q, "sparse": sparse_q}
+        singles = {"dense": qe.Query.Nearest(spec.dense.tolist(), using="dense"),
+                   "sparse": qe.Query.Nearest(qe.SparseVector(
+                       indices=spec.sparse.indices.tolist(), values=spec.sparse.values.tolist()),
+                       using="sparse")}
         wanted = ["dense", "sparse"] if spec.mode == "hybrid" else [spec.mode]
-        requests = [qe.QueryRequest(limit=spec.candidates, query=singles[r], filter=flt,
-                                    with_payload=False) for r in wanted]
-        if spec.mode == "hybrid":
-            fusion = (qe.Fusion.Dbsf() if spec.fusion == "dbsf" else qe.Fusion.Rrf(
-                k=spec.rrf_k, weights=list(spec.weights) if spec.fusion == "weighted" else None))
+        weighted = spec.mode == "hybrid" and spec.fusion == "weighted"
+        lists = shard.query_batch(qe.QueryBatchRequest([
+            qe.QueryRequest(limit=spec.candidates, query=singles[r], filter=flt,
+                            with_payload=weighted) for r in wanted]))
+        per_retriever = {r: ranked(points) for r, points in zip(wanted, lists, strict=True)}
+        limit = spec.k
+        if weighted:
+            fused = weighted_ids(spec, *lists)[:spec.candidates]
+            if spec.multivector is None:
+                stored = {str(p.id): p.payload for points in lists for p in points}
+                return candidates(spec, per_retriever,
+                                  [(pid, s, stored[pid]) for pid, s in fused[:limit]])
+            stage = None
+            mv_filter = qe.Filter(must=[qe.HasIdCondition({pid for pid, _ in fused})])
+        elif spec.mode == "hybrid":
+            fusion = (qe.Fusion.Dbsf() if spec.fusion == "dbsf"
+                      else qe.Fusion.Rrf(k=spec.rrf_k + 1))  # Qdrant ranks from 0
             prefetches = [qe.Prefetch(limit=spec.candidates, query=singles[r], filter=flt)
                           for r in wanted]
-            main = qe.QueryRequest(limit=spec.candidates if spec.multivector is not None
-                                   else spec.k, query=fusion, prefetches=prefetches,
+            stage = qe.Prefetch(limit=spec.candidates, query=fusion, prefetches=prefetches)
+            main = qe.QueryRequest(limit=limit, query=fusion, prefetches=prefetches,
                                    with_payload=True)
-            fused_stage = qe.Prefetch(limit=spec.candidates, query=fusion, prefetches=prefetches)
         else:
-            main = qe.QueryRequest(limit=spec.k, query=singles[spec.mode], filter=flt,
+            stage = qe.Prefetch(limit=spec.candidates, query=singles[spec.mode], filter=flt)
+            main = qe.QueryRequest(limit=limit, query=singles[spec.mode], filter=flt,
                                    with_payload=True)
-            fused_stage = qe.Prefetch(limit=spec.candidates, query=singles[spec.mode], filter=flt)
         if spec.multivector is not None:
-            main = qe.QueryRequest(
-                limit=spec.k, prefetches=[fused_stage], with_payload=True,
-                query=qe.Query.Nearest(spec.multivector.tolist(), using="multivector"))
-        results = shard.query_batch(qe.QueryBatchRequest([*requests, main]))
-        per_retriever = {r: {str(p.id): (rank, p.score) for rank, p in enumerate(res, 1)}
-                         for r, res in zip(wanted, results, strict=False)}
-        out = []
-        for rank, point in enumerate(results[-1], 1):
-            pid = str(point.id)
-            retrievers = {r: {"rank": found[pid][0], "score": found[pid][1]}
-                          for r, found in per_retriever.items() if pid in found}
-            score = point.score
-            if spec.multivector is not None:  # Qdrant sums MaxSim; BGE-M3 means it
-                score = point.score / max(len(spec.multivector), 1)
-                retrievers["multivector"] = {"rank": rank, "score": score}
-            payload = point.payload or {}
-            out.append(Candidate(key=payload.get("key", pid), score=score,
-                                 text=payload.get("text", ""), payload=payload.get("payload", {}),
-                                 retrievers=retrievers))
-        return out
+            mv = qe.Query.Nearest(spec.multivector.tolist(), using="multivector")
+            main = (qe.QueryRequest(limit=limit, query=mv, filter=mv_filter, with_payload=True)
+                    if stage is None else
+                    qe.QueryRequest(limit=limit, query=mv, prefetches=[stage], with_payload=True))
+        points = shard.query(main)
+        return candidates(spec, per_retriever, [(str(p.id), p.score, p.payload) for p in points])

@@ -1,0 +1,157 @@
+"""Qdrant server through qdrant-client: the same record layout and query plan as the
+embedded adapter — named vectors ``dense``/``sparse``/``multivector``, hybrid as
+``Prefetch`` + ``RrfQuery``/``FusionQuery`` and a MaxSim rerank on ``multivector`` in the
+same request. The collection's schema lives in Qdrant's collection ``metadata``.
+
+``url`` is a server URL (``http://host:6333``), or ``:memory:`` / a folder for
+qdrant-client's local mode, which the tests use: the code path is identical.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qdrant_client import QdrantClient, models
+
+from .base import (
+    Candidate,
+    CollectionExistsError,
+    CollectionNotFoundError,
+    QuerySpec,
+    Record,
+    check_name,
+    point_uuid,
+)
+from .qdrant_common import candidates, ranked, weighted_ids
+
+
+def qdrant_filter(flt: dict[str, Any]) -> models.Filter | None:
+    if not flt:
+        return None
+    return models.Filter(must=[
+        models.FieldCondition(key=f"payload.{key}", match=models.MatchAny(any=value)
+                              if isinstance(value, list) else models.MatchValue(value=value))
+        for key, value in flt.items()])
+
+
+class QdrantBackend:
+    kind = "qdrant"
+
+    def __init__(self, url: str, api_key: str | None = None):
+        if url.startswith(("http://", "https://")):
+            self.client = QdrantClient(url=url, api_key=api_key)
+        elif url == ":memory:":
+            self.client = QdrantClient(location=":memory:")
+        else:
+            self.client = QdrantClient(path=url)
+
+    def _exists(self, name: str) -> bool:
+        return self.client.collection_exists(check_name(name))
+
+    def _need(self, name: str) -> None:
+        if not self._exists(name):
+            raise CollectionNotFoundError(f"collection {name!r} does not exist; existing: "
+                                          f"{', '.join(self.list()) or 'none'}")
+
+    def create(self, name: str, meta: dict[str, Any]) -> None:
+        if self._exists(name):
+            raise CollectionExistsError(f"collection {name!r} already exists")
+        schema = meta["schema"]
+        vectors = {"dense": models.VectorParams(size=schema["dense_dim"],
+                                                distance=models.Distance.COSINE)}
+        if schema.get("multivector_dim"):
+            vectors["multivector"] = models.VectorParams(
+                size=schema["multivector_dim"], distance=models.Distance.DOT,
+                multivector_config=models.MultiVectorConfig(
+                    comparator=models.MultiVectorComparator.MAX_SIM),
+                hnsw_config=models.HnswConfigDiff(m=0))
+        modifier = models.Modifier.IDF if schema["sparse_kind"] == "bm25" else None
+        self.client.create_collection(
+            name, vectors_config=vectors,
+            sparse_vectors_config={"sparse": models.SparseVectorParams(modifier=modifier)},
+            metadata=meta)
+
+    def list(self) -> list[str]:
+        return sorted(c.name for c in self.client.get_collections().collections)
+
+    def drop(self, name: str) -> None:
+        self._need(name)
+        self.client.delete_collection(name)
+
+    def meta(self, name: str) -> dict[str, Any]:
+        self._need(name)
+        return dict(self.client.get_collection(name).config.metadata or {})
+
+    def update_meta(self, name: str, meta: dict[str, Any]) -> None:
+        self._need(name)
+        self.client.update_collection(name, metadata=meta)
+
+    def write(self, name: str, records: list[Record]) -> None:
+        self._need(name)
+        points = []
+        for r in records:
+            vector: dict[str, Any] = {"dense": r.dense.tolist(), "sparse": models.SparseVector(
+                indices=r.sparse.indices.tolist(), values=r.sparse.values.tolist())}
+            if r.multivector is not None:
+                vector["multivector"] = r.multivector.tolist()
+            points.append(models.PointStruct(id=point_uuid(r.key), vector=vector, payload={
+                "key": r.key, "text": r.text, "payload": r.payload}))
+        self.client.upsert(name, points=points, wait=True)
+
+    def delete(self, name: str, keys: list[str]) -> int:
+        self._need(name)
+        ids = [point_uuid(k) for k in keys]
+        present = len(self.client.retrieve(name, ids, with_payload=False, with_vectors=False))
+        self.client.delete(name, points_selector=models.PointIdsList(points=ids), wait=True)
+        return present
+
+    def count(self, name: str) -> int:
+        self._need(name)
+        return self.client.count(name, exact=True).count
+
+    def query(self, name: str, spec: QuerySpec) -> list[Candidate]:
+        self._need(name)
+        flt = qdrant_filter(spec.filter)
+        singles = {"dense": spec.dense.tolist(),
+                   "sparse": models.SparseVector(indices=spec.sparse.indices.tolist(),
+                                                 values=spec.sparse.values.tolist())}
+        wanted = ["dense", "sparse"] if spec.mode == "hybrid" else [spec.mode]
+        weighted = spec.mode == "hybrid" and spec.fusion == "weighted"
+        lists = [r.points for r in self.client.query_batch_points(name, [
+            models.QueryRequest(query=singles[r], using=r, filter=flt, limit=spec.candidates,
+                                with_payload=weighted) for r in wanted])]
+        per_retriever = {r: ranked(points) for r, points in zip(wanted, lists, strict=True)}
+        limit = spec.k
+        if weighted:
+            fused = weighted_ids(spec, *lists)[:spec.candidates]
+            if spec.multivector is None:
+                stored = {str(p.id): p.payload for points in lists for p in points}
+                return candidates(spec, per_retriever,
+                                  [(pid, s, stored[pid]) for pid, s in fused[:limit]])
+            stage = None
+            mv_filter = models.Filter(must=[models.HasIdCondition(
+                has_id=[pid for pid, _ in fused])])
+        elif spec.mode == "hybrid":
+            fusion = (models.FusionQuery(fusion=models.Fusion.DBSF) if spec.fusion == "dbsf"
+                      else models.RrfQuery(rrf=models.Rrf(k=spec.rrf_k + 1)))  # ranks from 0
+            prefetch = [models.Prefetch(query=singles[r], using=r, filter=flt,
+                                        limit=spec.candidates) for r in wanted]
+            stage = models.Prefetch(query=fusion, prefetch=prefetch, limit=spec.candidates)
+            main = models.QueryRequest(query=fusion, prefetch=prefetch, limit=limit,
+                                       with_payload=True)
+        else:
+            stage = models.Prefetch(query=singles[spec.mode], using=spec.mode, filter=flt,
+                                    limit=spec.candidates)
+            main = models.QueryRequest(query=singles[spec.mode], using=spec.mode, filter=flt,
+                                       limit=limit, with_payload=True)
+        if spec.multivector is not None:
+            mv = spec.multivector.tolist()
+            main = (models.QueryRequest(query=mv, using="multivector", filter=mv_filter,
+                                        limit=limit, with_payload=True) if stage is None else
+                    models.QueryRequest(query=mv, using="multivector", prefetch=[stage],
+                                        limit=limit, with_payload=True))
+        points = self.client.query_batch_points(name, [main])[0].points
+        return candidates(spec, per_retriever, [(str(p.id), p.score, p.payload) for p in points])
+
+    def close(self) -> None:
+        self.client.close()
