@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from . import registry
 from .config import ENV_DOC, Settings
-from .errors import HybridEmbedError
+from .errors import HybridEmbedError, InvalidOptionError
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -18,6 +18,13 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", help="auto, fp32, fp16, bf16")
     p.add_argument("--max-batch-tokens", type=int, help="padded tokens per forward pass")
+
+
+def _add_store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="edge (default), qdrant or pgvector (env HYBRIDEMBED_STORE)")
+    p.add_argument("--url", help="Qdrant URL or PostgreSQL DSN (env HYBRIDEMBED_STORE_URL)")
+    p.add_argument("--data-dir", help="data directory of the embedded store (default "
+                   "./.hybridembed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +68,37 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-model-name", help="another model name clients may send")
     serve.add_argument("--log-level", default="info")
 
+    index = sub.add_parser("index", help="chunk, embed and store files (.txt, .md, .jsonl)")
+    index.add_argument("paths", nargs="+", help="files or folders")
+    index.add_argument("--collection", required=True)
+    _add_store_flags(index)
+    index.add_argument("--chunk-tokens", type=int, default=256, help="tokens per chunk")
+    index.add_argument("--overlap", type=int, default=32, help="tokens shared by neighbours")
+    index.add_argument("--no-multivector", action="store_true",
+                       help="store no per-token vectors (smaller; no multivector rerank)")
+    index.add_argument("--batch", type=int, default=256, help="documents per write")
+    _add_model_flags(index)
+
+    search = sub.add_parser("search", help="search a collection")
+    search.add_argument("query")
+    search.add_argument("--collection", required=True)
+    _add_store_flags(search)
+    search.add_argument("--mode", default="hybrid", help="dense, sparse or hybrid")
+    search.add_argument("--fusion", default="rrf", help="rrf, dbsf or weighted")
+    search.add_argument("--weights", type=float, nargs=2, default=(1.0, 1.0),
+                        metavar=("DENSE", "SPARSE"), help="weights for --fusion weighted")
+    search.add_argument("--rerank", help="multivector or cross-encoder")
+    search.add_argument("--reranker-model", default="bge-reranker-base")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                        help="payload filter (repeat for AND; VALUE may be a,b,c for any-of)")
+    search.add_argument("--json", action="store_true")
+    _add_model_flags(search)
+
+    cols = sub.add_parser("collections", help="list collections with their size and model")
+    _add_store_flags(cols)
+    cols.add_argument("--json", action="store_true")
+
     load = sub.add_parser("loadtest", help="server throughput vs in-process, and latency")
     load.add_argument("--model", default="minilm")
     load.add_argument("--texts", type=int, default=1000)
@@ -73,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"embed": cmd_embed, "models": cmd_models, "pull": cmd_pull,
-                    "serve": cmd_serve, "loadtest": cmd_loadtest}
+                    "serve": cmd_serve, "loadtest": cmd_loadtest, "index": cmd_index,
+                    "search": cmd_search, "collections": cmd_collections}
         return commands[args.command](args)
     except HybridEmbedError as exc:
         print(f"hybridembed: error: {exc}", file=sys.stderr)
@@ -143,6 +182,97 @@ def cmd_embed(args) -> int:
             print(f"  sparse      {len(item.sparse)} terms  {shown}")
         if item.multivector is not None:
             print(f"  multivector {item.multivector.shape[0]} x {item.multivector.shape[1]}")
+    return 0
+
+
+def _store(args, embedder=None):
+    from .stores import open_store
+
+    settings = Settings.from_env(store=args.store, store_url=args.url, data_dir=args.data_dir)
+    if embedder is None:
+        from .service import Embedder
+
+        embedder = Embedder(**_settings(args).embedder_options())
+    options = settings.store_options()
+    options["reranker_model"] = getattr(args, "reranker_model", "bge-reranker-base")
+    return open_store(embedder, **options)
+
+
+def cmd_index(args) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from .ingest import read_documents
+
+    store = _store(args)
+    store.batch_size = args.batch
+    store.ensure_collection(args.collection, multivector=not args.no_multivector)
+    docs = list(read_documents(args.paths, store.embedder.tokenizer, args.chunk_tokens,
+                               args.overlap))
+    began = time.perf_counter()
+    with tqdm(total=len(docs), unit="doc", desc=f"indexing into {args.collection}",
+              disable=None) as bar:
+        store.upsert(args.collection, docs, progress=bar.update)
+    took = time.perf_counter() - began
+    print(f"{len(docs)} chunks from {len(args.paths)} path(s) in {took:.1f} s "
+          f"({len(docs) / took if took else 0:.1f} docs/s); collection {args.collection!r} "
+          f"({store.kind}) holds {store.count(args.collection)}")
+    store.close()
+    return 0
+
+
+def _parse_filter(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise InvalidOptionError(f"--filter {item!r} is not FIELD=VALUE", "filter")
+        key, value = item.split("=", 1)
+        values = [int(v) if v.lstrip("-").isdigit() else v for v in value.split(",")]
+        out[key] = values if len(values) > 1 else values[0]
+    return out
+
+
+def cmd_search(args) -> int:
+    store = _store(args)
+    hits = store.search(args.collection, args.query, mode=args.mode, fusion=args.fusion,
+                        k=args.k, filter=_parse_filter(args.filter), rerank=args.rerank,
+                        weights=tuple(args.weights))
+    store.close()
+    if args.json:
+        json.dump([h.to_dict() for h in hits], sys.stdout, indent=2)
+        print()
+        return 0
+    if not hits:
+        print("no hits")
+        return 0
+    print(f"{'rank':>4} {'score':>9}  {'why (retriever:rank)':<26} {'id':<24} text")
+    for rank, hit in enumerate(hits, 1):
+        why = " ".join(f"{r[0]}:{v['rank']}" for r, v in hit.retrievers.items())
+        snippet = " ".join(hit.text.split())[:70]
+        print(f"{rank:>4} {hit.score:>9.4f}  {why:<26} {hit.id[:24]:<24} {snippet}")
+    return 0
+
+
+def cmd_collections(args) -> int:
+    from .stores import open_backend
+
+    settings = Settings.from_env(store=args.store, store_url=args.url, data_dir=args.data_dir)
+    backend = open_backend(**settings.store_options())
+    rows = []
+    for name in backend.list():
+        schema = backend.meta(name)["schema"]
+        rows.append({"name": name, "count": backend.count(name), **schema})
+    backend.close()
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return 0
+    for row in rows:
+        print(f"{row['name']:<24} {row['count']:>8} docs  {row['model']} ({row['dense_dim']}-d, "
+              f"sparse {row['sparse_kind']}, multivector {row['multivector_dim'] or 'no'})")
+    if not rows:
+        print(f"no collections in the {settings.store} store")
     return 0
 
 

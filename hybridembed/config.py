@@ -25,6 +25,8 @@ class Settings:
     cache_size: int = 10_000
     threads: int = 0  # 0: torch's default (all cores)
     data_dir: Path = Path(".hybridembed")
+    store: str = "edge"  # edge | qdrant | pgvector
+    store_url: str = ""  # Qdrant URL or PostgreSQL DSN
     # server
     host: str = "127.0.0.1"
     port: int = 8080
@@ -48,6 +50,9 @@ class Settings:
             values[f.name] = _convert(f.name, raw, type(getattr(cls(), f.name)))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def store_options(self) -> dict:
+        return {"kind": self.store, "url": self.store_url or None, "data_dir": self.data_dir}
 
     def embedder_options(self) -> dict:
         return {"model": self.model, "device": self.device, "dtype": self.dtype,
@@ -90,6 +95,8 @@ ENV_DOC: dict[str, str] = {
     "HYBRIDEMBED_CACHE_SIZE": "entries in the result cache (0 disables it)",
     "HYBRIDEMBED_THREADS": "CPU threads for torch (0 = all cores)",
     "HYBRIDEMBED_DATA_DIR": "where hybridembed keeps its data (default ./.hybridembed)",
+    "HYBRIDEMBED_STORE": "vector store: edge (embedded Qdrant Edge, default), qdrant, pgvector",
+    "HYBRIDEMBED_STORE_URL": "Qdrant server URL or PostgreSQL DSN for the store",
     "HYBRIDEMBED_HOST": "server bind address (default 127.0.0.1)",
     "HYBRIDEMBED_PORT": "server port (default 8080)",
     "HYBRIDEMBED_API_KEY": "if set, every route but /health needs 'Authorization: Bearer KEY'",

@@ -17,11 +17,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..config import Settings
 from ..errors import HybridEmbedError
-from . import native_routes, ollama_routes, openai_routes, tei_routes
+from . import collections_routes, native_routes, ollama_routes, openai_routes, tei_routes
 from .core import ServerCore
 from .errors import ApiError, from_exception, protocol_of, render
 
 PUBLIC_PATHS = ("/health",)
+ROUTERS = (native_routes, openai_routes, ollama_routes, tei_routes, collections_routes)
+
+
+def route_label(path: str, routes: set[str]) -> str:
+    """The route template for metrics labels (bounded cardinality)."""
+    if path in routes:
+        return path
+    if path.startswith("/v1/collections/"):
+        rest = path.split("/")[4:]
+        return "/v1/collections/{name}" + ("/" + rest[0] if rest else "")
+    return "other"
 
 
 class _TooLarge(Exception):
@@ -42,7 +53,7 @@ class EdgeMiddleware:
             return await self.app(scope, receive, send)
         path = scope["path"]
         protocol = protocol_of(path)
-        route = path if path in self.routes else "other"
+        route = route_label(path, self.routes)
         started = time.perf_counter()
         status = [500]
 
@@ -112,7 +123,7 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
                   description="Dense, sparse and ColBERT embeddings over native, OpenAI, "
                               "Ollama and text-embeddings-inference wire formats.")
     app.state.core = core
-    for module in (native_routes, openai_routes, ollama_routes, tei_routes):
+    for module in ROUTERS:
         app.include_router(module.router)
 
     @app.get("/health", tags=["operations"])
@@ -159,8 +170,7 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
     async def on_unexpected(request: Request, exc: Exception):
         return _respond(request, from_exception(exc))
 
-    routes = {r.path for m in (native_routes, openai_routes, ollama_routes, tei_routes)
-              for r in m.router.routes}
+    routes = {r.path for m in ROUTERS for r in m.router.routes}
     routes |= {"/health", "/ready", "/metrics", "/docs", "/openapi.json"}
     app.add_middleware(EdgeMiddleware, core=core, routes=routes)
     return app

@@ -28,6 +28,7 @@ class ServerCore:
     started: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     load_error: str | None = None
+    _store: object | None = None
 
     async def start(self, embedder=None) -> None:
         """Load the model (off the event loop) unless one is given, then start batching."""
@@ -54,6 +55,16 @@ class ServerCore:
     async def stop(self) -> None:
         if self.batcher:
             await self.batcher.stop()
+        if self._store is not None:
+            self._store.close()
+
+    def store(self):
+        """The configured vector store, opened on first use with the served model."""
+        if self._store is None:
+            from ..stores import open_store
+
+            self._store = open_store(self.ready(), **self.settings.store_options())
+        return self._store
 
     # -- checks ---------------------------------------------------------------------------
     def ready(self):

@@ -35,6 +35,16 @@ def from_exception(exc: Exception) -> ApiError:
     """The one mapping from library errors to HTTP statuses."""
     if isinstance(exc, ApiError):
         return exc
+    from ..stores import base as S
+
+    if isinstance(exc, S.CollectionNotFoundError):
+        return ApiError(404, str(exc), "not_found", "collection")
+    if isinstance(exc, S.CollectionExistsError):
+        return ApiError(409, str(exc), "invalid_request", "name")
+    if isinstance(exc, S.SchemaMismatchError):
+        return ApiError(409, str(exc), "invalid_request", "model")
+    if isinstance(exc, S.StoreLockedError):
+        return ApiError(503, str(exc), "not_ready", retry_after=5)
     if isinstance(exc, E.OverloadedError):
         return ApiError(429, str(exc), "overloaded", retry_after=exc.retry_after)
     if isinstance(exc, E.RequestTimeoutError):
