@@ -173,3 +173,21 @@ def test_hybrid_recall_beats_each_retriever_alone(store, name):
         recall[mode] = recall_at(hits, queries, 10)
     assert recall["dense"] < 1 and recall["sparse"] < 1, recall  # each alone misses some
     assert recall["hybrid"] >= max(recall["dense"], recall["sparse"]), recall
+
+
+def test_cross_encoder_rerank(backend, minilm, name, tmp_path_factory):
+    from hybridembed.rerank import CrossEncoderReranker
+    from tests.models import build_tiny_cross_encoder
+
+    folder = build_tiny_cross_encoder(tmp_path_factory.mktemp("ce"))
+    reranker = CrossEncoderReranker(str(folder), device="cpu")
+    store = VectorStore(backend, minilm, reranker=reranker)
+    store.create_collection(name, multivector=False)
+    store.upsert(name, DOCS)
+    hits = store.search(name, "a cat on a mat", rerank="cross-encoder", k=3)
+    texts = [d["text"] for d in DOCS]
+    pool = [h.text for h in store.search(name, "a cat on a mat", k=12)]  # what it reranked
+    expected = reranker.rerank("a cat on a mat", pool, top_k=3)
+    assert [h.text for h in hits] == [pool[i] for i, _ in expected]
+    assert [h.retrievers["cross-encoder"]["rank"] for h in hits] == [1, 2, 3]
+    assert all(h.text in texts for h in hits)
