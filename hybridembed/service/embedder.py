@@ -47,11 +47,12 @@ class Embedder:
                  dtype: str | None = None, runtime: str = "torch",
                  max_batch_tokens: int | None = None, max_batch_size: int | None = None,
                  cache_size: int = 10_000, threads: int | None = None,
-                 bm25: dict[str, Any] | None = None, warmup: bool = True):
+                 bm25: dict[str, Any] | None = None, warmup: bool = True,
+                 runtime_options: dict[str, Any] | None = None):
         self.spec: ModelSpec = resolve(model)
         self.tokenizer = TextTokenizer(self.spec.path, self.spec.max_length)
         self._runtime = load_runtime(runtime, self.spec, device=device, dtype=dtype,
-                                     threads=threads)
+                                     threads=threads, **(runtime_options or {}))
         self.runtime_name = runtime
         if max_batch_tokens is None:
             max_batch_tokens = DEFAULT_BATCH_TOKENS.get(self.device.split(":")[0], 16_384)
