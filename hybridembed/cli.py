@@ -99,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_flags(cols)
     cols.add_argument("--json", action="store_true")
 
+    bench = sub.add_parser("bench", help="speed and memory of several engines in one run")
+    bench.add_argument("--model", default="minilm")
+    bench.add_argument("--corpus", default="short",
+                       help="short (~35 tokens), long (~400), mixed, or a file of lines")
+    bench.add_argument("--texts", type=int, default=300)
+    bench.add_argument("--budgets", type=int, nargs="+", default=[2048, 16384],
+                       help="batch budgets (padded tokens) to sweep")
+    bench.add_argument("--engines", nargs="+", default=None,
+                       help="sentence-transformers torch onnx onnx-int8 server (default: all)")
+    bench.add_argument("--concurrency", type=int, default=64)
+    bench.add_argument("--out", default="bench-results", help="folder for JSON and chart")
+    bench.add_argument("--json", action="store_true")
+
     load = sub.add_parser("loadtest", help="server throughput vs in-process, and latency")
     load.add_argument("--model", default="minilm")
     load.add_argument("--texts", type=int, default=1000)
@@ -112,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"embed": cmd_embed, "models": cmd_models, "pull": cmd_pull,
                     "serve": cmd_serve, "loadtest": cmd_loadtest, "index": cmd_index,
-                    "search": cmd_search, "collections": cmd_collections}
+                    "search": cmd_search, "collections": cmd_collections, "bench": cmd_bench}
         return commands[args.command](args)
     except HybridEmbedError as exc:
         print(f"hybridembed: error: {exc}", file=sys.stderr)
@@ -273,6 +286,28 @@ def cmd_collections(args) -> int:
               f"sparse {row['sparse_kind']}, multivector {row['multivector_dim'] or 'no'})")
     if not rows:
         print(f"no collections in the {settings.store} store")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from tqdm import tqdm
+
+    from .bench import throughput
+
+    engines = tuple(args.engines or throughput.ENGINES)
+    unknown = [e for e in engines if e not in throughput.ENGINES]
+    if unknown:
+        raise InvalidOptionError(f"unknown engine(s) {unknown}; valid: "
+                                 + ", ".join(throughput.ENGINES), "engines")
+    with tqdm(total=len(engines), unit="engine", desc="bench") as bar:
+        def started(engine: str) -> None:  # the bar counts engines begun, names the current
+            bar.set_postfix_str(engine)
+            bar.update(1)
+
+        report = throughput.run(args.model, args.corpus, args.texts, tuple(args.budgets),
+                                engines, concurrency=args.concurrency, out_dir=args.out,
+                                progress=started)
+    print(json.dumps(report, indent=2) if args.json else throughput.format_report(report))
     return 0
 
 

@@ -20,3 +20,14 @@ def texts(n: int = 1000, min_words: int = 20, max_words: int = 40, seed: int = 0
                  for _ in range(rng.randint(min_words, max_words))]
         out.append(f"{i}. " + " ".join(words).capitalize() + ".")
     return out
+
+
+CORPORA = {"short": (20, 30), "long": (280, 320), "mixed": (5, 320)}
+
+
+def named(kind: str, n: int, seed: int = 0) -> list[str]:
+    """``short`` (~35 tokens), ``long`` (~400 tokens) or ``mixed`` texts."""
+    if kind not in CORPORA:
+        raise ValueError(f"unknown corpus {kind!r}; valid: {', '.join(CORPORA)} or a file path")
+    lo, hi = CORPORA[kind]
+    return texts(n, lo, hi, seed)

@@ -71,11 +71,10 @@ async def _concurrent(url: str, texts: list[str], concurrency: int) -> tuple[flo
     return time.perf_counter() - began, latencies
 
 
-def run(model: str = "minilm", n: int = 1000, concurrency: int = 64, single: int = 100,
-        progress=print) -> dict:
-    from ..service import Embedder
-
-    texts = corpus.texts(n)
+def serve_and_load(model: str, texts: list[str], concurrency: int = 64,
+                   single: int = 100, progress=print) -> dict:
+    """Start ``hybridembed serve`` in a child process (cache off), drive it with
+    ``concurrency`` single-text clients, then ``single`` sequential requests."""
     port = _free_port()
     env = {**os.environ, "HYBRIDEMBED_CACHE_SIZE": "0", "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen([sys.executable, "-m", "hybridembed", "serve", "--model", model,
@@ -104,6 +103,26 @@ def run(model: str = "minilm", n: int = 1000, concurrency: int = 64, single: int
     finally:
         server.terminate()
         server.wait(30)
+    sums = {line.split()[0]: float(line.split()[-1]) for line in metrics.splitlines()
+            if line.startswith(("hybridembed_batch_texts_sum", "hybridembed_batch_texts_count"))}
+    count = sums.get("hybridembed_batch_texts_count", 0.0)
+    return {"texts_per_s": len(texts) / wall,
+            "load_p50_ms": 1000 * statistics.median(latencies),
+            "load_p95_ms": 1000 * _percentile(latencies, 0.95),
+            "single_p50_ms": 1000 * statistics.median(singles),
+            "single_p95_ms": 1000 * _percentile(singles, 0.95),
+            "single_p99_ms": 1000 * _percentile(singles, 0.99),
+            "mean_texts_per_batch": sums.get("hybridembed_batch_texts_sum", 0.0) / count
+            if count else 0.0,
+            "load_generator_cpu_s": client_cpu}
+
+
+def run(model: str = "minilm", n: int = 1000, concurrency: int = 64, single: int = 100,
+        progress=print) -> dict:
+    from ..service import Embedder
+
+    texts = corpus.texts(n)
+    server = serve_and_load(model, texts, concurrency, single, progress)
     # In-process last, once the server is gone, so the load generator above never shares
     # this process with a busy torch thread pool.
     progress(f"in-process: embedding {n} texts with {model} ...")
@@ -111,29 +130,25 @@ def run(model: str = "minilm", n: int = 1000, concurrency: int = 64, single: int
     began = time.perf_counter()
     result = emb.embed(texts)
     inproc = time.perf_counter() - began
-    tokens = result.usage.total_tokens
     single_inproc = []
     for text in texts[:single]:
         began = time.perf_counter()
         emb.embed([text])
         single_inproc.append(time.perf_counter() - began)
-    batches = [line for line in metrics.splitlines()
-               if line.startswith(("hybridembed_batch_texts_sum", "hybridembed_batch_texts_count"))]
-    total, count = (float(line.split()[-1]) for line in sorted(batches, reverse=True)[:2])
-    report = {
-        "model": model, "texts": n, "tokens": tokens, "concurrency": concurrency,
+    return {
+        "model": model, "texts": n, "tokens": result.usage.total_tokens,
+        "concurrency": concurrency,
         "in_process_texts_per_s": n / inproc,
-        "server_texts_per_s": n / wall,
-        "server_vs_in_process": (n / wall) / (n / inproc),
-        "server_latency_p50_ms": 1000 * statistics.median(latencies),
-        "server_latency_p95_ms": 1000 * _percentile(latencies, 0.95),
-        "single_request_p50_ms": 1000 * statistics.median(singles),
-        "single_request_p95_ms": 1000 * _percentile(singles, 0.95),
-        "mean_texts_per_batch": total / count if count else 0.0,
-        "load_generator_cpu_s": client_cpu,
+        "server_texts_per_s": server["texts_per_s"],
+        "server_vs_in_process": server["texts_per_s"] / (n / inproc),
+        "server_latency_p50_ms": server["load_p50_ms"],
+        "server_latency_p95_ms": server["load_p95_ms"],
+        "single_request_p50_ms": server["single_p50_ms"],
+        "single_request_p95_ms": server["single_p95_ms"],
+        "mean_texts_per_batch": server["mean_texts_per_batch"],
+        "load_generator_cpu_s": server["load_generator_cpu_s"],
         "in_process_single_p50_ms": 1000 * statistics.median(single_inproc),
     }
-    return report
 
 
 def format_report(r: dict) -> str:

@@ -1,0 +1,262 @@
+"""``hybridembed bench``: speed and memory of several engines in ONE run, on the same
+texts and machine — sentence-transformers ``encode`` (the reference), hybridembed torch,
+hybridembed ONNX fp32 and int8, and the HTTP server under concurrent clients.
+
+Each engine runs in its own child process, so its peak RSS is its own and no engine
+inherits another's thread pools. Per engine: texts/s and tokens/s over a sweep of batch
+budgets, single-text latency p50/p95/p99, peak RSS (and peak CUDA memory on a GPU), and
+utilisation of the compute bound: model FLOPs per token x tokens/s / a matrix-multiply
+rate measured on the same device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import corpus
+
+ENGINES: tuple[str, ...] = ("sentence-transformers", "torch", "onnx", "onnx-int8", "server")
+ST_BATCH = 32
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
+    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+    return {"p50_ms": 1000 * statistics.median(values), "p95_ms": 1000 * pick(0.95),
+            "p99_ms": 1000 * pick(0.99)}
+
+
+def matmul_flops(device: str = "cpu", size: int = 1024, repeat: int = 10) -> float:
+    """A measured fp32 (or the device's dtype) matrix-multiply rate in FLOP/s."""
+    import torch
+
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    if device != "cpu":
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return 2 * size ** 3 * repeat / (time.perf_counter() - began)
+
+
+def flops_per_token(spec, seq_len: float) -> float:
+    """Forward FLOPs per token of a BERT-style encoder: 2 x weights touched per token
+    (attention projections 4h^2 + feed-forward 2 h i per layer) + attention scores and
+    mixing (4 h L per layer)."""
+    import json as _json
+
+    cfg = _json.loads((Path(spec.path) / "config.json").read_text())
+    h = cfg["hidden_size"]
+    layers = cfg["num_hidden_layers"]
+    inter = cfg.get("intermediate_size", 4 * h)
+    return layers * (2 * (4 * h * h + 2 * h * inter) + 4 * h * seq_len)
+
+
+def _child(engine: str, texts: list[str], budgets: list[int], singles: int, model: str,
+           onnx_cache: str | None) -> dict:
+    """Measure one engine in this (child) process."""
+    import torch
+
+    out: dict = {"engine": engine, "runs": []}
+    if engine == "sentence-transformers":
+        from sentence_transformers import SentenceTransformer
+
+        from ..registry import resolve
+
+        spec = resolve(model)
+        st = SentenceTransformer(str(spec.path), device="cpu")
+        st.encode(texts[:16])
+        began = time.perf_counter()
+        st.encode(texts, batch_size=ST_BATCH)
+        wall = time.perf_counter() - began
+        tokens = sum(min(len(x), spec.max_length) for x in st.tokenizer(texts)["input_ids"])
+        out["runs"].append({"budget": None, "batch_size": ST_BATCH, "seconds": wall,
+                            "texts_per_s": len(texts) / wall, "tokens_per_s": tokens / wall})
+        lat = []
+        for text in texts[:singles]:
+            t = time.perf_counter()
+            st.encode([text])
+            lat.append(time.perf_counter() - t)
+        out["device"] = "cpu"
+    else:
+        from ..service import Embedder
+
+        options = {}
+        if engine.startswith("onnx"):
+            options = {"cache_dir": onnx_cache} if onnx_cache else {}
+            if engine == "onnx-int8":
+                options.update(quantize="int8", force=True)
+        emb = Embedder(model, runtime="onnx" if engine.startswith("onnx") else "torch",
+                       cache_size=0, runtime_options=options)
+        spec = emb.spec
+        out["device"] = emb.device
+        quality = getattr(emb._runtime, "quality", None)
+        if quality:
+            out["quality"] = quality
+        for budget in budgets:
+            emb._encoder.max_batch_tokens = budget
+            began = time.perf_counter()
+            result = emb.embed(texts)
+            wall = time.perf_counter() - began
+            out["runs"].append({"budget": budget, "seconds": wall,
+                                "texts_per_s": len(texts) / wall,
+                                "tokens_per_s": result.usage.total_tokens / wall})
+        lat = []
+        for text in texts[:singles]:
+            t = time.perf_counter()
+            emb.embed([text])
+            lat.append(time.perf_counter() - t)
+    out["latency"] = _percentiles(lat)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    return out
+
+
+def _server(texts: list[str], model: str, concurrency: int, singles: int) -> dict:
+    from . import loadtest
+
+    r = loadtest.serve_and_load(model, texts, concurrency, singles)
+    return {"engine": "server", "device": "cpu", "runs": [{
+        "budget": None, "concurrency": concurrency, "seconds": len(texts) / r["texts_per_s"],
+        "texts_per_s": r["texts_per_s"], "tokens_per_s": None}],
+        "latency": {"p50_ms": r["single_p50_ms"], "p95_ms": r["single_p95_ms"],
+                    "p99_ms": r["single_p99_ms"]},
+        "under_load_p50_ms": r["load_p50_ms"], "peak_rss_mb": None}
+
+
+def run(model: str = "minilm", corpus_name: str = "short", n: int = 300,
+        budgets: tuple[int, ...] = (2048, 16384), engines: tuple[str, ...] = ENGINES,
+        singles: int = 30, concurrency: int = 64, out_dir: str | os.PathLike = "bench-results",
+        progress=None) -> dict:
+    path = Path(corpus_name)
+    texts = ([t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()][:n]
+             if path.is_file() else corpus.named(corpus_name, n))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts_file = out_dir / "texts.json"
+    texts_file.write_text(json.dumps(texts))
+    onnx_cache = str(out_dir / "onnx-cache")
+    results = []
+    for engine in engines:
+        if progress:
+            progress(engine)
+        if engine == "server":
+            results.append(_server(texts, model, concurrency, singles))
+            continue
+        args = json.dumps({"engine": engine, "texts_file": str(texts_file),
+                           "budgets": list(budgets), "singles": singles, "model": model,
+                           "onnx_cache": onnx_cache})
+        child = subprocess.run([sys.executable, "-m", "hybridembed.bench.throughput", args],
+                               capture_output=True, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if child.returncode != 0:
+            results.append({"engine": engine, "error": child.stderr.strip().splitlines()[-1]
+                            if child.stderr.strip() else f"exit {child.returncode}"})
+            continue
+        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    from ..registry import resolve
+
+    spec = resolve(model)
+    mean_tokens = _mean_tokens(spec, texts)
+    fpt = flops_per_token(spec, mean_tokens)
+    rate = matmul_flops("cpu")
+    for r in results:
+        for run_ in r.get("runs", []):
+            tps = run_.get("tokens_per_s")
+            if tps is None and run_.get("texts_per_s"):
+                tps = run_["texts_per_s"] * mean_tokens
+            run_["compute_utilisation"] = fpt * tps / rate if tps else None
+    report = {"model": model, "corpus": corpus_name, "texts": len(texts),
+              "mean_tokens": mean_tokens, "flops_per_token": fpt, "matmul_flops": rate,
+              "machine": f"{os.cpu_count()} CPU(s)", "date": time.strftime("%Y-%m-%d"),
+              "engines": results}
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
+    report["chart"] = str(chart(report, out_dir / "bench.png"))
+    return report
+
+
+def _mean_tokens(spec, texts: list[str]) -> float:
+    from ..engine import TextTokenizer
+
+    tok = TextTokenizer(spec.path, spec.max_length)
+    return statistics.mean(len(x) for x in tok.encode_truncated(texts))
+
+
+def chart(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in report["engines"]:
+        runs = [x for x in r.get("runs", []) if x.get("texts_per_s")]
+        if not runs:
+            continue
+        if runs[0]["budget"] is None:  # a reference line: one setting only
+            ax.axhline(runs[0]["texts_per_s"], linestyle="--", label=r["engine"])
+        else:
+            ax.plot([x["budget"] for x in runs], [x["texts_per_s"] for x in runs], marker="o",
+                    label=r["engine"])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch budget (padded tokens per forward pass)")
+    ax.set_ylabel("texts / s")
+    ax.set_title(f"{report['model']}, {report['texts']} {report['corpus']} texts "
+                 f"(~{report['mean_tokens']:.0f} tokens), {report['machine']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_report(report: dict) -> str:
+    ref = next((r["runs"][0]["texts_per_s"] for r in report["engines"]
+                if r["engine"] == "sentence-transformers" and r.get("runs")), None)
+    lines = [f"model {report['model']}: {report['texts']} {report['corpus']} texts, "
+             f"~{report['mean_tokens']:.0f} tokens each; {report['machine']}; matmul "
+             f"{report['matmul_flops'] / 1e9:.0f} GFLOP/s; "
+             f"{report['flops_per_token'] / 1e6:.1f} MFLOP/token",
+             f"{'engine':<22} {'budget':>7} {'texts/s':>8} {'vs ST':>6} {'util':>6} "
+             f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'RSS MB':>7}"]
+    for r in report["engines"]:
+        if "error" in r:
+            lines.append(f"{r['engine']:<22} failed: {r['error']}")
+            continue
+        for run_ in r["runs"]:
+            vs = f"{run_['texts_per_s'] / ref:.2f}x" if ref else "-"
+            util = run_.get("compute_utilisation")
+            lat = r["latency"]
+            lines.append(
+                f"{r['engine']:<22} {run_['budget'] or '-':>7} {run_['texts_per_s']:>8.1f} "
+                f"{vs:>6} {f'{util:.0%}' if util else '-':>6} {lat['p50_ms']:>7.1f} "
+                f"{lat['p95_ms']:>7.1f} {lat['p99_ms']:>7.1f} "
+                f"{r['peak_rss_mb'] or 0:>7.0f}")
+        if r.get("quality"):
+            q = r["quality"]
+            lines.append(f"{'':<22} quality vs torch fp32: min cosine {q['min_cosine']:.4f}, "
+                         f"mean {q['mean_cosine']:.4f}")
+    lines.append(f"chart: {report.get('chart')}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the child process of one engine
+    a = json.loads(sys.argv[1])
+    texts = json.loads(Path(a["texts_file"]).read_text())
+    print(json.dumps(_child(a["engine"], texts, a["budgets"], a["singles"], a["model"],
+                            a["onnx_cache"])))
