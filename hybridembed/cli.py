@@ -112,6 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench-results", help="folder for JSON and chart")
     bench.add_argument("--json", action="store_true")
 
+    mig = sub.add_parser("migrate", help="re-embed a PostgreSQL table into new vector columns")
+    mig.add_argument("step", choices=["plan", "add", "backfill", "swap", "rollback", "drop-old",
+                                      "status"])
+    mig.add_argument("--dsn", required=True, help="postgresql://...")
+    mig.add_argument("--table", required=True)
+    mig.add_argument("--id-col", default="id")
+    mig.add_argument("--text-col", default="text")
+    mig.add_argument("--column", default="embedding", help="the live vector column")
+    mig.add_argument("--schema", help="the table's schema (default: search_path)")
+    mig.add_argument("--sparse", action="store_true", help="also a sparse column")
+    mig.add_argument("--batch", type=int, default=256, help="rows per transaction")
+    mig.add_argument("--too-long", choices=["truncate", "skip"], default="truncate",
+                     help="texts over the model's limit: cut them, or skip and report them")
+    mig.add_argument("--force", action="store_true", help="swap with rows still missing")
+    mig.add_argument("--yes", action="store_true", help="confirm drop-old")
+    mig.add_argument("--json", action="store_true")
+    _add_model_flags(mig)
+
     load = sub.add_parser("loadtest", help="server throughput vs in-process, and latency")
     load.add_argument("--model", default="minilm")
     load.add_argument("--texts", type=int, default=1000)
@@ -125,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"embed": cmd_embed, "models": cmd_models, "pull": cmd_pull,
                     "serve": cmd_serve, "loadtest": cmd_loadtest, "index": cmd_index,
-                    "search": cmd_search, "collections": cmd_collections, "bench": cmd_bench}
+                    "search": cmd_search, "collections": cmd_collections, "bench": cmd_bench,
+                    "migrate": cmd_migrate}
         return commands[args.command](args)
     except HybridEmbedError as exc:
         print(f"hybridembed: error: {exc}", file=sys.stderr)
@@ -308,6 +327,37 @@ def cmd_bench(args) -> int:
                                 engines, concurrency=args.concurrency, out_dir=args.out,
                                 progress=started)
     print(json.dumps(report, indent=2) if args.json else throughput.format_report(report))
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    from .migrate.pgvector import PgMigration, Target
+
+    needs_model = args.step in ("plan", "add", "backfill")
+    embedder = None
+    if needs_model:
+        from .service import Embedder
+
+        embedder = Embedder(**_settings(args).embedder_options())
+    m = PgMigration(args.dsn, Target(args.table, args.id_col, args.text_col, args.column,
+                                     args.sparse, args.schema), embedder, batch_size=args.batch,
+                    too_long=args.too_long)
+    if args.step == "backfill":
+        from tqdm import tqdm
+
+        total = m.status().get("remaining")
+        with tqdm(total=total, unit="row", desc=f"backfill {args.table}") as bar:
+            stats = m.backfill(progress=bar.update)
+        result = {"embedded": stats.embedded, "skipped": stats.skipped,
+                  "skipped_ids": stats.skipped_ids[:100], "batches": stats.batches,
+                  "retries": stats.retries, "seconds": round(stats.seconds, 2),
+                  "rows_per_s": round((stats.embedded + stats.skipped) / stats.seconds, 1)
+                  if stats.seconds else 0}
+    else:
+        result = {"plan": m.plan, "add": lambda: {"added": m.add()}, "status": m.status,
+                  "swap": lambda: m.swap(force=args.force), "rollback": m.rollback,
+                  "drop-old": lambda: {"dropped": m.drop_old(yes=args.yes)}}[args.step]()
+    print(json.dumps(result, indent=None if args.json else 2, default=str))
     return 0
 
 
