@@ -112,6 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench-results", help="folder for JSON and chart")
     bench.add_argument("--json", action="store_true")
 
+    ev = sub.add_parser("evaluate", help="nDCG@10, MRR@10 and Recall@100 of each search mode "
+                        "(or, with --compare, the parity of two embedders)")
+    ev.add_argument("--dataset", default="generated",
+                    help="'generated' (the built-in labelled corpus) or a BEIR folder "
+                    "(corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)")
+    ev.add_argument("--split", default="test", help="qrels file of a BEIR folder")
+    ev.add_argument("--modes", default="dense,sparse,hybrid,hybrid+rerank",
+                    help="comma-separated: dense, sparse, hybrid, each optionally +rerank "
+                    "(multivector MaxSim) or +cross-encoder")
+    ev.add_argument("--fusion", default="rrf", help="rrf, dbsf or weighted")
+    ev.add_argument("-k", type=int, default=10, help="cut-off of nDCG and MRR")
+    ev.add_argument("--recall-k", type=int, default=100, help="hits retrieved per query")
+    ev.add_argument("--data-dir", help="where the temporary store goes (default: system temp)")
+    ev.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                    help="instead, compare two embedders' dense vectors on the same texts; "
+                    "each is local[:MODEL], remote[:URL], ollama[:URL] or openai[:URL]")
+    ev.add_argument("--json", action="store_true")
+    _add_model_flags(ev)
+
     mig = sub.add_parser("migrate", help="re-embed a PostgreSQL table into new vector columns")
     mig.add_argument("step", choices=["plan", "add", "backfill", "swap", "rollback", "drop-old",
                                       "status"])
@@ -144,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = {"embed": cmd_embed, "models": cmd_models, "pull": cmd_pull,
                     "serve": cmd_serve, "loadtest": cmd_loadtest, "index": cmd_index,
                     "search": cmd_search, "collections": cmd_collections, "bench": cmd_bench,
-                    "migrate": cmd_migrate}
+                    "migrate": cmd_migrate, "evaluate": cmd_evaluate}
         return commands[args.command](args)
     except HybridEmbedError as exc:
         print(f"hybridembed: error: {exc}", file=sys.stderr)
@@ -327,6 +346,26 @@ def cmd_bench(args) -> int:
                                 engines, concurrency=args.concurrency, out_dir=args.out,
                                 progress=started)
     print(json.dumps(report, indent=2) if args.json else throughput.format_report(report))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import evaluate as ev
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    local = {"device": args.device, "dtype": args.dtype,
+             "max_batch_tokens": args.max_batch_tokens}
+    if args.compare:
+        a, b = (ev.open_embedder(spec, model=args.model, **local) for spec in args.compare)
+        report = ev.compare(a, b)
+    else:
+        embedder = ev.open_embedder("local", model=args.model, **local)
+        report = ev.evaluate(embedder, args.dataset, modes=args.modes.split(","), k=args.k,
+                             recall_k=args.recall_k, fusion=args.fusion, split=args.split,
+                             data_dir=args.data_dir, progress=progress)
+    print(json.dumps(report, indent=2) if args.json else ev.format_report(report))
     return 0
 
 
