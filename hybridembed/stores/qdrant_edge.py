@@ -56,7 +56,39 @@ class QdrantEdgeBackend:
 
     # -- collections ----------------------------------------------------------------------
     def _dir(self, name: str) -> Path:
-        return self.root / check_name(name)
+        return self.root / self._real(check_name(name))
+
+    # -- aliases (blue-green): a pointer file, swapped atomically --------------------------
+    def aliases(self) -> dict[str, str]:
+        path = self.root / "aliases.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _real(self, name: str) -> str:
+        return self.aliases().get(name, name)
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        check_name(alias)
+        if (self.root / alias / META).exists():
+            raise CollectionExistsError(f"{alias!r} is a collection; an alias needs a free name")
+        if not (self.root / check_name(collection) / META).exists():
+            raise CollectionNotFoundError(f"collection {collection!r} does not exist")
+        table = {**self.aliases(), alias: collection}
+        tmp = self.root / "aliases.json.tmp"
+        tmp.write_text(json.dumps(table))
+        os.replace(tmp, self.root / "aliases.json")
+
+    def documents(self, name: str, batch: int = 256):
+        """Every stored (key, text, payload), in pages."""
+        shard = self._shard(name)
+        offset = None
+        while True:
+            records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch,
+                                                            with_payload=True))
+            for r in records:
+                p = r.payload or {}
+                yield p.get("key", str(r.id)), p.get("text", ""), p.get("payload", {})
+            if offset is None:
+                return
 
     def create(self, name: str, meta: dict[str, Any]) -> None:
         folder = self._dir(name)
@@ -102,6 +134,7 @@ class QdrantEdgeBackend:
         return lock
 
     def _shard(self, name: str):
+        name = self._real(name)
         with self._lock:
             if name in self._shards:
                 return self._shards[name][0]
@@ -130,6 +163,9 @@ class QdrantEdgeBackend:
         self._write_meta(self._dir(name), meta)
 
     def drop(self, name: str) -> None:
+        if name in self.aliases() and name not in self.list():
+            raise CollectionExistsError(f"{name!r} is an alias of {self._real(name)!r}; drop "
+                                        "the collection by its own name")
         self._shard(name)
         with self._lock:
             shard, lock = self._shards.pop(name)

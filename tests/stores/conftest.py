@@ -10,14 +10,6 @@ KINDS = ["edge", "qdrant", "pgvector"]
 _names = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def pg_dsn(tmp_path_factory):
-    from tests.stores.pg import postgres
-
-    with postgres(tmp_path_factory.mktemp("pg")) as dsn:
-        yield dsn
-
-
 @pytest.fixture(params=KINDS)
 def backend(request, tmp_path):
     kind = request.param
