@@ -146,8 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="texts over the model's limit: cut them, or skip and report them")
     mig.add_argument("--force", action="store_true", help="swap with rows still missing")
     mig.add_argument("--yes", action="store_true", help="confirm drop-old")
+    mig.add_argument("--ray", action="store_true", help="backfill as a Ray Data pipeline")
+    mig.add_argument("--address", help="Ray cluster address (default: a local instance)")
+    mig.add_argument("--workers", type=int, default=2, help="Ray actors (one Embedder each)")
+    mig.add_argument("--gpus-per-worker", type=float, default=0)
     mig.add_argument("--json", action="store_true")
     _add_model_flags(mig)
+
+    bg = sub.add_parser("reembed", help="blue-green: rebuild a Qdrant collection with another "
+                        "model, verify, switch an alias to it (the old one is kept)")
+    bg.add_argument("--source", required=True, help="collection (or alias) to copy from")
+    bg.add_argument("--alias", required=True, help="the alias applications use")
+    bg.add_argument("--target", help="new collection name (default ALIAS_vN)")
+    _add_store_flags(bg)
+    _add_model_flags(bg)
+
+    al = sub.add_parser("alias", help="point an alias at a collection (switch back, or first "
+                        "set-up of a blue-green pair)")
+    al.add_argument("alias")
+    al.add_argument("collection")
+    _add_store_flags(al)
 
     load = sub.add_parser("loadtest", help="server throughput vs in-process, and latency")
     load.add_argument("--model", default="minilm")
@@ -163,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = {"embed": cmd_embed, "models": cmd_models, "pull": cmd_pull,
                     "serve": cmd_serve, "loadtest": cmd_loadtest, "index": cmd_index,
                     "search": cmd_search, "collections": cmd_collections, "bench": cmd_bench,
-                    "migrate": cmd_migrate, "evaluate": cmd_evaluate}
+                    "migrate": cmd_migrate, "evaluate": cmd_evaluate, "reembed": cmd_reembed,
+                    "alias": cmd_alias}
         return commands[args.command](args)
     except HybridEmbedError as exc:
         print(f"hybridembed: error: {exc}", file=sys.stderr)
@@ -306,10 +325,8 @@ def cmd_search(args) -> int:
 
 
 def cmd_collections(args) -> int:
-    from .stores import open_backend
-
     settings = Settings.from_env(store=args.store, store_url=args.url, data_dir=args.data_dir)
-    backend = open_backend(**settings.store_options())
+    backend = _backend(args)
     rows = []
     for name in backend.list():
         schema = backend.meta(name)["schema"]
@@ -349,6 +366,36 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _backend(args):
+    from .stores import open_backend
+
+    settings = Settings.from_env(store=args.store, store_url=args.url, data_dir=args.data_dir)
+    return open_backend(**settings.store_options())
+
+
+def cmd_reembed(args) -> int:
+    from .migrate.qdrant import reembed
+    from .service import Embedder
+
+    backend = _backend(args)
+    embedder = Embedder(**_settings(args).embedder_options())
+    result = reembed(backend, embedder, args.source, args.alias, args.target,
+                     progress=lambda n: print(f"copied {n}", file=sys.stderr, flush=True))
+    backend.close()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_alias(args) -> int:
+    backend = _backend(args)
+    if not hasattr(backend, "set_alias"):
+        raise InvalidOptionError(f"the {backend.kind} store has no aliases", "store")
+    backend.set_alias(args.alias, args.collection)
+    backend.close()
+    print(f"{args.alias} -> {args.collection}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from . import evaluate as ev
 
@@ -372,15 +419,26 @@ def cmd_evaluate(args) -> int:
 def cmd_migrate(args) -> int:
     from .migrate.pgvector import PgMigration, Target
 
+    target = Target(args.table, args.id_col, args.text_col, args.column, args.sparse, args.schema)
+    if args.step == "backfill" and args.ray:
+        from .migrate.ray_backfill import backfill_with_ray
+
+        settings = _settings(args)
+        result = backfill_with_ray(args.dsn, target, settings.model, address=args.address,
+                                   workers=args.workers, batch_size=args.batch,
+                                   too_long=args.too_long,
+                                   gpus_per_worker=args.gpus_per_worker,
+                                   embedder_options={"device": settings.device,
+                                                     "dtype": settings.dtype})
+        print(json.dumps(result, indent=None if args.json else 2))
+        return 0
     needs_model = args.step in ("plan", "add", "backfill")
     embedder = None
     if needs_model:
         from .service import Embedder
 
         embedder = Embedder(**_settings(args).embedder_options())
-    m = PgMigration(args.dsn, Target(args.table, args.id_col, args.text_col, args.column,
-                                     args.sparse, args.schema), embedder, batch_size=args.batch,
-                    too_long=args.too_long)
+    m = PgMigration(args.dsn, target, embedder, batch_size=args.batch, too_long=args.too_long)
     if args.step == "backfill":
         from tqdm import tqdm
 

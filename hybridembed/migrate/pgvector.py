@@ -213,12 +213,45 @@ class PgMigration:
                                    h=self.t.new(f"{self.t.column}_hash")))
         return added
 
-    def _claim(self, conn) -> list[tuple[Any, str | None]]:
+    def _claim(self, conn, ids: list | None = None) -> list[tuple[Any, str | None]]:
+        """Lock and return rows not done yet: the next batch by primary key, or those of
+        ``ids`` (a Ray worker's range). Rows another worker holds are skipped."""
         h = self.t.new(f"{self.t.column}_hash")
-        return conn.execute(self._sql(
-            "SELECT {id}, {text} FROM {t} WHERE {h} IS DISTINCT FROM md5(coalesce({text}, '')) "
-            "ORDER BY {id} LIMIT %s FOR UPDATE SKIP LOCKED",
-            id=self.t.id_col, text=self.t.text_col, h=h), (self.batch_size,)).fetchall()
+        where = "{h} IS DISTINCT FROM md5(coalesce({text}, ''))"
+        if ids is None:
+            query = "SELECT {id}, {text} FROM {t} WHERE " + where + \
+                " ORDER BY {id} LIMIT %s FOR UPDATE SKIP LOCKED"
+            params: tuple = (self.batch_size,)
+        else:
+            query = "SELECT {id}, {text} FROM {t} WHERE {id} = ANY(%s) AND " + where + \
+                " ORDER BY {id} FOR UPDATE SKIP LOCKED"
+            params = (list(ids),)
+        return conn.execute(self._sql(query, id=self.t.id_col, text=self.t.text_col, h=h),
+                            params).fetchall()
+
+    def pending_ids(self) -> list[Any]:
+        """Primary keys of the rows not done yet, in order (for splitting work)."""
+        h = self.t.new(f"{self.t.column}_hash")
+        with self._connect() as conn:
+            return [r[0] for r in conn.execute(self._sql(
+                "SELECT {id} FROM {t} WHERE {h} IS DISTINCT FROM md5(coalesce({text}, '')) "
+                "ORDER BY {id}", id=self.t.id_col, text=self.t.text_col, h=h)).fetchall()]
+
+    def process_ids(self, ids: list) -> tuple[int, int]:
+        """Embed and write the rows of ``ids`` not done yet, in one transaction (with
+        retries). Returns (embedded, skipped)."""
+        stats = BackfillStats()
+
+        def once():
+            with self._connect() as conn, conn.transaction():
+                claimed = self._claim(conn, ids)
+                if not claimed:
+                    return 0, 0
+                rows, skipped = self._embed_batch(claimed)
+                self._write(conn, rows)
+                return len(rows) - len(skipped), len(skipped)
+
+        return self._retrying("batch of ids", once, stats)
 
     def _write(self, conn, rows: list[tuple]) -> None:
         from psycopg import sql

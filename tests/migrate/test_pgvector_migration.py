@@ -230,3 +230,44 @@ def test_cli_refuses_drop_without_yes(pg):
                           pg.get_uri(), "--table", "walk", "--text-col", "body"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 2 and "--yes" in out.stderr
+
+
+def test_ray_backfill_equals_single_process(pg, tiny_m3, tiny_m3_dir):
+    pytest.importorskip("ray")
+    from hybridembed.migrate.ray_backfill import backfill_with_ray
+
+    dsn = pg.get_uri()
+    make_table(dsn, "by_ray")
+    make_table(dsn, "by_one")
+    target = Target("by_ray", "id", "body", "embedding", sparse=True)
+    PgMigration(dsn, target, tiny_m3).add()
+    single = migration(dsn, "by_one", tiny_m3)
+    single.add()
+    single.backfill()
+    result = backfill_with_ray(dsn, target, str(tiny_m3_dir), workers=2, batch_size=40)
+    assert result["embedded"] == N - 2 and result["skipped"] == 2 and result["ranges"] == 8
+    ray_rows, one_rows = new_vectors(dsn, "by_ray"), new_vectors(dsn, "by_one")
+    assert ray_rows.keys() == one_rows.keys()
+    for key, vec in one_rows.items():
+        if vec is None:
+            assert ray_rows[key] is None
+        else:
+            np.testing.assert_allclose(ray_rows[key], vec, atol=1e-5)
+    with psycopg.connect(dsn) as c:
+        a = c.execute("SELECT id, embedding_sparse__new::text, embedding_model__new FROM by_ray "
+                      "ORDER BY id").fetchall()
+        b = c.execute("SELECT id, embedding_sparse__new::text, embedding_model__new FROM by_one "
+                      "ORDER BY id").fetchall()
+    def parse(text):  # '{3:0.5,9:1.25}/300' -> {3: 0.5, 9: 1.25}
+        body = text.split("}")[0].strip("{")
+        return {int(k): float(v) for k, v in (p.split(":") for p in body.split(",") if p)}
+
+    assert [(k, m) for k, _, m in a] == [(k, m) for k, _, m in b]
+    for (_, sa, _), (_, sb, _) in zip(a, b, strict=True):
+        if sa is None or sb is None:
+            assert sa == sb
+            continue
+        pa, pb = parse(sa), parse(sb)
+        assert pa.keys() == pb.keys()
+        np.testing.assert_allclose([pa[k] for k in pa], [pb[k] for k in pa], atol=1e-5)
+    assert backfill_with_ray(dsn, target, str(tiny_m3_dir))["embedded"] == 0  # nothing left
