@@ -17,7 +17,17 @@ def run(cwd, *args):
                           text=True, env=ENV, cwd=cwd, timeout=300)
 
 
-def test_index_then_search_idempotently(tmp_path):
+def run_here(capsys, cwd, *args):
+    """The CLI in this process (no model start-up per call); returns (status, out, err)."""
+    from hybridembed.cli import main
+
+    status = main([*args, "--data-dir", str(cwd / ".hybridembed")])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_index_then_search_idempotently(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "hybrid.md").write_text("# Hybrid search\n\nDense vectors find meaning; BM25 "
@@ -28,18 +38,21 @@ def test_index_then_search_idempotently(tmp_path):
                              "lang": "fr"}) + "\n")
     first = run(tmp_path, "index", "docs", "--collection", "kb", "--chunk-tokens", "64")
     assert first.returncode == 0, first.stderr
-    again = run(tmp_path, "index", "docs", "--collection", "kb", "--chunk-tokens", "64")
+    status, again, _ = run_here(capsys, tmp_path, "index", "docs", "--collection", "kb",
+                                "--chunk-tokens", "64")
     count = int(first.stdout.split("holds ")[1].split()[0])
-    assert count > 3 and f"holds {count}" in again.stdout  # re-run: no duplicates
-    out = run(tmp_path, "search", "small carnivorous mammals", "--collection", "kb", "-k", "3")
-    assert out.returncode == 0 and "f1" in out.stdout.splitlines()[1]
-    hits = json.loads(run(tmp_path, "search", "mer", "--collection", "kb", "--filter", "lang=fr",
-                          "--json").stdout)
+    assert status == 0 and count > 3 and f"holds {count}" in again  # re-run: no duplicates
+    status, out, _ = run_here(capsys, tmp_path, "search", "small carnivorous mammals",
+                              "--collection", "kb", "-k", "3")
+    assert status == 0 and "f1" in out.splitlines()[1]
+    status, out, _ = run_here(capsys, tmp_path, "search", "mer", "--collection", "kb",
+                              "--filter", "lang=fr", "--json")
+    hits = json.loads(out)
     assert [h["id"] for h in hits] == ["f2"] and hits[0]["payload"]["lang"] == "fr"
-    bad = run(tmp_path, "search", "x", "--collection", "missing")
-    assert bad.returncode == 2 and "does not exist" in bad.stderr
-    cols = run(tmp_path, "collections", "--json")
-    assert json.loads(cols.stdout)[0]["count"] == count
+    status, _, err = run_here(capsys, tmp_path, "search", "x", "--collection", "missing")
+    assert status == 2 and "does not exist" in err
+    status, out, _ = run_here(capsys, tmp_path, "collections", "--json")
+    assert json.loads(out)[0]["count"] == count
 
 
 def test_chunks_overlap_at_token_boundaries():
