@@ -18,6 +18,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", help="auto, fp32, fp16, bf16")
     p.add_argument("--max-batch-tokens", type=int, help="padded tokens per forward pass")
+    p.add_argument("--runtime", help="torch (default) or onnx (env HYBRIDEMBED_RUNTIME)")
 
 
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
@@ -191,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _settings(args, **more) -> Settings:
     return Settings.from_env(model=args.model, device=args.device, dtype=args.dtype,
-                             max_batch_tokens=args.max_batch_tokens, **more)
+                             max_batch_tokens=args.max_batch_tokens,
+                             runtime=getattr(args, "runtime", None), **more)
 
 
 def cmd_serve(args) -> int:

@@ -37,3 +37,17 @@ def pg_dsn(tmp_path_factory):
 
     with postgres(tmp_path_factory.mktemp("pg")) as dsn:
         yield dsn
+
+
+@pytest.fixture(scope="session")
+def st_reference(minilm):
+    """The parity texts (200, mixed lengths, some past the 256-token limit) and
+    sentence-transformers' embeddings of them, computed once for every runtime's test."""
+    from sentence_transformers import SentenceTransformer
+
+    from tests.service.test_parity import mixed_texts
+
+    texts = mixed_texts()
+    reference = SentenceTransformer(str(minilm.spec.path), device="cpu").encode(
+        texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    return texts, reference

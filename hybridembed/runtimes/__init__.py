@@ -6,7 +6,7 @@ Runtime) never leaks above this package.
 
 from .base import Runtime, RuntimeOutOfMemory, RuntimeOutput
 
-RUNTIMES: tuple[str, ...] = ("torch",)
+RUNTIMES: tuple[str, ...] = ("torch", "onnx")
 
 
 def load_runtime(name: str, spec, **options) -> Runtime:
@@ -17,6 +17,10 @@ def load_runtime(name: str, spec, **options) -> Runtime:
         from .torch_runtime import TorchRuntime
 
         return TorchRuntime(spec, **options)
+    if name == "onnx":
+        from .onnx_runtime import OnnxRuntime
+
+        return OnnxRuntime(spec, **options)
     raise InvalidOptionError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}", "runtime")
 
 

@@ -15,7 +15,7 @@ from hybridembed.errors import InvalidOptionError, UnsupportedModelError  # noqa
 from hybridembed.registry import resolve  # noqa: E402
 from hybridembed.runtimes import RuntimeOutOfMemory, load_runtime  # noqa: E402
 from hybridembed.runtimes import onnx_runtime as ox  # noqa: E402
-from tests.service.test_parity import mixed_texts  # noqa: E402
+from tests.service.test_parity import assert_parity, mixed_texts  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +33,12 @@ def minilm_onnx(onnx_cache):
     return Embedder("minilm", runtime="onnx", device="cpu", cache_size=0)
 
 
-def test_dense_parity_with_sentence_transformers(minilm_onnx):
-    from sentence_transformers import SentenceTransformer
-
+def test_dense_parity_with_sentence_transformers(minilm_onnx, st_reference):
     emb = minilm_onnx
     assert emb.dtype == "fp32" and emb.device == "cpu"
     assert emb._runtime.exported and emb._runtime.quality["min_cosine"] >= 0.9999
-    texts = mixed_texts()
-    reference = SentenceTransformer(str(emb.spec.path), device="cpu").encode(
-        texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
-    ours = emb.embed(texts).dense
-    assert ours.dtype == np.float32 and ours.shape == reference.shape
-    cos = np.sum(ours * reference, axis=1) / (
-        np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1))
-    assert cos.min() >= 0.9999, f"worst text #{int(cos.argmin())}: cosine {cos.min()}"
+    texts, reference = st_reference
+    assert_parity(emb.embed(texts).dense, reference)
 
 
 def test_protocol_outputs_without_sparse_head(minilm_onnx):
@@ -76,6 +68,8 @@ def test_cache_is_reused_and_described(minilm_onnx, onnx_cache):
     assert again.quality == {"min_cosine": record["min_cosine"],
                              "mean_cosine": record["mean_cosine"]}
     assert not [p for p in onnx_cache.rglob("*") if ".tmp-" in p.name]
+    memo = json.loads((onnx_cache / "file-hashes.json").read_text())  # big files hashed once
+    assert any("model.safetensors|" in key for key in memo)
 
 
 def test_int8_gate_and_force(minilm_onnx, onnx_cache, monkeypatch):

@@ -21,19 +21,18 @@ def mixed_texts(n: int = 200, seed: int = 1) -> list[str]:
     return texts + extra
 
 
-def test_dense_parity_with_sentence_transformers(minilm):
-    from sentence_transformers import SentenceTransformer
-
-    texts = mixed_texts()
-    lengths = [len(ids) for ids in minilm.tokenize(texts, truncate=False)]
-    assert len(texts) >= 200 and max(lengths) > minilm.max_length == 256
-    reference = SentenceTransformer(str(minilm.spec.path), device="cpu").encode(
-        texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
-    ours = minilm.embed(texts).dense
+def assert_parity(ours: np.ndarray, reference: np.ndarray) -> None:
     cos = np.sum(ours * reference, axis=1) / (
         np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1))
     assert ours.dtype == np.float32 and ours.shape == reference.shape
     assert cos.min() >= 0.9999, f"worst text #{int(cos.argmin())}: cosine {cos.min()}"
+
+
+def test_dense_parity_with_sentence_transformers(minilm, st_reference):
+    texts, reference = st_reference
+    lengths = [len(ids) for ids in minilm.tokenize(texts, truncate=False)]
+    assert len(texts) >= 200 and max(lengths) > minilm.max_length == 256
+    assert_parity(minilm.embed(texts).dense, reference)
 
 
 def _reference_m3(folder, text):
