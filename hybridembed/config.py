@@ -89,7 +89,7 @@ ENV_DOC: dict[str, str] = {
     "HYBRIDEMBED_MODEL": "model alias, folder or Hugging Face id (default minilm)",
     "HYBRIDEMBED_DEVICE": "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps",
     "HYBRIDEMBED_DTYPE": "auto (bf16/fp16 on GPU, fp32 on CPU), fp32, fp16, bf16; int8 with onnx",
-    "HYBRIDEMBED_RUNTIME": "compute runtime: torch, or onnx (exported once, cached by content hash)",
+    "HYBRIDEMBED_RUNTIME": "compute runtime: torch, or onnx (exported once, cached by hash)",
     "HYBRIDEMBED_MAX_BATCH_TOKENS": "padded tokens per forward pass (0 = by device)",
     "HYBRIDEMBED_MAX_BATCH_SIZE": "texts per forward pass cap (0 = none)",
     "HYBRIDEMBED_CACHE_SIZE": "entries in the result cache (0 disables it)",
