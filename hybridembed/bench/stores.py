@@ -471,7 +471,7 @@ def format_report(report: dict) -> str:
              f"{cfg['queries']} queries, k={cfg['k']}, candidates={cfg['candidates']}",
              f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_gib']} GiB, "
              f"Python {mach['python']}"]
-    if "pg_settings" in cfg:
+    if "pgvector" in report["stores"] and "pg_settings" in cfg:
         lines.append(f"PostgreSQL settings: {cfg['pg_settings'] or 'defaults'}")
     lines.append("")
     head = (f"{'store':<16} {'docs':>8} {'write/s':>8} {'write s':>8} {'disk MB':>7} "
