@@ -97,6 +97,12 @@ class VectorStore:
                 progress(len(chunk))
         return len(docs)
 
+    def optimize(self, name: str) -> bool:
+        """Let the store build its indexes after a bulk load (Qdrant Edge); a no-op where
+        the database maintains them itself."""
+        optimize = getattr(self.backend, "optimize", None)
+        return bool(optimize(check_name(name))) if optimize else False
+
     def delete(self, name: str, ids: Sequence[str | int]) -> int:
         return self.backend.delete(check_name(name), [str(i) for i in ids])
 

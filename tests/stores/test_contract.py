@@ -191,3 +191,12 @@ def test_cross_encoder_rerank(backend, minilm, name, tmp_path_factory):
     assert [h.text for h in hits] == [pool[i] for i, _ in expected]
     assert [h.retrievers["cross-encoder"]["rank"] for h in hits] == [1, 2, 3]
     assert all(h.text in texts for h in hits)
+
+
+def test_optimize_after_a_bulk_load_keeps_every_answer(store, name):
+    store.create_collection(name)
+    store.upsert(name, DOCS)
+    before = [h.id for h in store.search(name, "a cat on a mat", k=4)]
+    store.optimize(name)  # Qdrant Edge builds its indexes; other stores: nothing to do
+    assert [h.id for h in store.search(name, "a cat on a mat", k=4)] == before
+    assert store.count(name) == 4
