@@ -14,7 +14,7 @@ import numpy as np
 from ..engine import Encoder, Outputs, TextTokenizer
 from ..engine.bm25 import Bm25Sparse
 from ..engine.heads import finish_dense
-from ..errors import InputTooLongError, InvalidInputError, InvalidOptionError, OutOfMemoryError
+from ..errors import InputTooLongError, InvalidInputError, InvalidOptionError
 from ..registry import DEFAULT_MODEL, ModelSpec, resolve
 from ..runtimes import load_runtime
 from ..sparse import SparseVector
@@ -192,11 +192,8 @@ class Embedder:
             too_long = {texts[j]: len(ids[j]) for j in long_pos}
         keep = [j for j in range(len(texts)) if texts[j] not in too_long]
         want = Outputs(dense=dense, sparse=sparse and self._bm25 is None, multivector=multivector)
-        try:
-            with self._lock:
-                rows = self._encoder.encode([ids[j] for j in keep], want, [origin[j] for j in keep])
-        except OutOfMemoryError:
-            raise
+        with self._lock:
+            rows = self._encoder.encode([ids[j] for j in keep], want, [origin[j] for j in keep])
         bm25 = (self._bm25.embed([texts[j] for j in keep], kind)
                 if sparse and self._bm25 is not None else None)
         dense_rows = (finish_dense(np.stack([r.dense for r in rows]), normalize, dimensions)
