@@ -21,8 +21,10 @@ from ..sparse import SparseVector
 from ..types import KINDS, Embedding, EmbedResult, Usage
 from .cache import EmbeddingCache, text_key
 
-# Padded tokens per forward pass when the caller sets none, by device type.
-DEFAULT_BATCH_TOKENS = {"cpu": 16_384, "cuda": 131_072, "mps": 32_768}
+# Padded tokens per forward pass when the caller sets none, by device type. On CPUs
+# small batches stay in cache: `hybridembed bench` measured 2048 at 1.4x the speed of
+# 16384 on the 2-core test machine (docs/BENCHMARKS.md).
+DEFAULT_BATCH_TOKENS = {"cpu": 2_048, "cuda": 131_072, "mps": 32_768}
 
 
 @dataclass(frozen=True)
