@@ -92,8 +92,15 @@ class RemoteBackend(_HTTPBackend):
             usage=Usage(out["usage"]["tokens"]))
 
 
-class OllamaBackend(_HTTPBackend):
-    name = "ollama"
+class _DenseOnlyBackend(_HTTPBackend):
+    """Servers that return dense vectors only; subclasses make the one request."""
+
+    default_model = ""
+
+    def _request(self, texts: list[str], model: str, truncate: bool,
+                 dimensions: int | None) -> tuple[str, np.ndarray, int]:
+        """(model name echoed, (n, dim) vectors in input order, total tokens)."""
+        raise NotImplementedError
 
     def embed(self, texts: Sequence[str] | str, *, dense: bool = True, sparse: bool = False,
               multivector: bool = False, kind: str = "document", truncate: bool = True,
@@ -102,36 +109,37 @@ class OllamaBackend(_HTTPBackend):
         texts = _check_texts(texts)
         if not texts:
             return _result(self.model or "", [], dense, False, False, [])
-        body = {"model": self.model or "bge-m3", "input": texts, "truncate": truncate}
+        model, vectors, tokens = self._request(texts, self.model or self.default_model,
+                                               truncate, dimensions)
+        return _result(model, vectors, dense, False, False, _spread(tokens, len(texts)),
+                       normalize)
+
+
+class OllamaBackend(_DenseOnlyBackend):
+    name = "ollama"
+    default_model = "bge-m3"
+
+    def _request(self, texts, model, truncate, dimensions):
+        body = {"model": model, "input": texts, "truncate": truncate}
         if dimensions:
             body["dimensions"] = dimensions
         out = self._post("/api/embed", body)
-        vectors = np.asarray(out["embeddings"], np.float32)
-        count = int(out.get("prompt_eval_count") or 0)
-        return _result(out.get("model", body["model"]), vectors, dense, False, False,
-                       _spread(count, len(texts)), normalize)
+        return (out.get("model", model), np.asarray(out["embeddings"], np.float32),
+                int(out.get("prompt_eval_count") or 0))
 
 
-class OpenAIBackend(_HTTPBackend):
+class OpenAIBackend(_DenseOnlyBackend):
     name = "openai"
+    default_model = "text-embedding-3-small"
 
-    def embed(self, texts: Sequence[str] | str, *, dense: bool = True, sparse: bool = False,
-              multivector: bool = False, kind: str = "document", truncate: bool = True,
-              dimensions: int | None = None, normalize: bool = True) -> EmbedResult:
-        self._dense_only(sparse, multivector)
-        texts = _check_texts(texts)
-        if not texts:
-            return _result(self.model or "", [], dense, False, False, [])
-        body = {"model": self.model or "text-embedding-3-small", "input": texts,
-                "encoding_format": "base64"}
+    def _request(self, texts, model, truncate, dimensions):
+        body = {"model": model, "input": texts, "encoding_format": "base64"}
         if dimensions:
             body["dimensions"] = dimensions
         out = self._post("/embeddings", body)
         rows = sorted(out["data"], key=lambda r: r["index"])
-        vectors = np.stack([_vector(r["embedding"]) for r in rows])
-        tokens = int(out.get("usage", {}).get("prompt_tokens") or 0)
-        return _result(out.get("model", body["model"]), vectors, dense, False, False,
-                       _spread(tokens, len(texts)), normalize)
+        return (out.get("model", model), np.stack([_vector(r["embedding"]) for r in rows]),
+                int(out.get("usage", {}).get("prompt_tokens") or 0))
 
 
 def _vector(value) -> np.ndarray:
