@@ -286,7 +286,7 @@ def cmd_index(args) -> int:
     with tqdm(total=len(docs), unit="doc", desc=f"indexing into {args.collection}",
               disable=None) as bar:
         store.upsert(args.collection, docs, progress=bar.update)
-    store.optimize(args.collection)  # index the new segments once, after the bulk load
+    store.optimize(args.collection)  # new segments (Edge), indexes a killed run left out (pg)
     took = time.perf_counter() - began
     print(f"{len(docs)} chunks from {len(args.paths)} path(s) in {took:.1f} s "
           f"({len(docs) / took if took else 0:.1f} docs/s); collection {args.collection!r} "

@@ -15,17 +15,13 @@ Synthetic data, fixed seed:
   BM25 document-frequency bookkeeping on write and no df lookup on query (a BM25 model's
   collection does both; :func:`ingest_share` with MiniLM measures that case).
 
-Qdrant Edge runs no background optimiser: points stay in appendable, unindexed segments
-until ``EdgeShard.optimize()`` is called, which the adapter never does. :func:`run`
-therefore measures Edge as the adapter leaves it, then (``edge_optimize=True``) calls
-``optimize()`` on the adapter's shard, times it and measures again.
-
-pgvector maintains its HNSW indexes (dense cosine, sparse inner product) row by row on
-insert: on 2 cores that is 40-90 records/s, falling as the graphs grow (10,000 documents
-took 236 s; the sparse graph costs about 3x the dense one), which puts 100,000 documents
-far beyond 10 minutes. Above 20,000 documents (``pg_index="auto"``) :func:`run` therefore
-drops the adapter's HNSW indexes, loads, and builds them again from the same definitions,
-reporting load and build times apart; queries run against the same indexes either way.
+Loading. By default (``load="bulk"``) each store is loaded the way ``VectorStore.upsert``
+loads a large batch, inside the adapter's ``bulk()``: Qdrant Edge (which has no background
+optimiser) optimises once at the end; pgvector drops its HNSW indexes, loads, and builds
+them once (row-by-row HNSW maintenance runs at 40-90 records/s on 2 cores, so 100,000
+documents would take far beyond 10 minutes). ``load="incremental"`` writes without it:
+Edge then optimises every ``OPTIMIZE_EVERY`` points, pgvector maintains HNSW row by row.
+Load and index-build times are reported apart; queries see the same indexes either way.
 """
 
 from __future__ import annotations
@@ -36,7 +32,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +41,7 @@ import numpy as np
 from ..sparse import SparseVector
 from ..stores import open_backend
 from ..stores.base import CollectionSchema, QuerySpec, Record, content_id
+from ..stores.qdrant_edge import OPTIMIZE_EVERY
 from . import corpus
 
 VOCAB_SIZE = 30_000
@@ -54,8 +51,6 @@ QUERY_TERMS = (3, 6)
 BM25_K1, BM25_B = 1.2, 0.75
 WRITE_BATCH = 1000
 WARMUP = 10
-PG_MAINTENANCE_WORK_MEM = "2GB"  # an HNSW graph built beyond it is built far more slowly
-PG_DEFERRED_ABOVE = 20_000  # pg_index="auto": build indexes after loading above this size
 # The temporary server's settings: PostgreSQL's default shared_buffers (128MB) is below the
 # 100k-document working set (~500 MB of table and HNSW indexes), so every HNSW search reads
 # pages through the OS cache; 1GB holds it (hybrid p50 19.9 -> 11.9 ms in an A/B here).
@@ -119,39 +114,6 @@ def _folder_mb(path: Path) -> float:
     sparse mmap files, whose apparent size overstates it)."""
     total = sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
     return total / 2**20
-
-
-def _pg_drop_hnsw(dsn: str, table: str) -> list[str]:
-    """Drop ``table``'s HNSW indexes; returns their definitions, to build them again."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s "
-                            "AND indexdef LIKE '%% USING hnsw %%' ORDER BY indexname",
-                            (table,)).fetchall()
-        for index, _ in rows:
-            conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
-    return [definition for _, definition in rows]
-
-
-def _pg_build(dsn: str, definitions: list[str], progress: Callable[[str], Any]) -> float:
-    """Build indexes from their definitions with room for the graph in memory and the
-    parallel workers the machine has; returns the seconds it took."""
-    import psycopg
-
-    workers = max(1, min(_cores() - 1, 8))
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT set_config('maintenance_work_mem', %s, false), "
-                     "set_config('max_parallel_maintenance_workers', %s, false)",
-                     (PG_MAINTENANCE_WORK_MEM, str(workers)))
-        t0 = time.perf_counter()
-        for definition in definitions:
-            t1 = time.perf_counter()
-            conn.execute(definition)
-            progress(f"[pgvector] {definition.split(' USING ')[1]}: "
-                     f"{time.perf_counter() - t1:.1f} s")
-        return time.perf_counter() - t0
 
 
 def _pg_analyze(dsn: str, table: str) -> None:
@@ -338,8 +300,8 @@ def _measure_queries(backend, name: str, data: Synthetic, k: int, candidates: in
 
 
 def _bench_store(kind: str, data: Synthetic, texts: list[str], folder: Path,
-                 pg_dsn: str | None, k: int, candidates: int, exact, edge_optimize: bool,
-                 pg_index: str, pg_settings: Mapping[str, str],
+                 pg_dsn: str | None, k: int, candidates: int, exact, load: str,
+                 pg_settings: Mapping[str, str],
                  progress: Callable[[str], Any]) -> dict[str, Any]:
     schema = {"model": "synthetic", "dense_dim": data.dim, "sparse_kind": "learned",
               "multivector_dim": 0, "vocab_size": VOCAB_SIZE}
@@ -363,28 +325,26 @@ def _bench_store(kind: str, data: Synthetic, texts: list[str], folder: Path,
         if kind == "pgvector" and pg_dsn is not None:
             stack.callback(backend.drop, name)  # someone else's server: leave it clean
 
-        result: dict[str, Any] = {"n_docs": data.n_docs}
-        deferred: list[str] = []
-        if kind == "pgvector":
-            result["index"] = pg_index
-            if pg_index == "deferred":
-                deferred = _pg_drop_hnsw(dsn, name)
+        result: dict[str, Any] = {"n_docs": data.n_docs, "load": load}
         write_s, n = 0.0, data.n_docs
         report_every = max(n // 10, WRITE_BATCH)
-        for start in range(0, n, WRITE_BATCH):
-            stop = min(start + WRITE_BATCH, n)
-            records = data.records(start, stop, texts)
-            t0 = time.perf_counter()
-            backend.write(name, records)
-            write_s += time.perf_counter() - t0
-            if stop % report_every < WRITE_BATCH or stop == n:
-                progress(f"[{kind}] wrote {stop}/{n} in {write_s:.1f} s "
-                         f"({stop / write_s:,.0f} records/s)")
+        with backend.bulk(name) if load == "bulk" else nullcontext():
+            for start in range(0, n, WRITE_BATCH):
+                stop = min(start + WRITE_BATCH, n)
+                records = data.records(start, stop, texts)
+                t0 = time.perf_counter()
+                backend.write(name, records)
+                write_s += time.perf_counter() - t0
+                if stop % report_every < WRITE_BATCH or stop == n:
+                    progress(f"[{kind}] wrote {stop}/{n} in {write_s:.1f} s "
+                             f"({stop / write_s:,.0f} records/s)")
+            written = time.perf_counter()
+        result["index_build_s"] = time.perf_counter() - written  # bulk(): the build at exit
         result["write_s"] = write_s
         result["write_rate"] = n / write_s if write_s else 0.0
-        if deferred:
-            result["index_build_s"] = _pg_build(dsn, deferred, progress)
-            result["load_rate"] = n / (write_s + result["index_build_s"])
+        result["load_rate"] = n / (write_s + result["index_build_s"])
+        if load == "bulk":
+            progress(f"[{kind}] indexes built in {result['index_build_s']:.1f} s")
         if kind == "pgvector":
             _pg_analyze(dsn, name)  # what autovacuum does soon after a load
         result["count"] = backend.count(name)
@@ -398,19 +358,6 @@ def _bench_store(kind: str, data: Synthetic, texts: list[str], folder: Path,
         progress(f"[{kind}] hybrid p50 {result['hybrid']['p50']:.2f} ms, dense p50 "
                  f"{result['dense']['p50']:.2f} ms, sparse p50 {result['sparse']['p50']:.2f} ms")
 
-        if kind == "edge" and edge_optimize:
-            shard = backend._shard(name)  # the adapter's shard; the adapter never optimises
-            t0 = time.perf_counter()
-            shard.optimize()
-            optimized: dict[str, Any] = {"optimize_s": time.perf_counter() - t0}
-            info = shard.info()
-            optimized["segments"] = info.segments_count
-            optimized["indexed_vectors"] = info.indexed_vectors_count
-            optimized["disk_mb"] = _folder_mb(folder / kind / "collections" / name)
-            optimized.update(_measure_queries(backend, name, data, k, candidates, exact))
-            result["optimized"] = optimized
-            progress(f"[edge] optimize() took {optimized['optimize_s']:.1f} s; then hybrid p50 "
-                     f"{optimized['hybrid']['p50']:.2f} ms")
     return result
 
 
@@ -418,23 +365,18 @@ def run(kinds: tuple[str, ...] = ("edge", "pgvector"), n_docs: int = 100_000, di
         queries: int = 200, k: int = 10, candidates: int = 50,
         data_dir: str | os.PathLike | None = None, pg_dsn: str | None = None,
         progress: Callable[[str], Any] | None = print, seed: int = 0,
-        recall: bool = True, edge_optimize: bool = True, pg_index: str = "auto",
+        recall: bool = True, load: str = "bulk",
         pg_settings: Mapping[str, str] | None = None) -> dict:
     """Write ``n_docs`` synthetic records into each store in ``kinds`` (batches of 1000),
     then time ``queries`` hybrid (RRF), dense-only and sparse-only queries. Stores live in a
     temporary directory (or under ``data_dir``); pgvector uses ``pg_dsn``, or a throw-away
     server when None. ``recall`` compares each answer with the exact one (numpy/scipy).
 
-    ``pg_index``: ``"incremental"`` writes into the adapter's table with its HNSW indexes in
-    place (pgvector inserts into both graphs row by row: tens of records/s on 2 cores);
-    ``"deferred"`` drops those indexes, writes, then builds them again (same definitions,
-    ``maintenance_work_mem`` = 2GB, parallel workers); ``"auto"``: deferred above
-    20,000 documents. Queries see the same indexes either way. ``pg_settings``: the
-    temporary server's settings (None: :data:`PG_SETTINGS`; ``{}``: PostgreSQL's defaults)."""
-    if pg_index not in ("auto", "incremental", "deferred"):
-        raise ValueError(f"pg_index must be auto, incremental or deferred, got {pg_index!r}")
-    if pg_index == "auto":
-        pg_index = "deferred" if n_docs > PG_DEFERRED_ABOVE else "incremental"
+    ``load``: ``"bulk"`` (the adapter's ``bulk()``: indexes built once after the load) or
+    ``"incremental"`` (see the module docstring). ``pg_settings``: the temporary server's
+    settings (None: :data:`PG_SETTINGS`; ``{}``: PostgreSQL's defaults)."""
+    if load not in ("bulk", "incremental"):
+        raise ValueError(f"load must be bulk or incremental, got {load!r}")
     pg_settings = dict(PG_SETTINGS if pg_settings is None else pg_settings)
     progress = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -446,7 +388,7 @@ def run(kinds: tuple[str, ...] = ("edge", "pgvector"), n_docs: int = 100_000, di
     report: dict[str, Any] = {
         "config": {"n_docs": n_docs, "dim": dim, "queries": queries, "k": k,
                    "candidates": candidates, "seed": seed, "write_batch": WRITE_BATCH,
-                   "vocab_size": VOCAB_SIZE, "sparse_kind": "learned",
+                   "vocab_size": VOCAB_SIZE, "sparse_kind": "learned", "load": load,
                    "mean_doc_terms": data.mean_doc_terms,
                    "mean_query_terms": data.mean_query_terms,
                    "pg_settings": pg_settings if pg_dsn is None else "external server"},
@@ -458,7 +400,7 @@ def run(kinds: tuple[str, ...] = ("edge", "pgvector"), n_docs: int = 100_000, di
     with tempfile.TemporaryDirectory(prefix="hybridembed-bench-", dir=data_dir) as tmp:
         for kind in kinds:
             report["stores"][kind] = _bench_store(kind, data, texts, Path(tmp), pg_dsn, k,
-                                                  candidates, exact, edge_optimize, pg_index,
+                                                  candidates, exact, load,
                                                   pg_settings, progress)
     return report
 
@@ -494,18 +436,13 @@ def format_report(report: dict) -> str:
     notes = []
     for kind, r in report["stores"].items():
         lines.append(row(kind, r, r))
-        if "optimized" in r:
-            o = r["optimized"]
-            lines.append(row(f"{kind} optimized", o, r))
-            notes.append(f"{kind}: optimize() took {o['optimize_s']:.1f} s "
-                         f"({r.get('segments')} -> {o['segments']} segments, "
-                         f"{o['indexed_vectors']:,} indexed vectors)")
-        if "index_build_s" in r:
-            notes.append(f"{kind}: HNSW indexes dropped before the load and built after it in "
+        if r.get("load") == "bulk":
+            notes.append(f"{kind}: indexes built once after the load in "
                          f"{r['index_build_s']:.1f} s (load + build: {r['load_rate']:,.0f} "
                          "records/s); 'write/s' is the load alone")
-        elif r.get("index") == "incremental":
-            notes.append(f"{kind}: written with its HNSW indexes in place (built row by row)")
+        else:
+            notes.append(f"{kind}: written incrementally (Edge optimises every "
+                         f"{OPTIMIZE_EVERY:,} points, pgvector maintains HNSW row by row)")
         if "index_mb" in r:
             notes.append(f"{kind}: {r['index_mb']:.0f} MB of the {r['disk_mb']:.0f} MB on disk "
                          f"are indexes; shared_buffers = {r['shared_buffers']}")
@@ -515,9 +452,6 @@ def format_report(report: dict) -> str:
                  "other jobs share the cores; 'load': 1-min load average before/after the "
                  "queries; recall@k against the exact answer (random vectors: a lower bound "
                  "for real embeddings).")
-    if any("optimized" in r for r in report["stores"].values()):
-        lines.append("'optimized' rows: after EdgeShard.optimize(), which the adapter never "
-                     "calls (until then every point sits in an unindexed appendable segment).")
     lines += notes
     return "\n".join(lines)
 
@@ -528,9 +462,11 @@ def ingest_share(embedder, backend_kind: str, n_docs: int = 2000, batch_size: in
                  seed: int = 0, pg_settings: Mapping[str, str] | None = None,
                  progress: Callable[[str], Any] | None = None) -> dict:
     """Embed ``n_docs`` synthetic texts (dense + sparse, no multi-vectors) in batches of
-    ``batch_size`` and write each batch with ``backend.write``, as ``VectorStore.upsert``
-    does, timing the two apart. The embedder's result cache would serve texts it has seen:
-    use ``cache_size=0`` or a fresh ``seed`` per call (``cache_hits`` says if it happened)."""
+    ``batch_size`` and write each batch with ``backend.write`` inside the adapter's
+    ``bulk()``, as ``VectorStore.upsert`` does with a large load, timing the two apart (the
+    index build at the end counts as writing). The embedder's result cache would serve
+    texts it has seen: use ``cache_size=0`` or a fresh ``seed`` per call (``cache_hits``
+    says if it happened)."""
     progress = progress or (lambda _msg: None)
     schema = CollectionSchema.of(embedder, multivector=False).to_dict()
     meta = {"schema": schema, "fields": []}
@@ -561,20 +497,26 @@ def ingest_share(embedder, backend_kind: str, n_docs: int = 2000, batch_size: in
         backend.create(name, meta)
         if pg_dsn is not None:
             stack.callback(backend.drop, name)
-        for start in range(0, n_docs, batch_size):
-            chunk = texts[start:start + batch_size]
+        # n_docs into an empty collection: VectorStore.upsert loads it in bulk() when the
+        # adapter has one, building indexes once at the end; that build is write time too
+        with backend.bulk(name) if hasattr(backend, "bulk") else nullcontext():
+            for start in range(0, n_docs, batch_size):
+                chunk = texts[start:start + batch_size]
+                t0 = time.perf_counter()
+                result = embedder.embed(chunk, dense=True, sparse=True, multivector=False)
+                t1 = time.perf_counter()
+                records = [Record(key=content_id(t), text=t, payload={},
+                                  dense=result.dense[i], sparse=result.sparse[i])
+                           for i, t in enumerate(chunk)]
+                t2 = time.perf_counter()
+                backend.write(name, records)
+                t3 = time.perf_counter()
+                embed_s += t1 - t0
+                write_s += t3 - t2
+                progress(f"[ingest {backend_kind}] {start + len(chunk)}/{n_docs}: embed "
+                         f"{embed_s:.1f} s, write {write_s:.1f} s")
             t0 = time.perf_counter()
-            result = embedder.embed(chunk, dense=True, sparse=True, multivector=False)
-            t1 = time.perf_counter()
-            records = [Record(key=content_id(t), text=t, payload={}, dense=result.dense[i],
-                              sparse=result.sparse[i]) for i, t in enumerate(chunk)]
-            t2 = time.perf_counter()
-            backend.write(name, records)
-            t3 = time.perf_counter()
-            embed_s += t1 - t0
-            write_s += t3 - t2
-            progress(f"[ingest {backend_kind}] {start + len(chunk)}/{n_docs}: embed "
-                     f"{embed_s:.1f} s, write {write_s:.1f} s")
+        write_s += time.perf_counter() - t0
     total = embed_s + write_s
     return {"backend": backend_kind, "model": schema["model"],
             "sparse_kind": schema["sparse_kind"], "n_docs": n_docs, "batch_size": batch_size,

@@ -4,11 +4,16 @@ It embeds (dense + sparse + multi-vector in one forward pass per batch), checks 
 collection was built by the same model and options, validates names, documents and
 filters before anything is written, asks the adapter for fused candidates, and applies a
 cross-encoder rerank when asked. Adapters only move vectors.
+
+An upsert of at least :data:`BULK_MIN_DOCS` documents that at least doubles the
+collection runs inside the adapter's ``bulk()`` where it has one: pgvector then builds its
+HNSW indexes once at the end instead of row by row, Qdrant Edge optimises once at the end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from ..errors import InvalidOptionError
@@ -24,6 +29,8 @@ from .base import (
     check_name,
     check_search,
 )
+
+BULK_MIN_DOCS = 1000
 
 
 class VectorStore:
@@ -84,22 +91,28 @@ class VectorStore:
         if new_fields:  # record fields first: a filter on them must never be refused
             meta["fields"] = sorted(fields | new_fields)
             self.backend.update_meta(name, meta)
-        for start in range(0, len(docs), self.batch_size):
-            chunk = docs[start:start + self.batch_size]
-            result = self.embedder.embed([d.text for d in chunk], dense=True, sparse=True,
-                                         multivector=bool(schema.multivector_dim))
-            records = [Record(key=d.key, text=d.text, payload=dict(d.payload),
-                              dense=result.dense[i], sparse=result.sparse[i],
-                              multivector=result.multivector[i] if result.multivector else None)
-                       for i, d in enumerate(chunk)]
-            self.backend.write(name, records)
-            if progress:
-                progress(len(chunk))
+        bulk = getattr(self.backend, "bulk", None)
+        if bulk is None or len(docs) < BULK_MIN_DOCS or len(docs) < self.backend.count(name):
+            bulk = None
+        with bulk(name) if bulk else nullcontext():
+            for start in range(0, len(docs), self.batch_size):
+                chunk = docs[start:start + self.batch_size]
+                result = self.embedder.embed([d.text for d in chunk], dense=True, sparse=True,
+                                             multivector=bool(schema.multivector_dim))
+                records = [Record(key=d.key, text=d.text, payload=dict(d.payload),
+                                  dense=result.dense[i], sparse=result.sparse[i],
+                                  multivector=result.multivector[i] if result.multivector
+                                  else None)
+                           for i, d in enumerate(chunk)]
+                self.backend.write(name, records)
+                if progress:
+                    progress(len(chunk))
         return len(docs)
 
     def optimize(self, name: str) -> bool:
-        """Let the store build its indexes after a bulk load (Qdrant Edge); a no-op where
-        the database maintains them itself."""
+        """Let the store build what indexes it lacks: Qdrant Edge merges and indexes new
+        segments, pgvector builds HNSW indexes a killed bulk load left missing; a no-op
+        where the database maintains them itself."""
         optimize = getattr(self.backend, "optimize", None)
         return bool(optimize(check_name(name))) if optimize else False
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -84,6 +85,7 @@ HALFVEC_INDEX_MAX_DIM = 4000  # HNSW on halfvec(D)
 MAX_DIM = 16000
 EF_SEARCH_MAX = 1000
 _POOL_IDLE = 8
+MAINTENANCE_WORK_MEM = "512MB"  # an HNSW build is fast while the graph fits in it
 
 
 def _psycopg():
@@ -162,6 +164,23 @@ class _Layout:
         from pgvector import SparseVector as PgSparse
 
         return PgSparse(vector.to_dict(), self.sparse_dim)
+
+
+def _indexes(layout: _Layout) -> dict[str, Any]:
+    """The collection's indexes by name, each as ``CREATE INDEX IF NOT EXISTS``: HNSW on
+    ``dense`` (cosine) and ``sparse`` (inner product), GIN on ``payload``. The names are
+    those PostgreSQL gives unnamed indexes (``<table>_<column>_idx``), so collections made
+    before the names were explicit are recognised."""
+    _, sql = _psycopg()
+    name, table = layout.name, sql.Identifier(layout.name)
+    methods = {"sparse": "hnsw (sparse sparsevec_ip_ops)",
+               "payload": "gin (payload jsonb_path_ops)"}
+    if layout.dense_dim <= HALFVEC_INDEX_MAX_DIM:
+        ops = "halfvec_cosine_ops" if layout.half else "vector_cosine_ops"
+        methods["dense"] = f"hnsw (dense {ops})"
+    return {f"{name}_{column}_idx": sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING {}").format(
+        sql.Identifier(f"{name}_{column}_idx"), table, sql.SQL(method))
+        for column, method in methods.items()}
 
 
 class PgVectorBackend:
@@ -295,14 +314,8 @@ class PgVectorBackend:
                 "payload jsonb NOT NULL DEFAULT '{{}}', dense {}, sparse sparsevec({}), "
                 "multivector bytea, mv_tokens int)").format(
                     table, dense_type, sql.Literal(layout.sparse_dim)))
-            if layout.dense_dim <= HALFVEC_INDEX_MAX_DIM:
-                ops = "halfvec_cosine_ops" if layout.half else "vector_cosine_ops"
-                conn.execute(sql.SQL("CREATE INDEX ON {} USING hnsw (dense {})").format(
-                    table, sql.SQL(ops)))
-            conn.execute(sql.SQL("CREATE INDEX ON {} USING hnsw (sparse sparsevec_ip_ops)")
-                         .format(table))
-            conn.execute(sql.SQL("CREATE INDEX ON {} USING gin (payload jsonb_path_ops)")
-                         .format(table))
+            for statement in _indexes(layout).values():
+                conn.execute(statement)
             if layout.bm25:
                 conn.execute(sql.SQL("CREATE TABLE {} (term bigint PRIMARY KEY, df int NOT NULL)")
                              .format(sql.Identifier(f"{name}_df")))
@@ -421,6 +434,44 @@ class PgVectorBackend:
                     "mv_tokens = EXCLUDED.mv_tokens").format(table), rows)
             if layout.bm25:
                 self._apply_df(conn, name, delta)
+
+    @contextmanager
+    def bulk(self, name: str) -> Iterator[None]:
+        """A bulk load: drop the HNSW indexes, let the caller write, build them again.
+        pgvector maintains HNSW row by row on insert, several times slower than building
+        the graph once. Readers meanwhile get exact (sequential) scans. The indexes are
+        built again even when the load fails; if the process is killed, :meth:`optimize`
+        (``hybridembed index`` runs it) builds whichever is missing."""
+        _, sql = _psycopg()
+        check_name(name)
+        with self._conn() as conn, conn.transaction():
+            self._layout(conn, name)
+            conn.execute(sql.SQL("DROP INDEX IF EXISTS {}, {}").format(
+                sql.Identifier(f"{name}_dense_idx"), sql.Identifier(f"{name}_sparse_idx")))
+        try:
+            yield
+        finally:
+            self.optimize(name)
+
+    def optimize(self, name: str) -> bool:
+        """Build whichever of the collection's indexes is missing, each on its own
+        connection so the dense and sparse graphs build side by side; True if any was."""
+        with self._conn() as conn:
+            layout = self._layout(conn, name)
+            present = {r[0] for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = %s", (name,)).fetchall()}
+        missing = [s for index, s in _indexes(layout).items() if index not in present]
+
+        def build(statement: Any) -> None:
+            with self._conn() as conn, conn.transaction():
+                conn.execute("SELECT set_config('maintenance_work_mem', %s, true)",
+                             (MAINTENANCE_WORK_MEM,))
+                conn.execute(statement)
+
+        if missing:
+            with ThreadPoolExecutor(len(missing)) as pool:
+                list(pool.map(build, missing))
+        return bool(missing)
 
     def delete(self, name: str, keys: Sequence[str]) -> int:
         _, sql = _psycopg()

@@ -200,3 +200,26 @@ def test_optimize_after_a_bulk_load_keeps_every_answer(store, name):
     store.optimize(name)  # Qdrant Edge builds its indexes; other stores: nothing to do
     assert [h.id for h in store.search(name, "a cat on a mat", k=4)] == before
     assert store.count(name) == 4
+
+
+def test_a_large_upsert_is_one_bulk_load(store, name, monkeypatch):
+    """An upsert that at least doubles a collection runs inside the adapter's bulk() where
+    it has one (indexes built once at the end); the documents are searchable after it."""
+    from hybridembed.stores import collection
+
+    monkeypatch.setattr(collection, "BULK_MIN_DOCS", 3)
+    calls = []
+    bulk = getattr(store.backend, "bulk", None)
+    if bulk is not None:
+        def counting(coll):
+            calls.append(coll)
+            return bulk(coll)
+        monkeypatch.setattr(store.backend, "bulk", counting)
+    store.create_collection(name)
+    store.upsert(name, DOCS)  # 4 docs into an empty collection: bulk
+    store.upsert(name, DOCS[:3])  # 3 docs into 4: not bulk
+    assert calls == ([name] if bulk is not None else [])
+    assert store.count(name) == 4
+    for mode in ("dense", "sparse", "hybrid"):
+        assert store.search(name, "the postman and the barking dogs", mode=mode, k=1)[0].id \
+            == "dog"

@@ -406,3 +406,30 @@ def test_concurrent_writers_lose_nothing(pg_dsn, backend, cname):
             expect[t % BM25_SPACE] = expect.get(t % BM25_SPACE, 0) + 1
     assert df == expect
     assert df[1] == 800 and df[7] == 20
+
+
+def _index_names(pg_dsn, table):
+    import psycopg
+
+    with psycopg.connect(pg_dsn) as conn:
+        return {r[0] for r in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = %s", (table,)).fetchall()}
+
+
+def test_bulk_builds_hnsw_once_and_optimize_heals_a_killed_load(pg_dsn, backend, filled):
+    name = filled[0]
+    hnsw = {f"{name}_dense_idx", f"{name}_sparse_idx"}
+    assert hnsw | {f"{name}_payload_idx"} <= _index_names(pg_dsn, name)
+    with backend.bulk(name):
+        assert not hnsw & _index_names(pg_dsn, name)  # loads without row-by-row HNSW
+    assert hnsw <= _index_names(pg_dsn, name)
+    with pytest.raises(RuntimeError), backend.bulk(name):
+        raise RuntimeError("the load failed half way")
+    assert hnsw <= _index_names(pg_dsn, name)  # built again all the same
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # what a kill -9 mid-load leaves
+        conn.execute(f'DROP INDEX "{name}_sparse_idx"')
+    assert backend.optimize(name) is True
+    assert hnsw <= _index_names(pg_dsn, name)
+    assert backend.optimize(name) is False
