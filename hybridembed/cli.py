@@ -100,7 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_flags(cols)
     cols.add_argument("--json", action="store_true")
 
-    bench = sub.add_parser("bench", help="speed and memory of several engines in one run")
+    bench = sub.add_parser("bench", help="speed and memory of several engines in one run "
+                           "(--suite stores: store latency; --suite migrate: backfill speed)")
+    bench.add_argument("--suite", choices=["engines", "stores", "migrate"], default="engines",
+                       help="engines (default), stores (100k synthetic documents in Qdrant "
+                       "Edge and pgvector) or migrate (pgvector backfill vs pure embedding)")
+    bench.add_argument("--docs", type=int, default=100_000, help="documents (--suite stores)")
+    bench.add_argument("--rows", type=int, default=20_000, help="rows (--suite migrate)")
+    bench.add_argument("--ray-workers", type=int, default=2,
+                       help="Ray actors for --suite migrate (0: skip the Ray run)")
     bench.add_argument("--model", default="minilm")
     bench.add_argument("--corpus", default="short",
                        help="short (~35 tokens), long (~400), mixed, or a file of lines")
@@ -351,6 +359,20 @@ def cmd_bench(args) -> int:
     from tqdm import tqdm
 
     from .bench import throughput
+
+    if args.suite == "stores":
+        from .bench import stores
+
+        report = stores.run(n_docs=args.docs, progress=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(report, indent=2) if args.json else stores.format_report(report))
+        return 0
+    if args.suite == "migrate":
+        from .bench import migrate
+
+        report = migrate.run(args.model, rows=args.rows, ray_workers=args.ray_workers,
+                             progress=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(report, indent=2) if args.json else migrate.format_report(report))
+        return 0
 
     engines = tuple(args.engines or throughput.ENGINES)
     unknown = [e for e in engines if e not in throughput.ENGINES]
