@@ -113,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--corpus", default="short",
                        help="short (~35 tokens), long (~400), mixed, or a file of lines")
     bench.add_argument("--texts", type=int, default=300)
-    bench.add_argument("--budgets", type=int, nargs="+", default=[2048, 16384],
+    bench.add_argument("--budgets", type=int, nargs="+", default=[1024, 2048, 8192],
                        help="batch budgets (padded tokens) to sweep")
+    bench.add_argument("--repeats", type=int, default=3,
+                       help="passes per setting; the best is reported, the median beside it")
     bench.add_argument("--engines", nargs="+", default=None,
                        help="sentence-transformers torch onnx onnx-int8 server (default: all)")
     bench.add_argument("--concurrency", type=int, default=64)
@@ -136,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", help="where the temporary store goes (default: system temp)")
     ev.add_argument("--compare", nargs=2, metavar=("A", "B"),
                     help="instead, compare two embedders' dense vectors on the same texts; "
-                    "each is local[:MODEL], remote[:URL], ollama[:URL] or openai[:URL]")
+                    "each is local|torch|onnx|onnx-int8[:MODEL], or remote|ollama|openai"
+                    "[:URL]")
     ev.add_argument("--json", action="store_true")
     _add_model_flags(ev)
 
@@ -386,7 +389,7 @@ def cmd_bench(args) -> int:
 
         report = throughput.run(args.model, args.corpus, args.texts, tuple(args.budgets),
                                 engines, concurrency=args.concurrency, out_dir=args.out,
-                                progress=started)
+                                progress=started, repeats=args.repeats)
     print(json.dumps(report, indent=2) if args.json else throughput.format_report(report))
     return 0
 
@@ -428,7 +431,7 @@ def cmd_evaluate(args) -> int:
         print(message, file=sys.stderr, flush=True)
 
     local = {"device": args.device, "dtype": args.dtype,
-             "max_batch_tokens": args.max_batch_tokens}
+             "max_batch_tokens": args.max_batch_tokens, "runtime": args.runtime}
     if args.compare:
         a, b = (ev.open_embedder(spec, model=args.model, **local) for spec in args.compare)
         report = ev.compare(a, b)

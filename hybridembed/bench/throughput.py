@@ -33,33 +33,22 @@ def _percentiles(values: list[float]) -> dict[str, float]:
             "p99_ms": 1000 * pick(0.99)}
 
 
-def matmul_flops(device: str = "cpu", shapes: tuple[tuple[int, int, int], ...] | None = None,
-                 seconds: float = 0.5, rounds: int = 3) -> float:
-    """The best fp32 (bf16 on a GPU) matrix-multiply rate in FLOP/s measured on ``device``
-    over several (m, k, n) shapes — square ones and the shapes of an encoder's
-    feed-forward layers (a few thousand tokens x hidden x 4 hidden) — each timed for about
-    ``seconds`` and taken at its best of ``rounds``. One small square product (the first
-    version of this probe) reads well below what the BLAS reaches on the model's own
-    shapes, which put utilisation above 100%."""
-    import torch
+_SQUARE = ((1024, 1024, 1024), (2048, 2048, 2048))
 
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    shapes = shapes or ((1024, 1024, 1024), (2048, 2048, 2048), (4096, 384, 1536),
-                        (4096, 1536, 384), (4096, 1024, 4096))
+
+def _best_rate(shapes, seconds: float, rounds: int, operands, sync=lambda: None) -> float:
+    """Best FLOP/s of ``a @ b`` over ``shapes``, each timed ``rounds`` times."""
     best = 0.0
     for m, k, n in shapes:
-        a = torch.randn(m, k, device=device, dtype=dtype)
-        b = torch.randn(k, n, device=device, dtype=dtype)
+        a, b = operands(m, k, n)
         a @ b
+        sync()
         for _ in range(rounds):
-            if device != "cpu":
-                torch.cuda.synchronize()
             began, done = time.perf_counter(), 0
             while True:
                 a @ b
                 done += 1
-                if device != "cpu":
-                    torch.cuda.synchronize()
+                sync()
                 took = time.perf_counter() - began
                 if took >= seconds / rounds:
                     break
@@ -67,22 +56,78 @@ def matmul_flops(device: str = "cpu", shapes: tuple[tuple[int, int, int], ...] |
     return best
 
 
+def matmul_flops(device: str = "cpu", shapes: tuple[tuple[int, int, int], ...] | None = None,
+                 seconds: float = 0.5, rounds: int = 3) -> float:
+    """The best fp32 (bf16 on a GPU) matrix-multiply rate in FLOP/s measured on ``device``
+    over several (m, k, n) shapes (:func:`model_gemm_shapes` gives a model's own), each
+    timed for about ``seconds`` and taken at its best of ``rounds``; on a CPU with torch's
+    BLAS (MKL) and NumPy's (OpenBLAS), whichever is faster — MKL reached 100-130 GFLOP/s
+    on the 2-core AMD EPYC where OpenBLAS and ONNX Runtime reach ~175. One small square
+    product (the first version of this probe) read well below what the model's own shapes
+    reach, which put utilisation above 100%."""
+    import numpy as np
+    import torch
+
+    shapes = shapes or _SQUARE
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    best = _best_rate(shapes, seconds, rounds,
+                      lambda m, k, n: (torch.randn(m, k, device=device, dtype=dtype),
+                                       torch.randn(k, n, device=device, dtype=dtype)),
+                      torch.cuda.synchronize if device != "cpu" else (lambda: None))
+    if device == "cpu":
+        rng = np.random.default_rng(0)
+        best = max(best, _best_rate(shapes, seconds, rounds, lambda m, k, n: (
+            rng.standard_normal((m, k), dtype=np.float32),
+            rng.standard_normal((k, n), dtype=np.float32))))
+    return best
+
+
+def _config(spec) -> dict:
+    return json.loads((Path(spec.path) / "config.json").read_text())
+
+
+def model_gemm_shapes(spec, tokens: int = 2048) -> tuple[tuple[int, int, int], ...]:
+    """The (m, k, n) products of one encoder layer over ``tokens`` tokens — projections
+    (h x h) and feed-forward (h x i, i x h) — plus two square ones."""
+    cfg = _config(spec)
+    h = cfg["hidden_size"]
+    inter = cfg.get("intermediate_size", 4 * h)
+    return ((tokens, h, h), (tokens, h, inter), (tokens, inter, h), (1024, 1024, 1024),
+            (2048, 2048, 2048))
+
+
 def flops_per_token(spec, seq_len: float) -> float:
     """Forward FLOPs per token of a BERT-style encoder: 2 x weights touched per token
     (attention projections 4h^2 + feed-forward 2 h i per layer) + attention scores and
     mixing (4 h L per layer)."""
-    import json as _json
-
-    cfg = _json.loads((Path(spec.path) / "config.json").read_text())
+    cfg = _config(spec)
     h = cfg["hidden_size"]
     layers = cfg["num_hidden_layers"]
     inter = cfg.get("intermediate_size", 4 * h)
     return layers * (2 * (4 * h * h + 2 * h * inter) + 4 * h * seq_len)
 
 
+def _timed(fn, repeats: int) -> list[float]:
+    walls = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - began)
+    return walls
+
+
+def _run(budget: int | None, walls: list[float], texts: int, tokens: int) -> dict:
+    """One setting's figures: the best of the repeats (the pass least disturbed by other
+    work on the machine) and the median beside it."""
+    best = min(walls)
+    return {"budget": budget, "seconds": best, "texts_per_s": texts / best,
+            "tokens_per_s": tokens / best,
+            "median_texts_per_s": texts / statistics.median(walls), "repeats": len(walls)}
+
+
 def _child(engine: str, texts: list[str], budgets: list[int], singles: int, model: str,
-           onnx_cache: str | None) -> dict:
-    """Measure one engine in this (child) process."""
+           onnx_cache: str | None, repeats: int = 3) -> dict:
+    """Measure one engine in this (child) process: each setting ``repeats`` times."""
     import torch
 
     out: dict = {"engine": engine, "runs": []}
@@ -94,12 +139,9 @@ def _child(engine: str, texts: list[str], budgets: list[int], singles: int, mode
         spec = resolve(model)
         st = SentenceTransformer(str(spec.path), device="cpu")
         st.encode(texts[:16])
-        began = time.perf_counter()
-        st.encode(texts, batch_size=ST_BATCH)
-        wall = time.perf_counter() - began
+        walls = _timed(lambda: st.encode(texts, batch_size=ST_BATCH), repeats)
         tokens = sum(min(len(x), spec.max_length) for x in st.tokenizer(texts)["input_ids"])
-        out["runs"].append({"budget": None, "batch_size": ST_BATCH, "seconds": wall,
-                            "texts_per_s": len(texts) / wall, "tokens_per_s": tokens / wall})
+        out["runs"].append(_run(None, walls, len(texts), tokens) | {"batch_size": ST_BATCH})
         lat = []
         for text in texts[:singles]:
             t = time.perf_counter()
@@ -121,14 +163,13 @@ def _child(engine: str, texts: list[str], budgets: list[int], singles: int, mode
         quality = getattr(emb._runtime, "quality", None)
         if quality:
             out["quality"] = quality
-        for budget in budgets:
-            emb._encoder.max_batch_tokens = budget
-            began = time.perf_counter()
-            result = emb.embed(texts)
-            wall = time.perf_counter() - began
-            out["runs"].append({"budget": budget, "seconds": wall,
-                                "texts_per_s": len(texts) / wall,
-                                "tokens_per_s": result.usage.total_tokens / wall})
+        tokens = emb.embed(texts).usage.total_tokens  # also the warm-up pass
+        walls: dict[int, list[float]] = {b: [] for b in budgets}
+        for _ in range(repeats):  # budgets interleaved: a slow spell hits all of them alike
+            for budget in budgets:
+                emb._encoder.max_batch_tokens = budget
+                walls[budget] += _timed(lambda: emb.embed(texts), 1)
+        out["runs"] += [_run(b, walls[b], len(texts), tokens) for b in budgets]
         lat = []
         for text in texts[:singles]:
             t = time.perf_counter()
@@ -173,9 +214,9 @@ def _server(texts: list[str], model: str, concurrency: int, singles: int) -> dic
 
 
 def run(model: str = "minilm", corpus_name: str = "short", n: int = 300,
-        budgets: tuple[int, ...] = (2048, 16384), engines: tuple[str, ...] = ENGINES,
+        budgets: tuple[int, ...] = (1024, 2048, 8192), engines: tuple[str, ...] = ENGINES,
         singles: int = 30, concurrency: int = 64, out_dir: str | os.PathLike = "bench-results",
-        progress=None) -> dict:
+        progress=None, repeats: int = 3) -> dict:
     path = Path(corpus_name)
     texts = ([t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()][:n]
              if path.is_file() else corpus.named(corpus_name, n))
@@ -184,6 +225,11 @@ def run(model: str = "minilm", corpus_name: str = "short", n: int = 300,
     texts_file = out_dir / "texts.json"
     texts_file.write_text(json.dumps(texts))
     onnx_cache = str(out_dir / "onnx-cache")
+    from ..registry import resolve
+
+    spec = resolve(model)
+    shapes = model_gemm_shapes(spec, max(budgets))
+    rate = matmul_flops("cpu", shapes)  # before and after the engines: the better one
     results = []
     for engine in engines:
         if progress:
@@ -193,7 +239,7 @@ def run(model: str = "minilm", corpus_name: str = "short", n: int = 300,
             continue
         args = json.dumps({"engine": engine, "texts_file": str(texts_file),
                            "budgets": list(budgets), "singles": singles, "model": model,
-                           "onnx_cache": onnx_cache})
+                           "onnx_cache": onnx_cache, "repeats": repeats})
         child = subprocess.run([sys.executable, "-m", "hybridembed.bench.throughput", args],
                                capture_output=True, text=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -202,12 +248,9 @@ def run(model: str = "minilm", corpus_name: str = "short", n: int = 300,
                             if child.stderr.strip() else f"exit {child.returncode}"})
             continue
         results.append(json.loads(child.stdout.strip().splitlines()[-1]))
-    from ..registry import resolve
-
-    spec = resolve(model)
+    rate = max(rate, matmul_flops("cpu", shapes))
     mean_tokens = _mean_tokens(spec, texts)
     fpt = flops_per_token(spec, mean_tokens)
-    rate = matmul_flops("cpu")
     for r in results:
         for run_ in r.get("runs", []):
             tps = run_.get("tokens_per_s")
@@ -295,4 +338,4 @@ if __name__ == "__main__":  # the child process of one engine
     a = json.loads(sys.argv[1])
     texts = json.loads(Path(a["texts_file"]).read_text())
     print(json.dumps(_child(a["engine"], texts, a["budgets"], a["singles"], a["model"],
-                            a["onnx_cache"])))
+                            a["onnx_cache"], a["repeats"])))

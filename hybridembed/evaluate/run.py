@@ -72,31 +72,40 @@ def load(dataset: str | os.PathLike | Dataset, split: str = "test") -> tuple[str
     return str(dataset), load_beir(dataset, split)
 
 
+# Local engines a spec may name instead of ``local``: the runtime options they stand for.
+LOCAL_ENGINES = {"local": {}, "torch": {"runtime": "torch"}, "onnx": {"runtime": "onnx"},
+                 "onnx-int8": {"runtime": "onnx", "dtype": "int8"}}
+
+
 def parse_embedder_spec(spec: str) -> tuple[str, str | None]:
     """``"local:minilm"`` -> ``("local", "minilm")``, ``"remote:http://h:8080"`` ->
     ``("remote", "http://h:8080")``, ``"ollama"`` -> ``("ollama", None)``: the part after
-    the first ``:`` is the model for ``local``, the URL for the others."""
+    the first ``:`` is the model for a local engine (``local``, ``torch``, ``onnx``,
+    ``onnx-int8``), the URL for the others."""
     from ..backends import BACKENDS
 
     backend, _, rest = str(spec).partition(":")
-    if backend not in BACKENDS:
-        raise InvalidOptionError(f"unknown embedder {spec!r}; write BACKEND or BACKEND:MODEL "
-                                 f"(local) / BACKEND:URL, with BACKEND one of "
-                                 f"{', '.join(BACKENDS)}", "compare")
+    if backend not in BACKENDS and backend not in LOCAL_ENGINES:
+        raise InvalidOptionError(f"unknown embedder {spec!r}; write ENGINE[:MODEL] with ENGINE "
+                                 f"one of {', '.join(LOCAL_ENGINES)}, or BACKEND[:URL] with "
+                                 f"BACKEND one of "
+                                 f"{', '.join(b for b in BACKENDS if b != 'local')}", "compare")
     return backend, rest or None
 
 
 def open_embedder(spec: str, model: str | None = None, **local_options):
-    """The embedder a spec such as ``local:minilm`` or ``remote:http://host:8080`` names
-    (see :func:`parse_embedder_spec`). ``model`` is the remote model name (or the local
-    one when the spec gives none); ``local_options`` (device, dtype...; None values are
-    dropped) go to a local :class:`~hybridembed.Embedder`."""
+    """The embedder a spec such as ``local:minilm``, ``onnx-int8`` or
+    ``remote:http://host:8080`` names (see :func:`parse_embedder_spec`). ``model`` is the
+    remote model name (or the local one when the spec gives none); ``local_options``
+    (device, dtype, runtime...; None values are dropped) go to a local
+    :class:`~hybridembed.Embedder`, under those the engine name implies."""
     from ..backends import get_embedder
 
     backend, rest = parse_embedder_spec(spec)
-    if backend == "local":
+    if backend in LOCAL_ENGINES:
         options = {k: v for k, v in local_options.items() if v is not None}
-        return get_embedder("local", model=rest or model, **options)
+        return get_embedder("local", model=rest or model, **{**options,
+                                                             **LOCAL_ENGINES[backend]})
     return get_embedder(backend, url=rest, model=model)
 
 

@@ -263,6 +263,7 @@ def test_embedder_specs():
     assert parse_embedder_spec("local:minilm") == ("local", "minilm")
     assert parse_embedder_spec("remote:http://h:8080") == ("remote", "http://h:8080")
     assert parse_embedder_spec("ollama") == ("ollama", None)
+    assert parse_embedder_spec("onnx-int8:minilm") == ("onnx-int8", "minilm")
     with pytest.raises(InvalidOptionError, match="unknown embedder"):
         parse_embedder_spec("tei:http://h")
     remote = open_embedder("remote:http://127.0.0.1:9", model="minilm")  # connects lazily
@@ -270,3 +271,13 @@ def test_embedder_specs():
         assert (remote.url, remote.model) == ("http://127.0.0.1:9", "minilm")
     finally:
         remote.close()
+
+
+def test_engine_specs_open_local_runtimes(tiny_m3_dir, tmp_path, monkeypatch):
+    """`--compare torch onnx` compares two local engines of one model."""
+    monkeypatch.setenv("HYBRIDEMBED_ONNX_CACHE", str(tmp_path))
+    torch_ = open_embedder("torch", model=str(tiny_m3_dir))
+    onnx = open_embedder(f"onnx:{tiny_m3_dir}")
+    assert (torch_.runtime_name, onnx.runtime_name) == ("torch", "onnx")
+    report = compare(torch_, onnx, texts=["a short text", "another, somewhat longer text"])
+    assert report["ok"] and report["cosine"]["min"] > 0.9999
