@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--texts", type=int, default=300)
     bench.add_argument("--budgets", type=int, nargs="+", default=[1024, 2048, 8192],
                        help="batch budgets (padded tokens) to sweep")
+    bench.add_argument("--outputs", default="dense",
+                       help="what our engines compute in one pass: comma-separated dense, "
+                       "sparse, multivector (sentence-transformers: dense only)")
     bench.add_argument("--repeats", type=int, default=3,
                        help="passes per setting; the best is reported, the median beside it")
     bench.add_argument("--engines", nargs="+", default=None,
@@ -358,6 +361,15 @@ def cmd_collections(args) -> int:
     return 0
 
 
+def _outputs(text: str) -> tuple[str, ...]:
+    outputs = tuple(o.strip() for o in text.split(",") if o.strip())
+    bad = [o for o in outputs if o not in ("dense", "sparse", "multivector")]
+    if bad or not outputs:
+        raise InvalidOptionError(f"--outputs {text!r}: give a comma-separated subset of dense, "
+                                 "sparse, multivector", "outputs")
+    return outputs
+
+
 def cmd_bench(args) -> int:
     from tqdm import tqdm
 
@@ -389,7 +401,8 @@ def cmd_bench(args) -> int:
 
         report = throughput.run(args.model, args.corpus, args.texts, tuple(args.budgets),
                                 engines, concurrency=args.concurrency, out_dir=args.out,
-                                progress=started, repeats=args.repeats)
+                                progress=started, repeats=args.repeats,
+                                outputs=_outputs(args.outputs))
     print(json.dumps(report, indent=2) if args.json else throughput.format_report(report))
     return 0
 

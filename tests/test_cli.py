@@ -34,6 +34,8 @@ def test_errors_are_one_line_and_exit_2():
     assert out.returncode == 2 and out.stderr.startswith("hybridembed: error: model")
     out = run("pull", "bge-m3")
     assert out.returncode == 2 and "HF_HUB_OFFLINE" in out.stderr
+    out = run("bench", "--outputs", "dense,colour")
+    assert out.returncode == 2 and "dense, sparse, multivector" in out.stderr
 
 
 def test_models_lists_minilm():

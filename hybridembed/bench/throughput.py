@@ -61,10 +61,10 @@ def matmul_flops(device: str = "cpu", shapes: tuple[tuple[int, int, int], ...] |
     """The best fp32 (bf16 on a GPU) matrix-multiply rate in FLOP/s measured on ``device``
     over several (m, k, n) shapes (:func:`model_gemm_shapes` gives a model's own), each
     timed for about ``seconds`` and taken at its best of ``rounds``; on a CPU with torch's
-    BLAS (MKL) and NumPy's (OpenBLAS), whichever is faster — MKL reached 100-130 GFLOP/s
-    on the 2-core AMD EPYC where OpenBLAS and ONNX Runtime reach ~175. One small square
-    product (the first version of this probe) read well below what the model's own shapes
-    reach, which put utilisation above 100%."""
+    BLAS (MKL) and NumPy's (OpenBLAS), whichever is faster (both reach ~175-180 GFLOP/s on
+    the 2-core AMD EPYC when it is quiet). The first version of this probe timed one
+    1024^3 product once and read 43-83 GFLOP/s in noisy spells, which put utilisation
+    above 100%; best-of-rounds over several shapes is steadier."""
     import numpy as np
     import torch
 
@@ -126,9 +126,14 @@ def _run(budget: int | None, walls: list[float], texts: int, tokens: int) -> dic
 
 
 def _child(engine: str, texts: list[str], budgets: list[int], singles: int, model: str,
-           onnx_cache: str | None, repeats: int = 3) -> dict:
-    """Measure one engine in this (child) process: each setting ``repeats`` times."""
+           onnx_cache: str | None, repeats: int = 3, outputs: tuple[str, ...] = ("dense",)
+           ) -> dict:
+    """Measure one engine in this (child) process: each setting ``repeats`` times. Our
+    engines compute ``outputs`` (dense, sparse, multivector) in one pass; the
+    sentence-transformers reference computes dense vectors only."""
     import torch
+
+    cuda = torch.cuda.is_available()
 
     out: dict = {"engine": engine, "runs": []}
     if engine == "sentence-transformers":
@@ -137,7 +142,8 @@ def _child(engine: str, texts: list[str], budgets: list[int], singles: int, mode
         from ..registry import resolve
 
         spec = resolve(model)
-        st = SentenceTransformer(str(spec.path), device="cpu")
+        st = SentenceTransformer(str(spec.path), device="cuda" if cuda else "cpu",
+                                 model_kwargs={"dtype": torch.bfloat16} if cuda else None)
         st.encode(texts[:16])
         walls = _timed(lambda: st.encode(texts, batch_size=ST_BATCH), repeats)
         tokens = sum(min(len(x), spec.max_length) for x in st.tokenizer(texts)["input_ids"])
@@ -147,7 +153,7 @@ def _child(engine: str, texts: list[str], budgets: list[int], singles: int, mode
             t = time.perf_counter()
             st.encode([text])
             lat.append(time.perf_counter() - t)
-        out["device"] = "cpu"
+        out["device"] = str(st.device)
     else:
         from ..service import Embedder
 
@@ -163,21 +169,22 @@ def _child(engine: str, texts: list[str], budgets: list[int], singles: int, mode
         quality = getattr(emb._runtime, "quality", None)
         if quality:
             out["quality"] = quality
-        tokens = emb.embed(texts).usage.total_tokens  # also the warm-up pass
+        want = {o: o in outputs for o in ("dense", "sparse", "multivector")}
+        tokens = emb.embed(texts, **want).usage.total_tokens  # also the warm-up pass
         walls: dict[int, list[float]] = {b: [] for b in budgets}
         for _ in range(repeats):  # budgets interleaved: a slow spell hits all of them alike
             for budget in budgets:
                 emb._encoder.max_batch_tokens = budget
-                walls[budget] += _timed(lambda: emb.embed(texts), 1)
+                walls[budget] += _timed(lambda: emb.embed(texts, **want), 1)
         out["runs"] += [_run(b, walls[b], len(texts), tokens) for b in budgets]
         lat = []
         for text in texts[:singles]:
             t = time.perf_counter()
-            emb.embed([text])
+            emb.embed([text], **want)
             lat.append(time.perf_counter() - t)
     out["latency"] = _percentiles(lat)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if torch.cuda.is_available():
+    if cuda:
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     if engine == "torch":  # after the RSS reading: a second embedder with a result cache
         out["cache_hits_per_s"] = cache_hit_rate(model, texts)
@@ -216,7 +223,7 @@ def _server(texts: list[str], model: str, concurrency: int, singles: int) -> dic
 def run(model: str = "minilm", corpus_name: str = "short", n: int = 300,
         budgets: tuple[int, ...] = (1024, 2048, 8192), engines: tuple[str, ...] = ENGINES,
         singles: int = 30, concurrency: int = 64, out_dir: str | os.PathLike = "bench-results",
-        progress=None, repeats: int = 3) -> dict:
+        progress=None, repeats: int = 3, outputs: tuple[str, ...] = ("dense",)) -> dict:
     path = Path(corpus_name)
     texts = ([t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()][:n]
              if path.is_file() else corpus.named(corpus_name, n))
@@ -229,7 +236,10 @@ def run(model: str = "minilm", corpus_name: str = "short", n: int = 300,
 
     spec = resolve(model)
     shapes = model_gemm_shapes(spec, max(budgets))
-    rate = matmul_flops("cpu", shapes)  # before and after the engines: the better one
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rate = matmul_flops(device, shapes)  # before and after the engines: the better one
     results = []
     for engine in engines:
         if progress:
@@ -239,7 +249,8 @@ def run(model: str = "minilm", corpus_name: str = "short", n: int = 300,
             continue
         args = json.dumps({"engine": engine, "texts_file": str(texts_file),
                            "budgets": list(budgets), "singles": singles, "model": model,
-                           "onnx_cache": onnx_cache, "repeats": repeats})
+                           "onnx_cache": onnx_cache, "repeats": repeats,
+                           "outputs": list(outputs)})
         child = subprocess.run([sys.executable, "-m", "hybridembed.bench.throughput", args],
                                capture_output=True, text=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -248,7 +259,7 @@ def run(model: str = "minilm", corpus_name: str = "short", n: int = 300,
                             if child.stderr.strip() else f"exit {child.returncode}"})
             continue
         results.append(json.loads(child.stdout.strip().splitlines()[-1]))
-    rate = max(rate, matmul_flops("cpu", shapes))
+    rate = max(rate, matmul_flops(device, shapes))
     mean_tokens = _mean_tokens(spec, texts)
     fpt = flops_per_token(spec, mean_tokens)
     for r in results:
@@ -259,7 +270,9 @@ def run(model: str = "minilm", corpus_name: str = "short", n: int = 300,
             run_["compute_utilisation"] = fpt * tps / rate if tps else None
     report = {"model": model, "corpus": corpus_name, "texts": len(texts),
               "mean_tokens": mean_tokens, "flops_per_token": fpt, "matmul_flops": rate,
-              "machine": f"{os.cpu_count()} CPU(s)", "date": time.strftime("%Y-%m-%d"),
+              "machine": f"{os.cpu_count()} CPU(s)" + (
+                  f", {torch.cuda.get_device_name()}" if device == "cuda" else ""),
+              "device": device, "outputs": list(outputs), "date": time.strftime("%Y-%m-%d"),
               "engines": results}
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     report["chart"] = str(chart(report, out_dir / "bench.png"))
@@ -308,7 +321,8 @@ def format_report(report: dict) -> str:
     lines = [f"model {report['model']}: {report['texts']} {report['corpus']} texts, "
              f"~{report['mean_tokens']:.0f} tokens each; {report['machine']}; matmul "
              f"{report['matmul_flops'] / 1e9:.0f} GFLOP/s; "
-             f"{report['flops_per_token'] / 1e6:.1f} MFLOP/token",
+             f"{report['flops_per_token'] / 1e6:.1f} MFLOP/token; our engines compute "
+             f"{'+'.join(report.get('outputs', ['dense']))} in one pass",
              f"{'engine':<22} {'budget':>7} {'texts/s':>8} {'vs ST':>6} {'util':>6} "
              f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'RSS MB':>7}"]
     for r in report["engines"]:
@@ -338,4 +352,4 @@ if __name__ == "__main__":  # the child process of one engine
     a = json.loads(sys.argv[1])
     texts = json.loads(Path(a["texts_file"]).read_text())
     print(json.dumps(_child(a["engine"], texts, a["budgets"], a["singles"], a["model"],
-                            a["onnx_cache"], a["repeats"])))
+                            a["onnx_cache"], a["repeats"], tuple(a["outputs"]))))

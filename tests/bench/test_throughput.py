@@ -12,7 +12,8 @@ def test_bench_two_engines_report_json_and_chart(tmp_path):
     started = []
     report = throughput.run("minilm", "short", n=24, budgets=(256, 1024),
                             engines=("sentence-transformers", "torch"), singles=3,
-                            out_dir=tmp_path, progress=started.append)
+                            out_dir=tmp_path, progress=started.append,
+                            outputs=("dense", "sparse"))
     assert started == ["sentence-transformers", "torch"]
     st, torch_ = report["engines"]
     assert "error" not in st and "error" not in torch_, report["engines"]
@@ -22,10 +23,11 @@ def test_bench_two_engines_report_json_and_chart(tmp_path):
     assert 0 < torch_["latency"]["p50_ms"] <= torch_["latency"]["p99_ms"]
     assert torch_["peak_rss_mb"] > 0 and torch_["cache_hits_per_s"] > 0
     assert report["matmul_flops"] > 0 and report["flops_per_token"] > 0
+    assert report["device"] == "cpu" and report["outputs"] == ["dense", "sparse"]
     assert json.loads((tmp_path / "bench.json").read_text())["texts"] == 24
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     text = throughput.format_report(report)
-    assert "vs ST" in text and "cache hits" in text
+    assert "vs ST" in text and "cache hits" in text and "dense+sparse in one pass" in text
 
 
 def test_matmul_probe_takes_the_best_shape():
