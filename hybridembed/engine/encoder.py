@@ -1,18 +1,25 @@
 """The encoder: packs token id lists into padded batches by token budget, runs the
 runtime, splits a batch in half on out-of-memory, and returns one raw row per text in
-the order it was given."""
+the order it was given.
+
+When a call has several batches, turning batch *i*'s padded outputs into per-text rows
+(slicing, learned-sparse extraction) runs on a helper thread while batch *i+1* is in the
+runtime (torch and ONNX Runtime release the GIL there). At most one batch waits to be
+finished, so memory stays bounded by two batches' outputs; an error in either stage
+reaches the caller after the other stage has stopped."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import OutOfMemoryError
-from ..runtimes.base import Runtime, RuntimeOutOfMemory
+from ..runtimes.base import Runtime, RuntimeOutOfMemory, RuntimeOutput
 from ..sparse import SparseVector
 from .heads import learned_sparse
 from .packing import pack_by_token_budget
@@ -69,11 +76,32 @@ class Encoder:
             return rows
         origin = list(origin) if origin is not None else list(range(len(ids)))
         lengths = [len(x) for x in ids]
-        for batch in pack_by_token_budget(lengths, self.max_batch_tokens, self.max_batch_size):
-            self._run(batch, ids, want, rows, origin)
+        batches = pack_by_token_budget(lengths, self.max_batch_tokens, self.max_batch_size)
+
+        def finish(batch: list[int], input_ids: np.ndarray, out: RuntimeOutput) -> None:
+            _fill_rows(rows, batch, [len(ids[i]) for i in batch], input_ids, out,
+                       self.special_ids)
+
+        if len(batches) == 1:
+            self._run(batches[0], ids, want, origin, finish)
+            return rows
+        with ThreadPoolExecutor(1, thread_name_prefix="hybridembed-finish") as pool:
+            waiting: Future | None = None
+
+            def hand_over(batch: list[int], input_ids: np.ndarray, out: RuntimeOutput) -> None:
+                nonlocal waiting
+                if waiting is not None:
+                    waiting.result()  # at most one batch waits; its error surfaces here
+                waiting = pool.submit(finish, batch, input_ids, out)
+
+            for batch in batches:
+                self._run(batch, ids, want, origin, hand_over)
+            if waiting is not None:
+                waiting.result()
         return rows
 
-    def _run(self, batch: list[int], ids, want: Outputs, rows: list[RawRow], origin) -> None:
+    def _run(self, batch: list[int], ids, want: Outputs, origin,
+             finish: Callable[[list[int], np.ndarray, RuntimeOutput], None]) -> None:
         longest = max(len(ids[i]) for i in batch)
         input_ids = np.full((len(batch), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), longest), dtype=np.int64)
@@ -92,21 +120,26 @@ class Encoder:
             half = len(batch) // 2
             log.warning("out of memory on a batch of %d texts x %d tokens; splitting in half",
                         len(batch), longest)
-            self._run(batch[:half], ids, want, rows, origin)
-            self._run(batch[half:], ids, want, rows, origin)
+            self._run(batch[:half], ids, want, origin, finish)
+            self._run(batch[half:], ids, want, origin, finish)
             return
         self.stats.forward_seconds += time.perf_counter() - started
         self.stats.batches += 1
         self.stats.texts += len(batch)
         self.stats.tokens += int(mask.sum())
         self.stats.padded_tokens += mask.size
-        for r, i in enumerate(batch):
-            n = len(ids[i])
-            row = rows[i]
-            if out.dense is not None:
-                row.dense = out.dense[r]
-            if out.token_weights is not None:
-                row.sparse = learned_sparse(input_ids[r, :n], out.token_weights[r, :n],
-                                            self.special_ids)
-            if out.token_vectors is not None:
-                row.multivector = np.ascontiguousarray(out.token_vectors[r, :max(n - 1, 0)])
+        finish(batch, input_ids, out)
+
+
+def _fill_rows(rows: list[RawRow], batch: list[int], lengths: list[int], input_ids: np.ndarray,
+               out: RuntimeOutput, special_ids: np.ndarray) -> None:
+    """Per-text results of one padded batch: row ``r`` of the outputs is text
+    ``batch[r]``, ``lengths[r]`` tokens long before padding."""
+    for r, (i, n) in enumerate(zip(batch, lengths, strict=True)):
+        row = rows[i]
+        if out.dense is not None:
+            row.dense = out.dense[r]
+        if out.token_weights is not None:
+            row.sparse = learned_sparse(input_ids[r, :n], out.token_weights[r, :n], special_ids)
+        if out.token_vectors is not None:
+            row.multivector = np.ascontiguousarray(out.token_vectors[r, :max(n - 1, 0)])

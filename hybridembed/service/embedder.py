@@ -5,7 +5,8 @@ caller's order. Safe to call from several threads."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,9 @@ from .cache import EmbeddingCache, text_key
 # small batches stay in cache: `hybridembed bench` measured 2048 at 1.4x the speed of
 # 16384 on the 2-core test machine (docs/BENCHMARKS.md).
 DEFAULT_BATCH_TOKENS = {"cpu": 2_048, "cuda": 131_072, "mps": 32_768}
+# Texts per tokenisation chunk (at least; a quarter of the batch budget when larger): a
+# call with more texts tokenises the next chunk while the current one is encoded.
+TOKENIZE_CHUNK_TEXTS = 1_024
 
 
 @dataclass(frozen=True)
@@ -183,19 +187,29 @@ class Embedder:
                  truncate, dimensions, normalize) -> tuple[dict[str, _Entry], dict[str, int]]:
         prompt = self.spec.prompts.get(kind, "")
         prompted = [prompt + t for t in texts] if prompt else texts
-        ids = self.tokenizer.encode(prompted)
-        long_pos = [j for j, x in enumerate(ids) if len(x) > self.max_length]
-        too_long: dict[str, int] = {}
-        if long_pos and truncate:
-            for j, cut in zip(long_pos, self.tokenizer.encode_truncated(
-                    [prompted[j] for j in long_pos]), strict=True):
-                ids[j] = cut
-        elif long_pos:
-            too_long = {texts[j]: len(ids[j]) for j in long_pos}
-        keep = [j for j in range(len(texts)) if texts[j] not in too_long]
         want = Outputs(dense=dense, sparse=sparse and self._bm25 is None, multivector=multivector)
-        with self._lock:
-            rows = self._encoder.encode([ids[j] for j in keep], want, [origin[j] for j in keep])
+        ids: list[list[int]] = []
+        keep: list[int] = []
+        rows = []
+        too_long: dict[str, int] = {}
+        for start, chunk_ids in self._tokenized_chunks(prompted):
+            ids += chunk_ids
+            chunk_keep, cut = [], []
+            for j in range(start, start + len(chunk_ids)):
+                if len(ids[j]) <= self.max_length or truncate:
+                    chunk_keep.append(j)
+                    if len(ids[j]) > self.max_length:
+                        cut.append(j)
+                else:
+                    too_long[texts[j]] = len(ids[j])
+            # Cut exactly as the Hugging Face tokenizer truncates (not a slice of the ids).
+            for j, short in zip(cut, self.tokenizer.encode_truncated(
+                    [prompted[j] for j in cut]), strict=True):
+                ids[j] = short
+            with self._lock:
+                rows += self._encoder.encode([ids[j] for j in chunk_keep], want,
+                                             [origin[j] for j in chunk_keep])
+            keep += chunk_keep
         bm25 = (self._bm25.embed([texts[j] for j in keep], kind)
                 if sparse and self._bm25 is not None else None)
         dense_rows = (finish_dense(np.stack([r.dense for r in rows]), normalize, dimensions)
@@ -207,6 +221,25 @@ class Embedder:
                 sparse=(bm25[r] if bm25 is not None else rows[r].sparse) if sparse else None,
                 multivector=rows[r].multivector, tokens=len(ids[j]))
         return out, too_long
+
+    def _tokenized_chunks(self, texts: list[str]) -> Iterator[tuple[int, list[list[int]]]]:
+        """``(start, token ids)`` for consecutive chunks of ``texts``; while the caller
+        encodes one chunk, the next is tokenised on a helper thread (the fast tokenizer
+        releases the GIL), so a large call keeps the model busy. A chunk holds enough texts
+        for many batches, so packing by length still sees a wide choice."""
+        size = max(TOKENIZE_CHUNK_TEXTS, self.max_batch_tokens // 4)
+        starts = range(0, len(texts), size)
+        if len(starts) <= 1:
+            yield 0, self.tokenizer.encode(texts)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="hybridembed-tokenize") as pool:
+            upcoming = pool.submit(self.tokenizer.encode, texts[:size])
+            for k, start in enumerate(starts):
+                chunk = upcoming.result()
+                if k + 1 < len(starts):
+                    upcoming = pool.submit(self.tokenizer.encode,
+                                           texts[starts[k + 1]:starts[k + 1] + size])
+                yield start, chunk
 
     def _assemble(self, texts: list[str], entries: dict[str, _Entry], dense, sparse,
                   multivector, dimensions) -> EmbedResult:

@@ -2,6 +2,7 @@
 truncation, out-of-memory splitting and threads."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -155,3 +156,58 @@ def test_threads_get_their_own_answers(minilm):
     for k in range(4):
         np.testing.assert_allclose(results[k].dense, expected.dense[k::4], atol=1e-5)
         assert results[k].sparse == expected.sparse[k::4]
+
+
+def test_large_calls_tokenise_in_overlapping_chunks(tiny_m3_dir, monkeypatch):
+    """A call larger than one tokenisation chunk gives exactly what one pass gives
+    (dense, learned sparse, multivector, usage), truncation and too-long texts included,
+    and the next chunk is tokenised while the current one is encoded."""
+    from hybridembed.service import embedder as embedder_module
+    from tests.models import corpus
+
+    long_text = " ".join(corpus(60, seed=5))  # past the tiny model's 128 tokens
+    texts = corpus(10, seed=4)
+    texts[4:4] = [long_text]
+    texts.append(long_text + " again")
+    one = Embedder(str(tiny_m3_dir), device="cpu", cache_size=0, max_batch_tokens=12)
+    want = dict(sparse=True, multivector=True)
+    ref = one.embed(texts, **want)
+
+    monkeypatch.setattr(embedder_module, "TOKENIZE_CHUNK_TEXTS", 3)  # 12 // 4 = 3 as well
+    chunked = Embedder(str(tiny_m3_dir), device="cpu", cache_size=0, max_batch_tokens=12)
+    calls: list[tuple[str, int]] = []
+    real_tokenize, real_encode = chunked.tokenizer.encode, chunked._encoder.encode
+
+    def tokenize(batch):
+        calls.append(("tokenize", len(batch)))
+        return real_tokenize(batch)
+
+    def encode(ids, want, origin=None):
+        # While chunk 0 is encoded, chunk 1 is being tokenised on the helper thread; one
+        # stage at a time would never tokenise during an encode and run out the deadline.
+        if not any(k == "encode" for k, _ in calls):
+            deadline = time.monotonic() + 10
+            while sum(k == "tokenize" for k, _ in calls) < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            calls.append(("overlapped", sum(k == "tokenize" for k, _ in calls) >= 2))
+        calls.append(("encode", len(ids)))
+        return real_encode(ids, want, origin)
+
+    monkeypatch.setattr(chunked.tokenizer, "encode", tokenize)
+    monkeypatch.setattr(chunked._encoder, "encode", encode)
+    got = chunked.embed(texts, **want)
+    assert ("overlapped", True) in calls
+    assert [n for k, n in calls if k == "tokenize"] == [3, 3, 3, 3]
+    assert [k for k, _ in calls].count("encode") == 4
+    np.testing.assert_allclose(got.dense, ref.dense, atol=1e-6)
+    assert got.usage.tokens == ref.usage.tokens and max(got.usage.tokens) == 128
+    for a, b in zip(got.sparse, ref.sparse, strict=True):
+        assert a.to_dict() == pytest.approx(b.to_dict(), abs=1e-6)
+    for a, b in zip(got.multivector, ref.multivector, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+    with pytest.raises(InputTooLongError) as err:
+        chunked.embed(texts, truncate=False)
+    assert sorted(err.value.too_long) == [4, 11]
+    np.testing.assert_allclose(err.value.partial.dense,
+                               np.delete(ref.dense, [4, 11], axis=0), atol=1e-6)

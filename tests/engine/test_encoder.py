@@ -1,0 +1,102 @@
+"""The encoder's pipeline: batch i+1's forward pass overlaps batch i's finishing, results
+equal the one-batch path, and an error in either stage reaches the caller (nothing
+hangs). A small deterministic runtime stands in for a model here; the real runtimes are
+covered through the Embedder's tests."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from hybridembed.engine import Encoder, Outputs
+from hybridembed.engine import encoder as encoder_module
+from hybridembed.runtimes.base import RuntimeOutput
+
+SPECIAL = np.array([0, 1, 2], dtype=np.int64)
+
+
+class ArithmeticRuntime:
+    """dense = sum of ids; token weight = id / 100; token vector = [id, 1] normalised."""
+
+    device = "cpu"
+    dtype = "fp32"
+
+    def __init__(self):
+        self.forward_started = []  # one Event per forward call, set when it starts
+        self.fail_on_call: int | None = None
+
+    def forward(self, input_ids, attention_mask, *, dense, sparse, multivector):
+        call = len(self.forward_started)
+        started = threading.Event()
+        self.forward_started.append(started)
+        started.set()
+        if call == self.fail_on_call:
+            raise RuntimeError("forward failed on purpose")
+        ids = (input_ids * attention_mask).astype(np.float32)
+        vectors = np.stack([ids[:, 1:], attention_mask[:, 1:].astype(np.float32)], axis=-1)
+        norms = np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+        return RuntimeOutput(dense=ids.sum(axis=1, keepdims=True) if dense else None,
+                             token_weights=ids / 100 if sparse else None,
+                             token_vectors=vectors / norms if multivector else None)
+
+
+def _ids(n: int) -> list[list[int]]:
+    rng = np.random.default_rng(3)
+    return [[1, *rng.integers(3, 50, size=rng.integers(1, 12)).tolist(), 2] for _ in range(n)]
+
+
+WANT = Outputs(dense=True, sparse=True, multivector=True)
+
+
+def test_many_batches_equal_one_batch():
+    ids = _ids(40)
+    one = Encoder(ArithmeticRuntime(), 0, SPECIAL, max_batch_tokens=10_000).encode(ids, WANT)
+    runtime = ArithmeticRuntime()
+    many = Encoder(runtime, 0, SPECIAL, max_batch_tokens=24).encode(ids, WANT)
+    assert len(runtime.forward_started) > 5
+    for a, b, x in zip(one, many, ids, strict=True):
+        assert a.dense[0] == b.dense[0] == sum(x)
+        assert a.sparse.to_dict() == b.sparse.to_dict() == pytest.approx(
+            {i: i / 100 for i in x if i > 2})
+        np.testing.assert_allclose(a.multivector, b.multivector)
+        assert b.multivector.shape == (len(x) - 1, 2)
+
+
+def test_finishing_a_batch_overlaps_the_next_forward(monkeypatch):
+    """Batch 0 is finished on the helper thread while batch 1 runs: finishing batch 0
+    sees batch 1's forward start, which a one-stage-at-a-time encoder never lets happen
+    (it would finish batch 0 first and wait out the deadline)."""
+    runtime = ArithmeticRuntime()
+    first: list[tuple[str, bool]] = []
+    real_fill = encoder_module._fill_rows
+
+    def fill(*args):
+        if not first:
+            deadline = time.monotonic() + 10
+            while len(runtime.forward_started) < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            first.append((threading.current_thread().name, len(runtime.forward_started) >= 2))
+        real_fill(*args)
+
+    monkeypatch.setattr(encoder_module, "_fill_rows", fill)
+    rows = Encoder(runtime, 0, SPECIAL, max_batch_tokens=24).encode(_ids(30), WANT)
+    (thread, overlapped), = first
+    assert thread.startswith("hybridembed-finish") and overlapped
+    assert all(r.dense is not None for r in rows)
+
+
+def test_a_forward_error_reaches_the_caller():
+    runtime = ArithmeticRuntime()
+    runtime.fail_on_call = 3
+    with pytest.raises(RuntimeError, match="on purpose"):
+        Encoder(runtime, 0, SPECIAL, max_batch_tokens=24).encode(_ids(30), WANT)
+
+
+def test_a_finishing_error_reaches_the_caller(monkeypatch):
+    def broken(*_args):
+        raise ValueError("finishing failed on purpose")
+
+    monkeypatch.setattr(encoder_module, "_fill_rows", broken)
+    with pytest.raises(ValueError, match="on purpose"):
+        Encoder(ArithmeticRuntime(), 0, SPECIAL, max_batch_tokens=24).encode(_ids(30), WANT)
