@@ -389,6 +389,7 @@ def cmd_bench(args) -> int:
         print(json.dumps(report, indent=2) if args.json else migrate.format_report(report))
         return 0
 
+    outputs = _outputs(args.outputs)
     engines = tuple(args.engines or throughput.ENGINES)
     unknown = [e for e in engines if e not in throughput.ENGINES]
     if unknown:
@@ -401,8 +402,7 @@ def cmd_bench(args) -> int:
 
         report = throughput.run(args.model, args.corpus, args.texts, tuple(args.budgets),
                                 engines, concurrency=args.concurrency, out_dir=args.out,
-                                progress=started, repeats=args.repeats,
-                                outputs=_outputs(args.outputs))
+                                progress=started, repeats=args.repeats, outputs=outputs)
     print(json.dumps(report, indent=2) if args.json else throughput.format_report(report))
     return 0
 

@@ -6,7 +6,8 @@ Each engine runs in its own child process, so its peak RSS is its own and no eng
 inherits another's thread pools. Per engine: texts/s and tokens/s over a sweep of batch
 budgets, single-text latency p50/p95/p99, peak RSS (and peak CUDA memory on a GPU), and
 utilisation of the compute bound: model FLOPs per token x tokens/s / a matrix-multiply
-rate measured on the same device.
+rate measured on the same device, and the fill of its batches (real tokens / padded tokens
+sent to the model: what length-sorted packing leaves of padding waste).
 """
 
 from __future__ import annotations
@@ -172,11 +173,17 @@ def _child(engine: str, texts: list[str], budgets: list[int], singles: int, mode
         want = {o: o in outputs for o in ("dense", "sparse", "multivector")}
         tokens = emb.embed(texts, **want).usage.total_tokens  # also the warm-up pass
         walls: dict[int, list[float]] = {b: [] for b in budgets}
+        filled = {b: [0, 0] for b in budgets}  # real and padded tokens sent to the model
+        stats = emb._encoder.stats
         for _ in range(repeats):  # budgets interleaved: a slow spell hits all of them alike
             for budget in budgets:
                 emb._encoder.max_batch_tokens = budget
+                real, padded = stats.tokens, stats.padded_tokens
                 walls[budget] += _timed(lambda: emb.embed(texts, **want), 1)
-        out["runs"] += [_run(b, walls[b], len(texts), tokens) for b in budgets]
+                filled[budget][0] += stats.tokens - real
+                filled[budget][1] += stats.padded_tokens - padded
+        out["runs"] += [_run(b, walls[b], len(texts), tokens)
+                        | {"padding_efficiency": filled[b][0] / filled[b][1]} for b in budgets]
         lat = []
         for text in texts[:singles]:
             t = time.perf_counter()
@@ -324,7 +331,7 @@ def format_report(report: dict) -> str:
              f"{report['flops_per_token'] / 1e6:.1f} MFLOP/token; our engines compute "
              f"{'+'.join(report.get('outputs', ['dense']))} in one pass",
              f"{'engine':<22} {'budget':>7} {'texts/s':>8} {'vs ST':>6} {'util':>6} "
-             f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'RSS MB':>7}"]
+             f"{'fill':>5} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'RSS MB':>7}"]
     for r in report["engines"]:
         if "error" in r:
             lines.append(f"{r['engine']:<22} failed: {r['error']}")
@@ -333,9 +340,11 @@ def format_report(report: dict) -> str:
             vs = f"{run_['texts_per_s'] / ref:.2f}x" if ref else "-"
             util = run_.get("compute_utilisation")
             lat = r["latency"]
+            fill = run_.get("padding_efficiency")
             lines.append(
                 f"{r['engine']:<22} {run_['budget'] or '-':>7} {run_['texts_per_s']:>8.1f} "
-                f"{vs:>6} {f'{util:.0%}' if util else '-':>6} {lat['p50_ms']:>7.1f} "
+                f"{vs:>6} {f'{util:.0%}' if util else '-':>6} "
+                f"{f'{fill:.0%}' if fill else '-':>5} {lat['p50_ms']:>7.1f} "
                 f"{lat['p95_ms']:>7.1f} {lat['p99_ms']:>7.1f} "
                 f"{r['peak_rss_mb'] or 0:>7.0f}")
         if r.get("cache_hits_per_s"):

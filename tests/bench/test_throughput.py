@@ -20,6 +20,10 @@ def test_bench_two_engines_report_json_and_chart(tmp_path):
     assert [r["budget"] for r in torch_["runs"]] == [256, 1024]
     for r in st["runs"] + torch_["runs"]:
         assert r["texts_per_s"] > 0 and r["compute_utilisation"] > 0
+    # Length-sorted packing: the larger budget never fills batches worse than one text per
+    # batch would (1.0), and a budget of a whole padded batch can only waste padding.
+    fills = [r["padding_efficiency"] for r in torch_["runs"]]
+    assert all(0.5 < f <= 1.0 for f in fills), fills
     assert 0 < torch_["latency"]["p50_ms"] <= torch_["latency"]["p99_ms"]
     assert torch_["peak_rss_mb"] > 0 and torch_["cache_hits_per_s"] > 0
     assert report["matmul_flops"] > 0 and report["flops_per_token"] > 0
@@ -27,7 +31,7 @@ def test_bench_two_engines_report_json_and_chart(tmp_path):
     assert json.loads((tmp_path / "bench.json").read_text())["texts"] == 24
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     text = throughput.format_report(report)
-    assert "vs ST" in text and "cache hits" in text and "dense+sparse in one pass" in text
+    assert "vs ST" in text and "cache hits" in text and "fill" in text and "dense+sparse in one pass" in text
 
 
 def test_matmul_probe_takes_the_best_shape():

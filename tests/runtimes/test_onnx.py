@@ -84,6 +84,8 @@ def test_int8_gate_and_force(minilm_onnx, onnx_cache, monkeypatch):
     assert rt.dtype == "int8" and rt.model_path.parent.name == "int8"
     record = json.loads((rt.model_path.parent / "quality.json").read_text())
     assert record["mean_cosine"] == rt.quality["mean_cosine"] and record["recipe"]
+    assert record["int8_version"] == ox.INT8_VERSION
+    assert record["reduce_range"] == ox.needs_reduce_range()
     print(f"\nint8 ({record['recipe']}): min cosine {record['min_cosine']:.4f}, "
           f"mean {record['mean_cosine']:.4f}")
 
@@ -95,6 +97,15 @@ def test_int8_gate_and_force(minilm_onnx, onnx_cache, monkeypatch):
     forced = ox.OnnxRuntime(spec, quantize="int8", cache_dir=onnx_cache, force=True)
     assert not forced.quantized and forced.quality == rt.quality
 
+    # An entry built by an older recipe set is rebuilt; the fp32 export beside it is kept.
+    fp32_mtime = minilm_onnx._runtime.model_path.stat().st_mtime_ns
+    stale = rt.model_path.parent / "quality.json"
+    stale.write_text(json.dumps({**record, "int8_version": ox.INT8_VERSION - 1}))
+    rebuilt = ox.OnnxRuntime(spec, quantize="int8", cache_dir=onnx_cache, force=True)
+    assert rebuilt.quantized and not rebuilt.exported
+    assert json.loads(stale.read_text())["int8_version"] == ox.INT8_VERSION
+    assert minilm_onnx._runtime.model_path.stat().st_mtime_ns == fp32_mtime
+
     # Through the engine: dtype="int8" picks the quantised model.
     monkeypatch.setattr(ox, "INT8_MIN_MEAN_COSINE", 0.0)
     emb = Embedder("minilm", runtime="onnx", dtype="int8", cache_size=0)
@@ -102,6 +113,25 @@ def test_int8_gate_and_force(minilm_onnx, onnx_cache, monkeypatch):
     texts = ["hybrid search with dense and sparse vectors", "a cat", "Der Fluss"]
     cos = np.sum(emb.embed(texts).dense * minilm_onnx.embed(texts).dense, axis=1)
     assert cos.min() > 0.95
+
+
+@pytest.mark.parametrize(("machine", "cpuinfo", "expected"), [
+    ("x86_64", "flags\t\t: fpu sse avx2 avx512f avx512_vnni\n", False),  # VNNI: 8-bit
+    ("x86_64", "flags\t\t: fpu sse avx2 avx_vnni\n", False),
+    ("x86_64", "flags\t\t: fpu sse avx2 fma\n", True),  # u8 x s8 can saturate: 7-bit
+    ("aarch64", None, False),
+])
+def test_reduce_range_follows_the_cpu(monkeypatch, tmp_path, machine, cpuinfo, expected):
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    real_read = ox.Path.read_text
+    fake = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        fake.write_text(cpuinfo)
+    monkeypatch.setattr(ox.Path, "read_text", lambda self, *a, **k: real_read(
+        fake if str(self) == "/proc/cpuinfo" else self, *a, **k))
+    assert ox.needs_reduce_range() is expected
 
 
 # -- BGE-M3 heads on the tiny model --------------------------------------------------------
