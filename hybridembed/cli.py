@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="nDCG@10, MRR@10 and Recall@100 of each search mode "
                         "(or, with --compare, the parity of two embedders)")
     ev.add_argument("--dataset", default="generated",
-                    help="'generated' (the built-in labelled corpus) or a BEIR folder "
-                    "(corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)")
+                    help="'generated' (the built-in labelled corpus), 'stdlib' (docstring "
+                    "summaries -> explanations of Python's standard library: larger, natural) "
+                    "or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)")
     ev.add_argument("--split", default="test", help="qrels file of a BEIR folder")
     ev.add_argument("--modes", default="dense,sparse,hybrid,hybrid+rerank",
                     help="comma-separated: dense, sparse, hybrid, each optionally +rerank "

@@ -8,12 +8,20 @@
 * :func:`generated` wraps :func:`hybridembed.bench.labelled.labelled_corpus`: a small
   corpus written for this project (Apache-2.0, like the code), see
   :mod:`hybridembed.evaluate`.
+* :func:`stdlib_docstrings` builds a larger natural-language set at run time from the
+  docstrings of the running Python's standard library (nothing is shipped or
+  downloaded; the text is the Python Software Foundation's, under its licence).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
+import re
+import sys
+import warnings
 from pathlib import Path
 
 from ..errors import InvalidInputError
@@ -131,3 +139,84 @@ def generated() -> Dataset:
     return ([{"id": d["id"], "text": d["text"]} for d in docs],
             [{"id": q["id"], "text": q["text"], "kind": q["kind"]} for q in queries],
             {q["id"]: {doc: 1 for doc in q["relevant"]} for q in queries})
+
+
+# Standard-library modules whose public functions, classes and methods make the
+# ``stdlib`` set: many near neighbours (a dozen ways to read, copy or compare things), so
+# small changes in an embedder move ranks. Fixed, sorted, so a Python version gives one set.
+STDLIB_MODULES = (
+    "argparse", "array", "asyncio", "base64", "bisect", "calendar", "codecs", "collections",
+    "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email.message",
+    "enum", "fnmatch", "fractions", "functools", "glob", "gzip", "hashlib", "heapq", "hmac",
+    "html", "http.client", "inspect", "io", "ipaddress", "itertools", "json", "logging",
+    "math", "operator", "os", "os.path", "pathlib", "pickle", "platform", "pprint", "queue",
+    "random", "re", "secrets", "shlex", "shutil", "socket", "sqlite3", "statistics", "string",
+    "struct", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "time",
+    "traceback", "typing", "unittest", "urllib.parse", "uuid", "warnings", "weakref",
+    "zipfile",
+)
+_SPACE = re.compile(r"\s+")
+
+
+def _split_docstring(doc: str) -> tuple[str, str]:
+    """(summary, body) of a docstring: the first paragraph and the rest, one line each."""
+    doc = inspect.cleandoc(doc)
+    summary, _, body = doc.partition("\n\n")
+    return _SPACE.sub(" ", summary).strip(), _SPACE.sub(" ", body).strip()
+
+
+def _documented(module) -> list[tuple[str, object]]:
+    """Public functions, classes and their methods defined in ``module``."""
+    found = []
+    for name, obj in sorted(vars(module).items()):
+        if name.startswith("_") or getattr(obj, "__module__", module.__name__) != module.__name__:
+            continue
+        if inspect.isclass(obj):
+            found.append((name, obj))
+            found += [(f"{name}.{m}", f) for m, f in sorted(vars(obj).items())
+                      if not m.startswith("_") and callable(f)]
+        elif callable(obj):
+            found.append((name, obj))
+    return found
+
+
+def stdlib_docstrings(max_queries: int | None = None) -> Dataset:
+    """A labelled set from the standard library's own docstrings: each documented function,
+    class or method whose docstring has a one-paragraph summary (4-40 words) and a longer
+    explanation (>= 12 words) gives a query, the summary, and its relevant document, the
+    explanation (the object's name is not added to it). The explanations of every
+    other documented object are the rest of the corpus. Duplicated texts (inherited
+    docstrings) are kept once. Deterministic for a Python version; ``max_queries`` keeps an
+    evenly spaced subset of the queries (all documents stay)."""
+    docs: list[dict] = []
+    queries: list[dict] = []
+    seen_bodies: set[str] = set()
+    seen_summaries: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for module_name in STDLIB_MODULES:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:  # a build without sqlite3 or ssl, say
+                continue
+            for name, obj in _documented(module):
+                doc = getattr(obj, "__doc__", None)
+                if not isinstance(doc, str):
+                    continue
+                summary, body = _split_docstring(doc)
+                if len(body.split()) < 12 or body in seen_bodies:
+                    continue
+                seen_bodies.add(body)
+                key = f"{module_name}.{name}"
+                docs.append({"id": key, "text": body[:1500]})
+                if 4 <= len(summary.split()) <= 40 and summary not in seen_summaries:
+                    seen_summaries.add(summary)
+                    queries.append({"id": f"q:{key}", "text": summary})
+    if max_queries is not None and len(queries) > max_queries:
+        step = len(queries) / max_queries
+        queries = [queries[int(i * step)] for i in range(max_queries)]
+    return docs, queries, {q["id"]: {q["id"][2:]: 1} for q in queries}
+
+
+def stdlib_version() -> str:
+    return f"Python {sys.version.split()[0]} standard library"

@@ -25,7 +25,11 @@ documents and 32 queries, each with one relevant document (grade 1):
 * 10 unrelated distractors.
 
 It is built to show that hybrid retrieval finds what each retriever alone misses; it is
-tiny and synthetic, not a benchmark to compare models on. For that, pass a BEIR folder
+tiny and synthetic, not a benchmark to compare models on. ``"stdlib"`` is larger and
+natural: ~500 one-line docstring summaries of the running Python's standard library as
+queries, each to find its own docstring's explanation among ~600
+(:func:`hybridembed.evaluate.datasets.stdlib_docstrings`); it moves when an embedder
+changes a little (fp32 against int8, say). For a public benchmark, pass a BEIR folder
 (:func:`hybridembed.evaluate.datasets.load_beir`).
 """
 
@@ -42,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, InvalidOptionError
-from .datasets import Dataset, generated, load_beir
+from .datasets import Dataset, generated, load_beir, stdlib_docstrings, stdlib_version
 from .metrics import has_relevant, per_query
 
 MODES: tuple[str, ...] = ("dense", "sparse", "hybrid", "hybrid+rerank")
@@ -63,12 +67,14 @@ def parse_mode(mode: str) -> tuple[str, str | None]:
 
 
 def load(dataset: str | os.PathLike | Dataset, split: str = "test") -> tuple[str, Dataset]:
-    """``(name, (docs, queries, qrels))`` for ``"generated"``, a BEIR folder (judgements
-    from ``qrels/<split>.tsv``), or a data set given as a tuple."""
+    """``(name, (docs, queries, qrels))`` for ``"generated"``, ``"stdlib"``, a BEIR folder
+    (judgements from ``qrels/<split>.tsv``), or a data set given as a tuple."""
     if isinstance(dataset, tuple):
         return "custom", dataset
     if isinstance(dataset, str) and dataset == "generated":  # Path("generated"): a folder
         return "generated", generated()
+    if isinstance(dataset, str) and dataset == "stdlib":
+        return f"stdlib ({stdlib_version()} docstrings)", stdlib_docstrings()
     return str(dataset), load_beir(dataset, split)
 
 

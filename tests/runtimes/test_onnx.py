@@ -115,6 +115,28 @@ def test_int8_gate_and_force(minilm_onnx, onnx_cache, monkeypatch):
     assert cos.min() > 0.95
 
 
+def test_int8_recipes_fastest_first_until_the_target(tiny_m3_dir, tmp_path, monkeypatch,
+                                                     caplog):
+    """The fastest recipe that reaches the target mean cosine wins; when none does, every
+    recipe that applies is tried and the closest kept. On this two-layer model the last
+    recipe (first and last layers kept fp32) leaves nothing to quantise and is skipped."""
+    import logging
+
+    spec = resolve(str(tiny_m3_dir))
+    monkeypatch.setattr(ox, "INT8_TARGET_MEAN_COSINE", 0.0)
+    first = ox.OnnxRuntime(spec, quantize="int8", cache_dir=tmp_path / "a", force=True)
+    assert first.record["recipe"] == ox.INT8_RECIPES[0]["name"]
+
+    monkeypatch.setattr(ox, "INT8_TARGET_MEAN_COSINE", 1.01)  # out of reach
+    with caplog.at_level(logging.INFO, logger=ox.log.name):
+        closest = ox.OnnxRuntime(spec, quantize="int8", cache_dir=tmp_path / "b", force=True)
+    tried = [r.args for r in caplog.records if r.msg.startswith("int8 recipe")]
+    assert [name for name, *_ in tried] == [r["name"] for r in ox.INT8_RECIPES[:2]]
+    assert closest.record["mean_cosine"] == pytest.approx(max(mean for *_, mean in tried))
+    assert closest.record["target_mean_cosine"] == 1.01
+    assert [p.name for p in (tmp_path / "b").rglob("candidate*")] == []
+
+
 @pytest.mark.parametrize(("machine", "cpuinfo", "expected"), [
     ("x86_64", "flags\t\t: fpu sse avx2 avx512f avx512_vnni\n", False),  # VNNI: 8-bit
     ("x86_64", "flags\t\t: fpu sse avx2 avx_vnni\n", False),
