@@ -23,9 +23,11 @@ from ..types import KINDS, Embedding, EmbedResult, Usage
 from .cache import EmbeddingCache, text_key
 
 # Padded tokens per forward pass when the caller sets none, by device type. On CPUs
-# small batches stay in cache: `hybridembed bench` measured 2048 at 1.4x the speed of
-# 16384 on the 2-core test machine (docs/BENCHMARKS.md).
-DEFAULT_BATCH_TOKENS = {"cpu": 2_048, "cuda": 131_072, "mps": 32_768}
+# small batches stay in cache: three `hybridembed bench --texts 1000` runs on the 2-core
+# test machine (2026-11-24) put 1024 at or above 2048 for every engine on short texts
+# (torch 1.17x vs 1.13x sentence-transformers on average) and level on long ones; 16384
+# was 1.4x slower than 2048 (docs/BENCHMARKS.md).
+DEFAULT_BATCH_TOKENS = {"cpu": 1_024, "cuda": 131_072, "mps": 32_768}
 # Texts per tokenisation chunk (at least; a quarter of the batch budget when larger): a
 # call with more texts tokenises the next chunk while the current one is encoded.
 TOKENIZE_CHUNK_TEXTS = 1_024
