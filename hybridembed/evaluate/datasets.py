@@ -166,15 +166,19 @@ def _split_docstring(doc: str) -> tuple[str, str]:
 
 
 def _documented(module) -> list[tuple[str, object]]:
-    """Public functions, classes and their methods defined in ``module``."""
+    """Public functions, classes and their methods defined in ``module`` (not ones another
+    package patched in later: transformers adds ``logging.Logger.info_once``)."""
+    def own(obj) -> bool:
+        return getattr(obj, "__module__", module.__name__) == module.__name__
+
     found = []
     for name, obj in sorted(vars(module).items()):
-        if name.startswith("_") or getattr(obj, "__module__", module.__name__) != module.__name__:
+        if name.startswith("_") or not own(obj):
             continue
         if inspect.isclass(obj):
             found.append((name, obj))
             found += [(f"{name}.{m}", f) for m, f in sorted(vars(obj).items())
-                      if not m.startswith("_") and callable(f)]
+                      if not m.startswith("_") and callable(f) and own(f)]
         elif callable(obj):
             found.append((name, obj))
     return found
