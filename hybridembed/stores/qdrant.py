@@ -22,7 +22,7 @@ from .base import (
     check_name,
     point_uuid,
 )
-from .qdrant_common import candidates, ranked, weighted_ids
+from .qdrant_common import Step, query
 
 
 def qdrant_filter(flt: dict[str, Any]) -> models.Filter | None:
@@ -147,48 +147,35 @@ class QdrantBackend:
         return self.client.count(name, exact=True).count
 
     def query(self, name: str, spec: QuerySpec) -> list[Candidate]:
-        name = self._need(name)
-        flt = qdrant_filter(spec.filter)
-        singles = {"dense": spec.dense.tolist(),
-                   "sparse": models.SparseVector(indices=spec.sparse.indices.tolist(),
-                                                 values=spec.sparse.values.tolist())}
-        wanted = ["dense", "sparse"] if spec.mode == "hybrid" else [spec.mode]
-        weighted = spec.mode == "hybrid" and spec.fusion == "weighted"
-        lists = [r.points for r in self.client.query_batch_points(name, [
-            models.QueryRequest(query=singles[r], using=r, filter=flt, limit=spec.candidates,
-                                with_payload=weighted) for r in wanted])]
-        per_retriever = {r: ranked(points) for r, points in zip(wanted, lists, strict=True)}
-        limit = spec.k
-        if weighted:
-            fused = weighted_ids(spec, *lists)[:spec.candidates]
-            if spec.multivector is None:
-                stored = {str(p.id): p.payload for points in lists for p in points}
-                return candidates(spec, per_retriever,
-                                  [(pid, s, stored[pid]) for pid, s in fused[:limit]])
-            stage = None
-            mv_filter = models.Filter(must=[models.HasIdCondition(
-                has_id=[pid for pid, _ in fused])])
-        elif spec.mode == "hybrid":
-            fusion = (models.FusionQuery(fusion=models.Fusion.DBSF) if spec.fusion == "dbsf"
-                      else models.RrfQuery(rrf=models.Rrf(k=spec.rrf_k + 1)))  # ranks from 0
-            prefetch = [models.Prefetch(query=singles[r], using=r, filter=flt,
-                                        limit=spec.candidates) for r in wanted]
-            stage = models.Prefetch(query=fusion, prefetch=prefetch, limit=spec.candidates)
-            main = models.QueryRequest(query=fusion, prefetch=prefetch, limit=limit,
-                                       with_payload=True)
-        else:
-            stage = models.Prefetch(query=singles[spec.mode], using=spec.mode, filter=flt,
-                                    limit=spec.candidates)
-            main = models.QueryRequest(query=singles[spec.mode], using=spec.mode, filter=flt,
-                                       limit=limit, with_payload=True)
-        if spec.multivector is not None:
-            mv = spec.multivector.tolist()
-            main = (models.QueryRequest(query=mv, using="multivector", filter=mv_filter,
-                                        limit=limit, with_payload=True) if stage is None else
-                    models.QueryRequest(query=mv, using="multivector", prefetch=[stage],
-                                        limit=limit, with_payload=True))
-        points = self.client.query_batch_points(name, [main])[0].points
-        return candidates(spec, per_retriever, [(str(p.id), p.score, p.payload) for p in points])
+        return query(_ClientSteps(self.client, self._need(name)), spec)
 
     def close(self) -> None:
         self.client.close()
+
+
+class _ClientSteps:
+    """:class:`~.qdrant_common.Step` as qdrant-client models, run as one batch."""
+
+    def __init__(self, client: QdrantClient, name: str):
+        self.client, self.name = client, name
+
+    def run(self, steps: list[Step], spec: QuerySpec) -> list[list[Any]]:
+        requests = [models.QueryRequest(**self._args(s, spec), with_payload=s.with_payload)
+                    for s in steps]
+        return [r.points for r in self.client.query_batch_points(self.name, requests)]
+
+    def _args(self, step: Step, spec: QuerySpec) -> dict[str, Any]:
+        if step.fusion == "dbsf":
+            target: dict[str, Any] = {"query": models.FusionQuery(fusion=models.Fusion.DBSF)}
+        elif step.fusion:  # Qdrant ranks from 0, our RRF from 1
+            target = {"query": models.RrfQuery(rrf=models.Rrf(k=spec.rrf_k + 1))}
+        else:
+            vector = (models.SparseVector(indices=spec.sparse.indices.tolist(),
+                                          values=spec.sparse.values.tolist())
+                      if step.using == "sparse" else
+                      (spec.dense if step.using == "dense" else spec.multivector).tolist())
+            target = {"query": vector, "using": step.using}
+        flt = (models.Filter(must=[models.HasIdCondition(has_id=step.ids)])
+               if step.ids is not None else qdrant_filter(step.filter))
+        prefetch = [models.Prefetch(**self._args(p, spec)) for p in step.prefetch]
+        return {**target, "filter": flt, "limit": step.limit, "prefetch": prefetch or None}

@@ -39,7 +39,7 @@ from .base import (
     check_name,
     point_uuid,
 )
-from .qdrant_common import candidates, ranked, weighted_ids
+from .qdrant_common import Step, query
 
 META = "hybridembed.json"
 OPTIMIZE_EVERY = 20_000  # points written between two automatic optimize() calls
@@ -250,43 +250,36 @@ class QdrantEdgeBackend:
         return self._shard(name).count(qe.CountRequest(exact=True))
 
     def query(self, name: str, spec: QuerySpec) -> list[Candidate]:
-        shard = self._shard(name)
-        flt = edge_filter(spec.filter)
-        singles = {"dense": qe.Query.Nearest(spec.dense.tolist(), using="dense"),
-                   "sparse": qe.Query.Nearest(qe.SparseVector(
-                       indices=spec.sparse.indices.tolist(), values=spec.sparse.values.tolist()),
-                       using="sparse")}
-        wanted = ["dense", "sparse"] if spec.mode == "hybrid" else [spec.mode]
-        weighted = spec.mode == "hybrid" and spec.fusion == "weighted"
-        lists = shard.query_batch(qe.QueryBatchRequest([
-            qe.QueryRequest(limit=spec.candidates, query=singles[r], filter=flt,
-                            with_payload=weighted) for r in wanted]))
-        per_retriever = {r: ranked(points) for r, points in zip(wanted, lists, strict=True)}
-        limit = spec.k
-        if weighted:
-            fused = weighted_ids(spec, *lists)[:spec.candidates]
-            if spec.multivector is None:
-                stored = {str(p.id): p.payload for points in lists for p in points}
-                return candidates(spec, per_retriever,
-                                  [(pid, s, stored[pid]) for pid, s in fused[:limit]])
-            stage = None
-            mv_filter = qe.Filter(must=[qe.HasIdCondition({pid for pid, _ in fused})])
-        elif spec.mode == "hybrid":
-            fusion = (qe.Fusion.Dbsf() if spec.fusion == "dbsf"
-                      else qe.Fusion.Rrf(k=spec.rrf_k + 1))  # Qdrant ranks from 0
-            prefetches = [qe.Prefetch(limit=spec.candidates, query=singles[r], filter=flt)
-                          for r in wanted]
-            stage = qe.Prefetch(limit=spec.candidates, query=fusion, prefetches=prefetches)
-            main = qe.QueryRequest(limit=limit, query=fusion, prefetches=prefetches,
-                                   with_payload=True)
+        return query(_EdgeSteps(self._shard(name)), spec)
+
+
+class _EdgeSteps:
+    """:class:`~.qdrant_common.Step` as qdrant_edge requests; several run as one batch."""
+
+    def __init__(self, shard):
+        self.shard = shard
+
+    def run(self, steps: list[Step], spec: QuerySpec) -> list[list[Any]]:
+        requests = [qe.QueryRequest(**self._args(s, spec), with_payload=s.with_payload)
+                    for s in steps]
+        if len(requests) == 1:
+            return [self.shard.query(requests[0])]
+        return self.shard.query_batch(qe.QueryBatchRequest(requests))
+
+    def _args(self, step: Step, spec: QuerySpec) -> dict[str, Any]:
+        if step.fusion == "dbsf":
+            target = qe.Fusion.Dbsf()
+        elif step.fusion:  # Qdrant ranks from 0, our RRF from 1
+            target = qe.Fusion.Rrf(k=spec.rrf_k + 1)
         else:
-            stage = qe.Prefetch(limit=spec.candidates, query=singles[spec.mode], filter=flt)
-            main = qe.QueryRequest(limit=limit, query=singles[spec.mode], filter=flt,
-                                   with_payload=True)
-        if spec.multivector is not None:
-            mv = qe.Query.Nearest(spec.multivector.tolist(), using="multivector")
-            main = (qe.QueryRequest(limit=limit, query=mv, filter=mv_filter, with_payload=True)
-                    if stage is None else
-                    qe.QueryRequest(limit=limit, query=mv, prefetches=[stage], with_payload=True))
-        points = shard.query(main)
-        return candidates(spec, per_retriever, [(str(p.id), p.score, p.payload) for p in points])
+            vector = (qe.SparseVector(indices=spec.sparse.indices.tolist(),
+                                      values=spec.sparse.values.tolist())
+                      if step.using == "sparse" else
+                      (spec.dense if step.using == "dense" else spec.multivector).tolist())
+            target = qe.Query.Nearest(vector, using=step.using)
+        flt = (qe.Filter(must=[qe.HasIdCondition(set(step.ids))]) if step.ids is not None
+               else edge_filter(step.filter))
+        args: dict[str, Any] = {"limit": step.limit, "query": target, "filter": flt}
+        if step.prefetch:
+            args["prefetches"] = [qe.Prefetch(**self._args(p, spec)) for p in step.prefetch]
+        return args
