@@ -183,7 +183,9 @@ def _child(engine: str, texts: list[str], budgets: list[int], singles: int, mode
                 filled[budget][0] += stats.tokens - real
                 filled[budget][1] += stats.padded_tokens - padded
         out["runs"] += [_run(b, walls[b], len(texts), tokens)
-                        | {"padding_efficiency": filled[b][0] / filled[b][1]} for b in budgets]
+                        | {"padding_efficiency": filled[b][0] / filled[b][1]
+                           if filled[b][1] else None}  # None: no forward pass (BM25 only)
+                        for b in budgets]
         lat = []
         for text in texts[:singles]:
             t = time.perf_counter()

@@ -2,7 +2,8 @@
 
 Texts are sorted longest first and cut into batches whose *padded* size
 (``longest * count``) stays within ``max_tokens``. Longest first puts the largest batch at
-the front, so a batch that does not fit in memory shows up at once. A text longer than
+the front, so a batch that does not fit in memory shows up at once (per tokenisation
+chunk, when the Embedder pipelines a large call). A text longer than
 the budget gets a batch of its own.
 """
 

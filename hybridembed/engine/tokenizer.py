@@ -1,8 +1,15 @@
 """Fast-tokenizer wrapper: token ids with special tokens, the true length of every text,
-and truncation to the model's limit done exactly as the Hugging Face tokenizer does it."""
+and truncation to the model's limit done exactly as the Hugging Face tokenizer does it.
+
+Safe to share between threads: transformers switches truncation on or off on the one
+Rust tokenizer at every call, and a call from another thread meanwhile fails ("Already
+borrowed") or runs with the wrong truncation; every call is therefore made under a lock
+(the Embedder tokenises its next chunk on a helper thread, the server counts tokens while
+a batch is embedded)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +21,7 @@ class TextTokenizer:
         from transformers import AutoTokenizer
 
         self._tok = AutoTokenizer.from_pretrained(str(path))
+        self._lock = threading.Lock()
         self.max_length = int(max_length)
         pad = self._tok.pad_token_id
         self.pad_id = int(pad if pad is not None else 0)
@@ -21,6 +29,10 @@ class TextTokenizer:
         special = {self._tok.cls_token_id, self._tok.eos_token_id, self._tok.sep_token_id,
                    self._tok.pad_token_id, self._tok.unk_token_id, self._tok.bos_token_id}
         self.special_ids = np.array(sorted(i for i in special if i is not None), dtype=np.int64)
+
+    def _call(self, *args, **kwargs):
+        with self._lock:
+            return self._tok(*args, **kwargs)
 
     @property
     def vocab_size(self) -> int:
@@ -30,15 +42,15 @@ class TextTokenizer:
         """Full token ids (special tokens included), never truncated."""
         if not texts:
             return []
-        return self._tok(list(texts), add_special_tokens=True, truncation=False, verbose=False,
-                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return self._call(list(texts), add_special_tokens=True, truncation=False, verbose=False,
+                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
     def encode_truncated(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        return self._tok(list(texts), add_special_tokens=True, truncation=True,
-                         max_length=self.max_length, return_attention_mask=False,
-                         return_token_type_ids=False)["input_ids"]
+        return self._call(list(texts), add_special_tokens=True, truncation=True,
+                          max_length=self.max_length, return_attention_mask=False,
+                          return_token_type_ids=False)["input_ids"]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of token ids (special tokens skipped); ids outside the vocabulary raise."""
@@ -50,8 +62,8 @@ class TextTokenizer:
 
     def offsets(self, text: str) -> list[tuple[int, str, bool, int | None, int | None]]:
         """(id, text, special, start, stop) per token; offsets count characters."""
-        enc = self._tok(text, truncation=True, max_length=self.max_length,
-                        return_offsets_mapping=True, return_special_tokens_mask=True)
+        enc = self._call(text, truncation=True, max_length=self.max_length,
+                         return_offsets_mapping=True, return_special_tokens_mask=True)
         out = []
         for tid, (a, b), special in zip(enc["input_ids"], enc["offset_mapping"],
                                         enc["special_tokens_mask"], strict=True):
@@ -63,9 +75,9 @@ class TextTokenizer:
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Character (start, end) of every content token of ``text``, untruncated."""
-        enc = self._tok(text, add_special_tokens=False, truncation=False, verbose=False,
-                        return_offsets_mapping=True, return_attention_mask=False,
-                        return_token_type_ids=False)
+        enc = self._call(text, add_special_tokens=False, truncation=False, verbose=False,
+                         return_offsets_mapping=True, return_attention_mask=False,
+                         return_token_type_ids=False)
         return [tuple(span) for span in enc["offset_mapping"]]
 
     def id_to_token(self, token_id: int) -> str:

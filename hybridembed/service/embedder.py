@@ -4,6 +4,7 @@ caller's order. Safe to call from several threads."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +24,13 @@ from ..types import KINDS, Embedding, EmbedResult, Usage
 from .cache import EmbeddingCache, text_key
 
 # Padded tokens per forward pass when the caller sets none, by device type. On CPUs
-# small batches stay in cache: three `hybridembed bench --texts 1000` runs on the 2-core
-# test machine (2026-11-24) put 1024 at or above 2048 for every engine on short texts
-# (torch 1.17x vs 1.13x sentence-transformers on average) and level on long ones; 16384
-# was 1.4x slower than 2048 (docs/BENCHMARKS.md).
+# small batches stay in cache: three `hybridembed bench` runs (600 and 1000 short texts)
+# on the 2-core test machine (2026-11-24) put 1024 ahead of 2048 on average (torch 1.17x
+# vs 1.13x sentence-transformers, ONNX 1.32x vs 1.23x; single runs swing ±10% either
+# way) and level on long texts; 16384 was 1.4x slower than 2048 (docs/BENCHMARKS.md).
 DEFAULT_BATCH_TOKENS = {"cpu": 1_024, "cuda": 131_072, "mps": 32_768}
-# Texts per tokenisation chunk (at least; a quarter of the batch budget when larger): a
-# call with more texts tokenises the next chunk while the current one is encoded.
+# Texts per tokenisation chunk (at least; a quarter of the batch budget when larger): with
+# the pipeline on, a call with more texts tokenises the next chunk while one is encoded.
 TOKENIZE_CHUNK_TEXTS = 1_024
 
 
@@ -56,7 +57,7 @@ class Embedder:
                  max_batch_tokens: int | None = None, max_batch_size: int | None = None,
                  cache_size: int = 10_000, threads: int | None = None,
                  bm25: dict[str, Any] | None = None, warmup: bool = True,
-                 runtime_options: dict[str, Any] | None = None):
+                 runtime_options: dict[str, Any] | None = None, pipeline: bool | None = None):
         self.spec: ModelSpec = resolve(model)
         self.tokenizer = TextTokenizer(self.spec.path, self.spec.max_length)
         self._runtime = load_runtime(runtime, self.spec, device=device, dtype=dtype,
@@ -67,8 +68,14 @@ class Embedder:
         if max_batch_tokens < 1:
             raise InvalidOptionError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}",
                                      "max_batch_tokens")
+        if pipeline is not None and not isinstance(pipeline, bool):
+            raise InvalidOptionError(f"pipeline must be True, False or None (on for "
+                                     f"accelerators), got {pipeline!r}", "pipeline")
+        # Overlap tokenising and finishing with the forward pass where the forward pass
+        # leaves the CPU free (an accelerator); on a CPU it already uses every core.
+        self.pipeline = not self.device.startswith("cpu") if pipeline is None else pipeline
         self._encoder = Encoder(self._runtime, self.tokenizer.pad_id, self.tokenizer.special_ids,
-                                max_batch_tokens, max_batch_size)
+                                max_batch_tokens, max_batch_size, overlap=self.pipeline)
         self._bm25 = None if self.spec.has_learned_sparse else Bm25Sparse(**(bm25 or {}))
         self._cache = EmbeddingCache(cache_size)
         self._lock = threading.Lock()
@@ -194,24 +201,25 @@ class Embedder:
         keep: list[int] = []
         rows = []
         too_long: dict[str, int] = {}
-        for start, chunk_ids in self._tokenized_chunks(prompted):
-            ids += chunk_ids
-            chunk_keep, cut = [], []
-            for j in range(start, start + len(chunk_ids)):
-                if len(ids[j]) <= self.max_length or truncate:
-                    chunk_keep.append(j)
-                    if len(ids[j]) > self.max_length:
-                        cut.append(j)
-                else:
-                    too_long[texts[j]] = len(ids[j])
-            # Cut exactly as the Hugging Face tokenizer truncates (not a slice of the ids).
-            for j, short in zip(cut, self.tokenizer.encode_truncated(
-                    [prompted[j] for j in cut]), strict=True):
-                ids[j] = short
-            with self._lock:
-                rows += self._encoder.encode([ids[j] for j in chunk_keep], want,
-                                             [origin[j] for j in chunk_keep])
-            keep += chunk_keep
+        with contextlib.closing(self._tokenized_chunks(prompted)) as chunks:
+            for start, chunk_ids in chunks:
+                ids += chunk_ids
+                chunk_keep, cut = [], []
+                for j in range(start, start + len(chunk_ids)):
+                    if len(ids[j]) <= self.max_length or truncate:
+                        chunk_keep.append(j)
+                        if len(ids[j]) > self.max_length:
+                            cut.append(j)
+                    else:
+                        too_long[texts[j]] = len(ids[j])
+                # Cut exactly as the Hugging Face tokenizer truncates (not a slice of the ids).
+                for j, short in zip(cut, self.tokenizer.encode_truncated(
+                        [prompted[j] for j in cut]), strict=True):
+                    ids[j] = short
+                with self._lock:
+                    rows += self._encoder.encode([ids[j] for j in chunk_keep], want,
+                                                 [origin[j] for j in chunk_keep])
+                keep += chunk_keep
         bm25 = (self._bm25.embed([texts[j] for j in keep], kind)
                 if sparse and self._bm25 is not None else None)
         dense_rows = (finish_dense(np.stack([r.dense for r in rows]), normalize, dimensions)
@@ -225,13 +233,14 @@ class Embedder:
         return out, too_long
 
     def _tokenized_chunks(self, texts: list[str]) -> Iterator[tuple[int, list[list[int]]]]:
-        """``(start, token ids)`` for consecutive chunks of ``texts``; while the caller
-        encodes one chunk, the next is tokenised on a helper thread (the fast tokenizer
-        releases the GIL), so a large call keeps the model busy. A chunk holds enough texts
-        for many batches, so packing by length still sees a wide choice."""
+        """``(start, token ids)``: with :attr:`pipeline`, consecutive chunks of ``texts``,
+        the next tokenised on a helper thread (the fast tokenizer releases the GIL) while
+        the caller encodes one, so a large call keeps the model busy; a chunk holds enough
+        texts for many batches, so packing by length still sees a wide choice. Without,
+        one chunk of everything."""
         size = max(TOKENIZE_CHUNK_TEXTS, self.max_batch_tokens // 4)
         starts = range(0, len(texts), size)
-        if len(starts) <= 1:
+        if not self.pipeline or len(starts) <= 1:
             yield 0, self.tokenizer.encode(texts)
             return
         with ThreadPoolExecutor(1, thread_name_prefix="hybridembed-tokenize") as pool:

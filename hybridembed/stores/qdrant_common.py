@@ -37,6 +37,10 @@ class Step:
     ids: list[str] | None = None
     with_payload: bool = False
 
+    def __post_init__(self) -> None:
+        if self.ids is not None and self.filter:
+            raise ValueError("a step restricts to ids or filters by payload, not both")
+
 
 class QueryClient(Protocol):
     def run(self, steps: list[Step], spec: QuerySpec) -> list[list[Any]]:

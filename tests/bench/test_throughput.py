@@ -20,8 +20,8 @@ def test_bench_two_engines_report_json_and_chart(tmp_path):
     assert [r["budget"] for r in torch_["runs"]] == [256, 1024]
     for r in st["runs"] + torch_["runs"]:
         assert r["texts_per_s"] > 0 and r["compute_utilisation"] > 0
-    # Length-sorted packing: the larger budget never fills batches worse than one text per
-    # batch would (1.0), and a budget of a whole padded batch can only waste padding.
+    # Batch fill (real / padded tokens) is at most 1.0; above 0.5 on these mixed-length
+    # texts shows length-sorted packing at work.
     fills = [r["padding_efficiency"] for r in torch_["runs"]]
     assert all(0.5 < f <= 1.0 for f in fills), fills
     assert 0 < torch_["latency"]["p50_ms"] <= torch_["latency"]["p99_ms"]

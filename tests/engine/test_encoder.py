@@ -1,6 +1,7 @@
-"""The encoder's pipeline: batch i+1's forward pass overlaps batch i's finishing, results
-equal the one-batch path, and an error in either stage reaches the caller (nothing
-hangs). A small deterministic runtime stands in for a model here; the real runtimes are
+"""The encoder's pipeline (``overlap=True``, on for accelerators): batch i+1's forward pass
+overlaps batch i's finishing, results equal the one-batch path, and an error in either
+stage reaches the caller (nothing hangs). Without overlap everything runs on the caller's
+thread. A small deterministic runtime stands in for a model here; the real runtimes are
 covered through the Embedder's tests."""
 
 import threading
@@ -53,7 +54,7 @@ def test_many_batches_equal_one_batch():
     ids = _ids(40)
     one = Encoder(ArithmeticRuntime(), 0, SPECIAL, max_batch_tokens=10_000).encode(ids, WANT)
     runtime = ArithmeticRuntime()
-    many = Encoder(runtime, 0, SPECIAL, max_batch_tokens=24).encode(ids, WANT)
+    many = Encoder(runtime, 0, SPECIAL, max_batch_tokens=24, overlap=True).encode(ids, WANT)
     assert len(runtime.forward_started) > 5
     for a, b, x in zip(one, many, ids, strict=True):
         assert a.dense[0] == b.dense[0] == sum(x)
@@ -80,9 +81,23 @@ def test_finishing_a_batch_overlaps_the_next_forward(monkeypatch):
         real_fill(*args)
 
     monkeypatch.setattr(encoder_module, "_fill_rows", fill)
-    rows = Encoder(runtime, 0, SPECIAL, max_batch_tokens=24).encode(_ids(30), WANT)
+    rows = Encoder(runtime, 0, SPECIAL, max_batch_tokens=24, overlap=True).encode(_ids(30), WANT)
     (thread, overlapped), = first
     assert thread.startswith("hybridembed-finish") and overlapped
+    assert all(r.dense is not None for r in rows)
+
+
+def test_without_overlap_everything_runs_on_the_callers_thread(monkeypatch):
+    threads = set()
+    real_fill = encoder_module._fill_rows
+
+    def fill(*args):
+        threads.add(threading.current_thread().name)
+        real_fill(*args)
+
+    monkeypatch.setattr(encoder_module, "_fill_rows", fill)
+    rows = Encoder(ArithmeticRuntime(), 0, SPECIAL, max_batch_tokens=24).encode(_ids(30), WANT)
+    assert threads == {threading.current_thread().name}
     assert all(r.dense is not None for r in rows)
 
 
@@ -90,13 +105,25 @@ def test_a_forward_error_reaches_the_caller():
     runtime = ArithmeticRuntime()
     runtime.fail_on_call = 3
     with pytest.raises(RuntimeError, match="on purpose"):
-        Encoder(runtime, 0, SPECIAL, max_batch_tokens=24).encode(_ids(30), WANT)
+        Encoder(runtime, 0, SPECIAL, max_batch_tokens=24, overlap=True).encode(_ids(30), WANT)
 
 
-def test_a_finishing_error_reaches_the_caller(monkeypatch):
-    def broken(*_args):
-        raise ValueError("finishing failed on purpose")
+@pytest.mark.parametrize("failing", ["first", "last"])
+def test_a_finishing_error_reaches_the_caller(monkeypatch, failing):
+    """Whichever batch fails to finish — the first (seen when the next batch is handed
+    over) or the last (seen only at the end) — the call raises; no row is left empty."""
+    runtime = ArithmeticRuntime()
+    real_fill = encoder_module._fill_rows
+    calls = []
 
-    monkeypatch.setattr(encoder_module, "_fill_rows", broken)
+    def fill(*args):
+        calls.append(1)
+        batches = len(runtime.forward_started)
+        if (failing == "first" and len(calls) == 1) or (
+                failing == "last" and len(calls) == batches and batches > 3):
+            raise ValueError("finishing failed on purpose")
+        real_fill(*args)
+
+    monkeypatch.setattr(encoder_module, "_fill_rows", fill)
     with pytest.raises(ValueError, match="on purpose"):
-        Encoder(ArithmeticRuntime(), 0, SPECIAL, max_batch_tokens=24).encode(_ids(30), WANT)
+        Encoder(runtime, 0, SPECIAL, max_batch_tokens=24, overlap=True).encode(_ids(30), WANT)

@@ -105,6 +105,10 @@ def test_int8_gate_and_force(minilm_onnx, onnx_cache, monkeypatch):
     assert rebuilt.quantized and not rebuilt.exported
     assert json.loads(stale.read_text())["int8_version"] == ox.INT8_VERSION
     assert minilm_onnx._runtime.model_path.stat().st_mtime_ns == fp32_mtime
+    # ... and so is one quantised for a CPU that needs other weights (a shared cache).
+    stale.write_text(json.dumps({**json.loads(stale.read_text()),
+                                 "reduce_range": not ox.needs_reduce_range()}))
+    assert ox.OnnxRuntime(spec, quantize="int8", cache_dir=onnx_cache, force=True).quantized
 
     # Through the engine: dtype="int8" picks the quantised model.
     monkeypatch.setattr(ox, "INT8_MIN_MEAN_COSINE", 0.0)

@@ -174,7 +174,9 @@ def test_large_calls_tokenise_in_overlapping_chunks(tiny_m3_dir, monkeypatch):
     ref = one.embed(texts, **want)
 
     monkeypatch.setattr(embedder_module, "TOKENIZE_CHUNK_TEXTS", 3)  # 12 // 4 = 3 as well
-    chunked = Embedder(str(tiny_m3_dir), device="cpu", cache_size=0, max_batch_tokens=12)
+    assert not one.pipeline  # on a CPU the forward pass uses every core: no pipeline
+    chunked = Embedder(str(tiny_m3_dir), device="cpu", cache_size=0, max_batch_tokens=12,
+                       pipeline=True)
     calls: list[tuple[str, int]] = []
     real_tokenize, real_encode = chunked.tokenizer.encode, chunked._encoder.encode
 
@@ -183,20 +185,22 @@ def test_large_calls_tokenise_in_overlapping_chunks(tiny_m3_dir, monkeypatch):
         return real_tokenize(batch)
 
     def encode(ids, want, origin=None):
-        # While chunk 0 is encoded, chunk 1 is being tokenised on the helper thread; one
-        # stage at a time would never tokenise during an encode and run out the deadline.
+        # While chunk 0 is encoded, chunk 1 (and only chunk 1) is tokenised on the helper
+        # thread: one stage at a time would run out the deadline with one chunk tokenised,
+        # tokenising everything up front would show all four.
         if not any(k == "encode" for k, _ in calls):
             deadline = time.monotonic() + 10
             while sum(k == "tokenize" for k, _ in calls) < 2 and time.monotonic() < deadline:
                 time.sleep(0.005)
-            calls.append(("overlapped", sum(k == "tokenize" for k, _ in calls) >= 2))
+            calls.append(("tokenised at the first encode",
+                          sum(k == "tokenize" for k, _ in calls)))
         calls.append(("encode", len(ids)))
         return real_encode(ids, want, origin)
 
     monkeypatch.setattr(chunked.tokenizer, "encode", tokenize)
     monkeypatch.setattr(chunked._encoder, "encode", encode)
     got = chunked.embed(texts, **want)
-    assert ("overlapped", True) in calls
+    assert ("tokenised at the first encode", 2) in calls
     assert [n for k, n in calls if k == "tokenize"] == [3, 3, 3, 3]
     assert [k for k, _ in calls].count("encode") == 4
     np.testing.assert_allclose(got.dense, ref.dense, atol=1e-6)
@@ -211,3 +215,8 @@ def test_large_calls_tokenise_in_overlapping_chunks(tiny_m3_dir, monkeypatch):
     assert sorted(err.value.too_long) == [4, 11]
     np.testing.assert_allclose(err.value.partial.dense,
                                np.delete(ref.dense, [4, 11], axis=0), atol=1e-6)
+
+
+def test_pipeline_option_is_checked(tiny_m3_dir):
+    with pytest.raises(InvalidOptionError, match="pipeline must be True, False or None"):
+        Embedder(str(tiny_m3_dir), device="cpu", pipeline="yes")

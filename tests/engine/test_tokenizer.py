@@ -1,0 +1,42 @@
+"""TextTokenizer shared between threads: truncated and untruncated calls at the same time
+each get what they asked for (transformers flips truncation on the one Rust tokenizer at
+every call, so unguarded concurrent calls fail or mix settings)."""
+
+import threading
+
+from hybridembed.engine import TextTokenizer
+from hybridembed.registry import resolve
+
+
+def test_concurrent_truncated_and_full_calls_keep_their_settings():
+    spec = resolve("minilm")
+    tok = TextTokenizer(spec.path, spec.max_length)
+    texts = [" ".join(f"word{i} token{j}" for j in range(200)) for i in range(48)]
+    full_length = len(tok.encode(texts[:1])[0])
+    assert full_length > spec.max_length
+    errors: list[BaseException] = []
+    wrong: list[str] = []
+    start = threading.Barrier(4)
+
+    def work(truncated: bool) -> None:
+        try:
+            start.wait()
+            for _ in range(15):
+                if truncated:
+                    got = tok.encode_truncated(texts)
+                    if max(map(len, got)) != spec.max_length:
+                        wrong.append(f"truncated call gave {max(map(len, got))} tokens")
+                else:
+                    got = tok.encode(texts)
+                    if min(map(len, got)) <= spec.max_length:
+                        wrong.append(f"full call gave {min(map(len, got))} tokens")
+        except BaseException as exc:  # noqa: BLE001 - the test reports whatever escaped
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i % 2 == 0,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    assert not wrong, wrong[:3]
