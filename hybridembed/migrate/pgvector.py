@@ -213,15 +213,20 @@ class PgMigration:
                                    h=self.t.new(f"{self.t.column}_hash")))
         return added
 
-    def _claim(self, conn, ids: list | None = None) -> list[tuple[Any, str | None]]:
-        """Lock and return rows not done yet: the next batch by primary key, or those of
-        ``ids`` (a Ray worker's range). Rows another worker holds are skipped."""
+    def _claim(self, conn, ids: list | None = None, after: Any = None
+               ) -> list[tuple[Any, str | None]]:
+        """Lock and return rows not done yet: the next batch by primary key after the key
+        ``after`` (from the start when None), or those of ``ids`` (a Ray worker's range).
+        Rows another worker holds are skipped. Starting after the previous batch keeps a
+        claim's cost to its own rows: from the start, every claim walked every row
+        already done, which made a backfill quadratic in the table's size."""
         h = self.t.new(f"{self.t.column}_hash")
         where = "{h} IS DISTINCT FROM md5(coalesce({text}, ''))"
         if ids is None:
-            query = "SELECT {id}, {text} FROM {t} WHERE " + where + \
+            start = "" if after is None else "{id} > %s AND "
+            query = "SELECT {id}, {text} FROM {t} WHERE " + start + where + \
                 " ORDER BY {id} LIMIT %s FOR UPDATE SKIP LOCKED"
-            params: tuple = (self.batch_size,)
+            params: tuple = (self.batch_size,) if after is None else (after, self.batch_size)
         else:
             query = "SELECT {id}, {text} FROM {t} WHERE {id} = ANY(%s) AND " + where + \
                 " ORDER BY {id} FOR UPDATE SKIP LOCKED"
@@ -308,23 +313,27 @@ class PgMigration:
     def backfill(self, max_batches: int | None = None,
                  progress: Callable[[int], None] | None = None,
                  on_batch: Callable[[BackfillStats], None] | None = None) -> BackfillStats:
-        """Embed every row not yet done, one short transaction per batch."""
+        """Embed every row not yet done, one short transaction per batch. Batches follow
+        the primary key from where the previous one ended; when none is left ahead, one
+        more pass from the start picks up rows skipped while another worker held them (or
+        whose text changed behind us); the job ends when that pass finds nothing."""
         stats = BackfillStats()
         began = time.perf_counter()
         conn = None
+        after = None  # the last key of the previous batch
         while max_batches is None or stats.batches < max_batches:
-            def one_batch():
+            def one_batch(after=after):
                 nonlocal conn
                 if conn is None or conn.closed:
                     conn = self._connect()
                 try:
                     with conn.transaction():
-                        claimed = self._claim(conn)
+                        claimed = self._claim(conn, after=after)
                         if not claimed:
-                            return 0, 0, []
+                            return 0, 0, [], None
                         rows, skipped = self._embed_batch(claimed)
                         self._write(conn, rows)
-                    return len(rows) - len(skipped), len(skipped), skipped
+                    return len(rows) - len(skipped), len(skipped), skipped, claimed[-1][0]
                 except Exception:
                     try:
                         conn.close()
@@ -332,9 +341,13 @@ class PgMigration:
                         conn = None
                     raise
 
-            done, skipped, skipped_ids = self._retrying("backfill batch", one_batch, stats)
+            done, skipped, skipped_ids, last = self._retrying("backfill batch", one_batch, stats)
             if done == 0 and skipped == 0:
-                break
+                if after is None:
+                    break
+                after = None  # nothing ahead: one pass from the start
+                continue
+            after = last
             stats.embedded += done
             stats.skipped += skipped
             stats.skipped_ids.extend(skipped_ids)

@@ -165,6 +165,36 @@ def test_two_workers_share_the_work(pg, tiny_m3):
     assert migration(dsn, "shared", tiny_m3).status()["remaining"] == 0
 
 
+def test_rows_changed_behind_the_cursor_are_caught_before_the_end(pg, tiny_m3):
+    """Batches follow the primary key from where the last one ended (a claim never walks
+    the rows already done); the closing pass from the start re-embeds a row whose text
+    changed behind the cursor during the run, and a second run finds nothing to do."""
+    dsn = pg.get_uri()
+    make_table(dsn, "cursor")
+    job = migration(dsn, "cursor", tiny_m3, batch=25)
+    job.add()
+
+    row_one_redone_by = {}
+
+    def change_row_one(stats):
+        with psycopg.connect(dsn, autocommit=True) as c:
+            if stats.batches == 2:  # rows 1-50 are done; the cursor is at 50
+                c.execute("UPDATE cursor SET body = 'a river runs through the city' "
+                          "WHERE id = 1")
+            elif stats.batches == 3:
+                row_one_redone_by[3] = c.execute(
+                    "SELECT embedding_hash__new = md5(body) FROM cursor WHERE id = 1").fetchone()[0]
+
+    stats = job.backfill(on_batch=change_row_one)
+    assert row_one_redone_by == {3: False}  # batch 3 went on from row 51, not back to row 1
+    assert stats.embedded + stats.skipped == N + 1  # row 1 twice: before and after its edit
+    assert job.status()["remaining"] == 0
+    want = tiny_m3.embed(["a river runs through the city"]).dense[0]
+    np.testing.assert_allclose(new_vectors(dsn, "cursor")[1], want, atol=1e-5)
+    again = job.backfill()
+    assert again.embedded == again.skipped == again.batches == 0
+
+
 def test_postgres_restart_mid_backfill(pg, tiny_m3):
     dsn = pg.get_uri()
     make_table(dsn, "restart")
