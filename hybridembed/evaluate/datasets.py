@@ -185,14 +185,13 @@ def _documented(module) -> list[tuple[str, object]]:
     return found
 
 
-def stdlib_docstrings(max_queries: int | None = None) -> Dataset:
+def stdlib_docstrings() -> Dataset:
     """A labelled set from the standard library's own docstrings: each documented function,
     class or method whose docstring has a one-paragraph summary (4-40 words) and a longer
     explanation (>= 12 words) gives a query, the summary, and its relevant document, the
     explanation (the object's name is not added to it). The explanations of every
     other documented object are the rest of the corpus. Duplicated texts (inherited
-    docstrings) are kept once. Deterministic for a Python version; ``max_queries`` keeps an
-    evenly spaced subset of the queries (all documents stay)."""
+    docstrings) are kept once. Deterministic for a Python version."""
     docs: list[dict] = []
     queries: list[dict] = []
     seen_bodies: set[str] = set()
@@ -217,9 +216,6 @@ def stdlib_docstrings(max_queries: int | None = None) -> Dataset:
                 if 4 <= len(summary.split()) <= 40 and summary not in seen_summaries:
                     seen_summaries.add(summary)
                     queries.append({"id": f"q:{key}", "text": summary})
-    if max_queries is not None and len(queries) > max_queries:
-        step = len(queries) / max_queries
-        queries = [queries[int(i * step)] for i in range(max_queries)]
     return docs, queries, {q["id"]: {q["id"][2:]: 1} for q in queries}
 
 

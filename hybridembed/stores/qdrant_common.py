@@ -16,7 +16,7 @@ The plan is written once, as :class:`Step` descriptions; each adapter's
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .base import Candidate, QuerySpec
@@ -71,8 +71,7 @@ def query(client: QueryClient, spec: QuerySpec) -> list[Candidate]:
         else:
             stage = Step(spec.candidates, using=spec.mode, filter=spec.filter)
         if spec.multivector is None:
-            final = Step(spec.k, using=stage.using, fusion=stage.fusion, prefetch=stage.prefetch,
-                         filter=stage.filter, with_payload=True)
+            final = replace(stage, limit=spec.k, with_payload=True)
         else:
             final = Step(spec.k, using="multivector", prefetch=[stage], with_payload=True)
     points = client.run([final], spec)[0]
