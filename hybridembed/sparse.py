@@ -55,6 +55,15 @@ class SparseVector:
                    np.fromiter(weights.values(), np.float32, len(weights)))
 
     @classmethod
+    def from_sorted(cls, indices: np.ndarray, values: np.ndarray) -> SparseVector:
+        """Wrap int64 ``indices`` already sorted, unique and non-negative with their
+        float32 ``values``, unchecked: for producers that guarantee it in bulk."""
+        vector = object.__new__(cls)
+        object.__setattr__(vector, "indices", indices)
+        object.__setattr__(vector, "values", values)
+        return vector
+
+    @classmethod
     def from_pairs(
         cls, indices: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray,
         reduce: Literal["max", "sum"] = "max",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 _VOCAB = ("retrieval dense sparse vector index query document model batch token search "
           "hybrid lexical semantic embedding ranking score fusion memory latency throughput "
@@ -31,3 +32,11 @@ def named(kind: str, n: int, seed: int = 0) -> list[str]:
         raise ValueError(f"unknown corpus {kind!r}; valid: {', '.join(CORPORA)} or a file path")
     lo, hi = CORPORA[kind]
     return texts(n, lo, hi, seed)
+
+
+def load(name: str, n: int) -> list[str]:
+    """``n`` texts of a named corpus, or the first ``n`` non-empty lines of a file."""
+    path = Path(name)
+    if path.is_file():
+        return [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()][:n]
+    return named(name, n)

@@ -233,9 +233,7 @@ def run(model: str = "minilm", corpus_name: str = "short", n: int = 300,
         budgets: tuple[int, ...] = (1024, 2048, 8192), engines: tuple[str, ...] = ENGINES,
         singles: int = 30, concurrency: int = 64, out_dir: str | os.PathLike = "bench-results",
         progress=None, repeats: int = 3, outputs: tuple[str, ...] = ("dense",)) -> dict:
-    path = Path(corpus_name)
-    texts = ([t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()][:n]
-             if path.is_file() else corpus.named(corpus_name, n))
+    texts = corpus.load(corpus_name, n)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     texts_file = out_dir / "texts.json"

@@ -83,7 +83,7 @@ class Encoder:
         batches = pack_by_token_budget(lengths, self.max_batch_tokens, self.max_batch_size)
 
         def finish(batch: list[int], input_ids: np.ndarray, out: RuntimeOutput) -> None:
-            _fill_rows(rows, batch, [len(ids[i]) for i in batch], input_ids, out,
+            fill_rows(rows, batch, [len(ids[i]) for i in batch], input_ids, out,
                        self.special_ids)
 
         if not self.overlap or len(batches) == 1:
@@ -107,12 +107,8 @@ class Encoder:
 
     def _run(self, batch: list[int], ids, want: Outputs, origin,
              finish: Callable[[list[int], np.ndarray, RuntimeOutput], None]) -> None:
-        longest = max(len(ids[i]) for i in batch)
-        input_ids = np.full((len(batch), longest), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), longest), dtype=np.int64)
-        for r, i in enumerate(batch):
-            input_ids[r, :len(ids[i])] = ids[i]
-            mask[r, :len(ids[i])] = 1
+        input_ids, mask = pad_batch(ids, batch, self.pad_id)
+        longest = input_ids.shape[1]
         started = time.perf_counter()
         try:
             out = self.runtime.forward(input_ids, mask, dense=want.dense, sparse=want.sparse,
@@ -136,15 +132,29 @@ class Encoder:
         finish(batch, input_ids, out)
 
 
-def _fill_rows(rows: list[RawRow], batch: list[int], lengths: list[int], input_ids: np.ndarray,
+def pad_batch(ids: Sequence[Sequence[int]], batch: list[int], pad_id: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Input ids and attention mask of ``ids[i] for i in batch``, padded to the longest."""
+    longest = max(len(ids[i]) for i in batch)
+    input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), longest), dtype=np.int64)
+    for r, i in enumerate(batch):
+        input_ids[r, :len(ids[i])] = ids[i]
+        mask[r, :len(ids[i])] = 1
+    return input_ids, mask
+
+
+def fill_rows(rows: list[RawRow], batch: list[int], lengths: list[int], input_ids: np.ndarray,
                out: RuntimeOutput, special_ids: np.ndarray) -> None:
     """Per-text results of one padded batch: row ``r`` of the outputs is text
     ``batch[r]``, ``lengths[r]`` tokens long before padding."""
+    sparse = (learned_sparse(input_ids, out.token_weights, lengths, special_ids)
+              if out.token_weights is not None else None)
     for r, (i, n) in enumerate(zip(batch, lengths, strict=True)):
         row = rows[i]
         if out.dense is not None:
             row.dense = out.dense[r]
-        if out.token_weights is not None:
-            row.sparse = learned_sparse(input_ids[r, :n], out.token_weights[r, :n], special_ids)
+        if sparse is not None:
+            row.sparse = sparse[r]
         if out.token_vectors is not None:
             row.multivector = np.ascontiguousarray(out.token_vectors[r, :max(n - 1, 0)])

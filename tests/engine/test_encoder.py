@@ -70,7 +70,7 @@ def test_finishing_a_batch_overlaps_the_next_forward(monkeypatch):
     (it would finish batch 0 first and wait out the deadline)."""
     runtime = ArithmeticRuntime()
     first: list[tuple[str, bool]] = []
-    real_fill = encoder_module._fill_rows
+    real_fill = encoder_module.fill_rows
 
     def fill(*args):
         if not first:
@@ -80,7 +80,7 @@ def test_finishing_a_batch_overlaps_the_next_forward(monkeypatch):
             first.append((threading.current_thread().name, len(runtime.forward_started) >= 2))
         real_fill(*args)
 
-    monkeypatch.setattr(encoder_module, "_fill_rows", fill)
+    monkeypatch.setattr(encoder_module, "fill_rows", fill)
     rows = Encoder(runtime, 0, SPECIAL, max_batch_tokens=24, overlap=True).encode(_ids(30), WANT)
     (thread, overlapped), = first
     assert thread.startswith("hybridembed-finish") and overlapped
@@ -89,13 +89,13 @@ def test_finishing_a_batch_overlaps_the_next_forward(monkeypatch):
 
 def test_without_overlap_everything_runs_on_the_callers_thread(monkeypatch):
     threads = set()
-    real_fill = encoder_module._fill_rows
+    real_fill = encoder_module.fill_rows
 
     def fill(*args):
         threads.add(threading.current_thread().name)
         real_fill(*args)
 
-    monkeypatch.setattr(encoder_module, "_fill_rows", fill)
+    monkeypatch.setattr(encoder_module, "fill_rows", fill)
     rows = Encoder(ArithmeticRuntime(), 0, SPECIAL, max_batch_tokens=24).encode(_ids(30), WANT)
     assert threads == {threading.current_thread().name}
     assert all(r.dense is not None for r in rows)
@@ -113,7 +113,7 @@ def test_a_finishing_error_reaches_the_caller(monkeypatch, failing):
     """Whichever batch fails to finish — the first (seen when the next batch is handed
     over) or the last (seen only at the end) — the call raises; no row is left empty."""
     runtime = ArithmeticRuntime()
-    real_fill = encoder_module._fill_rows
+    real_fill = encoder_module.fill_rows
     calls = []
 
     def fill(*args):
@@ -124,6 +124,6 @@ def test_a_finishing_error_reaches_the_caller(monkeypatch, failing):
             raise ValueError("finishing failed on purpose")
         real_fill(*args)
 
-    monkeypatch.setattr(encoder_module, "_fill_rows", fill)
+    monkeypatch.setattr(encoder_module, "fill_rows", fill)
     with pytest.raises(ValueError, match="on purpose"):
         Encoder(runtime, 0, SPECIAL, max_batch_tokens=24, overlap=True).encode(_ids(30), WANT)
