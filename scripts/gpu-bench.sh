@@ -5,7 +5,7 @@
 # (sentence-transformers vs hybridembed torch, bf16, dense+sparse+multivector in one pass).
 #
 #   scripts/gpu-bench.sh OUT_DIR [PHASE ...]
-#   phases: env model stages bench-short bench-long (default: all, in that order)
+#   phases: env model probe stages bench-short bench-long (default: all, in that order)
 #
 # Runs from the repository root without installing it (PYTHONPATH); needs torch,
 # transformers, tokenizers, sentence-transformers, matplotlib and tqdm. Results (JSON,
@@ -14,7 +14,7 @@
 set -euo pipefail
 out=${1:?usage: scripts/gpu-bench.sh OUT_DIR [PHASE ...]}
 shift
-phases=${*:-env model stages bench-short bench-long}
+phases=${*:-env model probe stages bench-short bench-long}
 py=${PYTHON:-python3}
 work=${WORK:-/tmp/hybridembed-gpu}
 shape=${SHAPE:-bge-m3}   # SHAPE=tiny and fewer texts: a dry run on a CPU
@@ -47,6 +47,9 @@ print("transformers", transformers.__version__, "tokenizers", tokenizers.__versi
     $py -c "from hybridembed.bench import corpus
 open('$short', 'w').write('\n'.join(corpus.texts($n_short, 42, 52, seed=1)))
 open('$long', 'w').write('\n'.join(corpus.texts($n_long, 490, 530, seed=2)))" ;;
+  probe)
+    log "transfer probe"
+    $py scripts/gpu-transfer-probe.py 2>&1 | tee -a "$out/log.txt" ;;
   stages)
     log stages
     for spec in "$short $n_short dense" "$short $n_short $outputs" "$long $n_long $outputs"; do
@@ -66,7 +69,7 @@ open('$out/stages.jsonl', 'a').write(json.dumps(r) + '\n')" | tee -a "$out/log.t
       --out "$work/$phase" 2>&1 | tee -a "$out/log.txt"
     cp "$work/$phase/bench.json" "$out/$phase.json"
     cp "$work/$phase/bench.png" "$out/$phase.png" ;;
-  *) echo "unknown phase $phase; valid: env model stages bench-short bench-long" >&2; exit 2 ;;
+  *) echo "unknown phase $phase; valid: env model probe stages bench-short bench-long" >&2; exit 2 ;;
   esac
 done
 log done

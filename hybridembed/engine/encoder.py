@@ -150,11 +150,14 @@ def fill_rows(rows: list[RawRow], batch: list[int], lengths: list[int], input_id
     ``batch[r]``, ``lengths[r]`` tokens long before padding."""
     sparse = (learned_sparse(input_ids, out.token_weights, lengths, special_ids)
               if out.token_weights is not None else None)
+    vectors = out.token_vectors
+    if vectors is not None and vectors.dtype != np.float32:  # sent in half precision
+        vectors = vectors.astype(np.float32)  # one array per batch; rows are views into it
     for r, (i, n) in enumerate(zip(batch, lengths, strict=True)):
         row = rows[i]
         if out.dense is not None:
             row.dense = out.dense[r]
         if sparse is not None:
             row.sparse = sparse[r]
-        if out.token_vectors is not None:
-            row.multivector = np.ascontiguousarray(out.token_vectors[r, :max(n - 1, 0)])
+        if vectors is not None:
+            row.multivector = np.ascontiguousarray(vectors[r, :max(n - 1, 0)])

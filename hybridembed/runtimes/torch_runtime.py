@@ -99,6 +99,21 @@ class TorchRuntime:
         self.module = EncoderWithHeads(encoder, spec.pooling, sparse, colbert)
         self.module.to(self.device).eval()
 
+    def _vectors_to_host(self, vectors: torch.Tensor) -> np.ndarray:
+        """Per-token vectors (unit length, float32) to host memory: the largest output by
+        far (4 KB per token at BGE-M3's size). A half-precision model sends them as
+        float16 (11 significant bits, more than the 8 of the bf16 states they came from;
+        the encoder widens them back to float32 off the forward thread), and on CUDA
+        through pinned memory: measured on an H100, a plain ``.cpu()`` of float32 vectors
+        moved 1.2 GB/s and took two thirds of the call's time."""
+        if self.dtype != "fp32":
+            vectors = vectors.to(torch.float16)
+        if not self.device.startswith("cuda"):
+            return vectors.cpu().numpy()
+        host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
+        host.copy_(vectors)  # PyTorch caches pinned blocks, so this buffer is reused
+        return host.numpy()
+
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, dense: bool,
                 sparse: bool, multivector: bool) -> RuntimeOutput:
         try:
@@ -109,7 +124,7 @@ class TorchRuntime:
                 return RuntimeOutput(
                     dense=None if pooled is None else pooled.float().cpu().numpy(),
                     token_weights=None if weights is None else weights.float().cpu().numpy(),
-                    token_vectors=None if vectors is None else vectors.cpu().numpy(),
+                    token_vectors=None if vectors is None else self._vectors_to_host(vectors),
                 )
         except Exception as exc:
             if _is_oom(exc):

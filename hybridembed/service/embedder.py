@@ -29,8 +29,11 @@ from .cache import EmbeddingCache, text_key
 # vs 1.13x sentence-transformers, ONNX 1.32x vs 1.23x; single runs swing ±10% either
 # way) and level on long texts; 16384 was 1.4x slower than 2048 (docs/BENCHMARKS.md).
 DEFAULT_BATCH_TOKENS = {"cpu": 1_024, "cuda": 131_072, "mps": 32_768}
-# Texts per tokenisation chunk (at least; a quarter of the batch budget when larger): with
-# the pipeline on, a call with more texts tokenises the next chunk while one is encoded.
+# Texts per tokenisation chunk (at least; a sixteenth of the batch budget when larger, so
+# 8,192 texts at the CUDA default, about three batches of ~50-token texts): with the
+# pipeline on, a call with more texts tokenises the next chunk while one is encoded. (A
+# quarter of the budget, as first written, put 20,000 texts in one chunk, so nothing
+# overlapped: measured on an H100, tokenising was then a fifth of the call.)
 TOKENIZE_CHUNK_TEXTS = 1_024
 
 
@@ -238,7 +241,7 @@ class Embedder:
         the caller encodes one, so a large call keeps the model busy; a chunk holds enough
         texts for many batches, so packing by length still sees a wide choice. Without,
         one chunk of everything."""
-        size = max(TOKENIZE_CHUNK_TEXTS, self.max_batch_tokens // 4)
+        size = max(TOKENIZE_CHUNK_TEXTS, self.max_batch_tokens // 16)
         starts = range(0, len(texts), size)
         if not self.pipeline or len(starts) <= 1:
             yield 0, self.tokenizer.encode(texts)

@@ -4,6 +4,7 @@ stage reaches the caller (nothing hangs). Without overlap everything runs on the
 thread. A small deterministic runtime stands in for a model here; the real runtimes are
 covered through the Embedder's tests."""
 
+import dataclasses
 import threading
 import time
 
@@ -127,3 +128,20 @@ def test_a_finishing_error_reaches_the_caller(monkeypatch, failing):
     monkeypatch.setattr(encoder_module, "fill_rows", fill)
     with pytest.raises(ValueError, match="on purpose"):
         Encoder(runtime, 0, SPECIAL, max_batch_tokens=24, overlap=True).encode(_ids(30), WANT)
+
+
+class HalfVectorsRuntime(ArithmeticRuntime):
+    """Sends its token vectors in float16, as the torch runtime does for a bf16 model."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        return dataclasses.replace(out, token_vectors=out.token_vectors.astype(np.float16))
+
+
+def test_half_precision_vectors_come_back_as_float32():
+    ids = _ids(12)
+    full = Encoder(ArithmeticRuntime(), 0, SPECIAL, max_batch_tokens=40).encode(ids, WANT)
+    half = Encoder(HalfVectorsRuntime(), 0, SPECIAL, max_batch_tokens=40).encode(ids, WANT)
+    for a, b in zip(full, half, strict=True):
+        assert b.multivector.dtype == np.float32 and b.multivector.flags.c_contiguous
+        np.testing.assert_allclose(a.multivector, b.multivector, atol=1e-3)

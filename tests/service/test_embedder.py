@@ -173,7 +173,7 @@ def test_large_calls_tokenise_in_overlapping_chunks(tiny_m3_dir, monkeypatch):
     want = dict(sparse=True, multivector=True)
     ref = one.embed(texts, **want)
 
-    monkeypatch.setattr(embedder_module, "TOKENIZE_CHUNK_TEXTS", 3)  # 12 // 4 = 3 as well
+    monkeypatch.setattr(embedder_module, "TOKENIZE_CHUNK_TEXTS", 3)  # 12 // 16 is smaller
     assert not one.pipeline  # on a CPU the forward pass uses every core: no pipeline
     chunked = Embedder(str(tiny_m3_dir), device="cpu", cache_size=0, max_batch_tokens=12,
                        pipeline=True)
