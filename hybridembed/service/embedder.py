@@ -29,11 +29,11 @@ from .cache import EmbeddingCache, text_key
 # vs 1.13x sentence-transformers, ONNX 1.32x vs 1.23x; single runs swing ±10% either
 # way) and level on long texts; 16384 was 1.4x slower than 2048 (docs/BENCHMARKS.md).
 DEFAULT_BATCH_TOKENS = {"cpu": 1_024, "cuda": 131_072, "mps": 32_768}
-# Texts per tokenisation chunk (at least; a sixteenth of the batch budget when larger, so
-# 8,192 texts at the CUDA default, about three batches of ~50-token texts): with the
-# pipeline on, a call with more texts tokenises the next chunk while one is encoded. (A
-# quarter of the budget, as first written, put 20,000 texts in one chunk, so nothing
-# overlapped: measured on an H100, tokenising was then a fifth of the call.)
+# Texts in the first tokenisation chunk; chunks then double up to a sixteenth of the batch
+# budget (8,192 texts at the CUDA default, about three batches of ~50-token texts). With
+# the pipeline on, a call with more texts tokenises the next chunk while one is encoded.
+# (A quarter of the budget in every chunk, as first written, put 20,000 texts in one
+# chunk, so nothing overlapped: measured on an H100, tokenising was a fifth of the call.)
 TOKENIZE_CHUNK_TEXTS = 1_024
 
 
@@ -238,21 +238,20 @@ class Embedder:
     def _tokenized_chunks(self, texts: list[str]) -> Iterator[tuple[int, list[list[int]]]]:
         """``(start, token ids)``: with :attr:`pipeline`, consecutive chunks of ``texts``,
         the next tokenised on a helper thread (the fast tokenizer releases the GIL) while
-        the caller encodes one, so a large call keeps the model busy; a chunk holds enough
-        texts for many batches, so packing by length still sees a wide choice. Without,
-        one chunk of everything."""
-        size = max(TOKENIZE_CHUNK_TEXTS, self.max_batch_tokens // 16)
-        starts = range(0, len(texts), size)
-        if not self.pipeline or len(starts) <= 1:
+        the caller encodes one, so a large call keeps the model busy. Chunks start small,
+        so the model starts early, and double up to a size that holds several batches, so
+        packing by length still sees a wide choice. Without, one chunk of everything."""
+        bounds = _chunk_bounds(len(texts), TOKENIZE_CHUNK_TEXTS,
+                               max(TOKENIZE_CHUNK_TEXTS, self.max_batch_tokens // 16))
+        if not self.pipeline or len(bounds) <= 1:
             yield 0, self.tokenizer.encode(texts)
             return
         with ThreadPoolExecutor(1, thread_name_prefix="hybridembed-tokenize") as pool:
-            upcoming = pool.submit(self.tokenizer.encode, texts[:size])
-            for k, start in enumerate(starts):
+            upcoming = pool.submit(self.tokenizer.encode, texts[slice(*bounds[0])])
+            for k, (start, _) in enumerate(bounds):
                 chunk = upcoming.result()
-                if k + 1 < len(starts):
-                    upcoming = pool.submit(self.tokenizer.encode,
-                                           texts[starts[k + 1]:starts[k + 1] + size])
+                if k + 1 < len(bounds):
+                    upcoming = pool.submit(self.tokenizer.encode, texts[slice(*bounds[k + 1])])
                 yield start, chunk
 
     def _assemble(self, texts: list[str], entries: dict[str, _Entry], dense, sparse,
@@ -273,6 +272,17 @@ class Embedder:
         with self._lock:
             self._encoder.encode(self.tokenizer.encode(["warm up"]), want)
             self._encoder.stats.__init__()
+
+
+def _chunk_bounds(n: int, first: int, most: int) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive chunks covering ``n`` items: ``first`` items, then
+    twice as many each time, up to ``most``."""
+    bounds, start, size = [], 0, min(first, most)
+    while start < n:
+        bounds.append((start, min(n, start + size)))
+        start += size
+        size = min(2 * size, most)
+    return bounds
 
 
 def _check_texts(texts) -> list[str]:

@@ -145,3 +145,11 @@ def test_half_precision_vectors_come_back_as_float32():
     for a, b in zip(full, half, strict=True):
         assert b.multivector.dtype == np.float32 and b.multivector.flags.c_contiguous
         np.testing.assert_allclose(a.multivector, b.multivector, atol=1e-3)
+
+
+def test_widen_copies_every_row_in_float32():
+    half = np.random.default_rng(0).standard_normal((37, 5, 3)).astype(np.float16)
+    wide = encoder_module.widen(half)
+    assert wide.dtype == np.float32 and wide.shape == half.shape
+    np.testing.assert_array_equal(wide, half.astype(np.float32))
+    assert encoder_module.widen(half[:1]).shape == (1, 5, 3)  # fewer rows than threads

@@ -40,3 +40,17 @@ def test_concurrent_truncated_and_full_calls_keep_their_settings():
         t.join(60)
     assert not errors, errors[:3]
     assert not wrong, wrong[:3]
+
+
+def test_full_ids_equal_what_transformers_gives(tiny_m3_dir):
+    """encode() calls the Rust backend directly; it must give what the transformers call
+    gives, for WordPiece (MiniLM) and the BGE-M3 layout's tokenizer, after a truncated call
+    left truncation switched on."""
+    texts = ["Hybrid search, in one record!", "", "  spaces  and\\ttabs ", "ünïcödé 東京",
+             " ".join(["long"] * 300)]
+    for path, limit in ((resolve("minilm").path, 256), (tiny_m3_dir, 128)):
+        tok = TextTokenizer(path, limit)
+        tok.encode_truncated(texts)
+        expected = tok._tok(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        assert tok.encode(texts) == expected
+        assert len(tok.encode(texts)[-1]) > limit

@@ -220,3 +220,13 @@ def test_large_calls_tokenise_in_overlapping_chunks(tiny_m3_dir, monkeypatch):
 def test_pipeline_option_is_checked(tiny_m3_dir):
     with pytest.raises(InvalidOptionError, match="pipeline must be True, False or None"):
         Embedder(str(tiny_m3_dir), device="cpu", pipeline="yes")
+
+
+def test_tokenisation_chunks_start_small_and_double():
+    from hybridembed.service.embedder import _chunk_bounds
+
+    assert _chunk_bounds(10_000, 1024, 4096) == [(0, 1024), (1024, 3072), (3072, 7168),
+                                                  (7168, 10_000)]
+    assert _chunk_bounds(5, 1024, 4096) == [(0, 5)]
+    assert _chunk_bounds(0, 1024, 4096) == []
+    assert _chunk_bounds(7, 4, 2) == [(0, 2), (2, 4), (4, 6), (6, 7)]  # never above most
