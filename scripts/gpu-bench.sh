@@ -10,7 +10,8 @@
 # Runs from the repository root without installing it (PYTHONPATH); needs torch,
 # transformers, tokenizers, sentence-transformers, matplotlib and tqdm. Results (JSON,
 # PNG, a log) land in OUT_DIR; the model and corpora in $WORK (default /tmp/hybridembed-gpu)
-# and are reused by later runs.
+# and are reused by later runs. Environment: REPEATS (3), BUDGETS ("65536 131072 262144"),
+# STAGES ("short-dense short-all long-all"), SHORT_TEXTS (20000), LONG_TEXTS (3000).
 set -euo pipefail
 out=${1:?usage: scripts/gpu-bench.sh OUT_DIR [PHASE ...]}
 shift
@@ -20,6 +21,9 @@ work=${WORK:-/tmp/hybridembed-gpu}
 shape=${SHAPE:-bge-m3}   # SHAPE=tiny and fewer texts: a dry run on a CPU
 n_short=${SHORT_TEXTS:-20000}
 n_long=${LONG_TEXTS:-3000}
+repeats=${REPEATS:-3}
+budgets=${BUDGETS:-65536 131072 262144}
+stage_runs=${STAGES:-short-dense short-all long-all}
 model=$work/$shape-shaped
 short=$work/short-50-tokens.txt
 long=$work/long-512-tokens.txt
@@ -52,10 +56,15 @@ open('$long', 'w').write('\n'.join(corpus.texts($n_long, 490, 530, seed=2)))" ;;
     $py scripts/gpu-transfer-probe.py 2>&1 | tee -a "$out/log.txt" ;;
   stages)
     log stages
-    for spec in "$short $n_short dense" "$short $n_short $outputs" "$long $n_long $outputs"; do
-      set -- $spec
+    for run in $stage_runs; do
+      case $run in
+        short-dense) set -- "$short" "$n_short" dense ;;
+        short-all) set -- "$short" "$n_short" "$outputs" ;;
+        long-all) set -- "$long" "$n_long" "$outputs" ;;
+        *) echo "unknown stage run $run; valid: short-dense short-all long-all" >&2; exit 2 ;;
+      esac
       $py -m hybridembed.bench.stages --model "$model" --corpus "$1" --texts "$2" \
-        --outputs "$3" --repeats 2 --json >"$work/stages.json"
+        --outputs "$3" --repeats "$((repeats > 2 ? 2 : repeats))" --json >"$work/stages.json"
       $py -c "import json, sys; sys.path.insert(0, '.')
 from hybridembed.bench.stages import format_report
 r = json.load(open('$work/stages.json')); print(format_report(r))
@@ -65,7 +74,7 @@ open('$out/stages.jsonl', 'a').write(json.dumps(r) + '\n')" | tee -a "$out/log.t
     log "$phase"
     if [ "$phase" = bench-short ]; then texts=$short; n=$n_short; else texts=$long; n=$n_long; fi
     $py -m hybridembed.cli bench --model "$model" --engines sentence-transformers torch \
-      --outputs "$outputs" --corpus "$texts" --texts "$n" --budgets 65536 131072 262144 \
+      --outputs "$outputs" --corpus "$texts" --texts "$n" --budgets $budgets --repeats "$repeats" \
       --out "$work/$phase" 2>&1 | tee -a "$out/log.txt"
     cp "$work/$phase/bench.json" "$out/$phase.json"
     cp "$work/$phase/bench.png" "$out/$phase.png" ;;

@@ -312,8 +312,9 @@ def chart(report: dict, path: Path) -> Path:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch budget (padded tokens per forward pass)")
     ax.set_ylabel("texts / s")
-    ax.set_title(f"{report['model']}, {report['texts']} {report['corpus']} texts "
-                 f"(~{report['mean_tokens']:.0f} tokens), {report['machine']}")
+    ax.set_title(f"{Path(report['model']).name}, {report['texts']} {Path(report['corpus']).name} "
+                 f"texts (~{report['mean_tokens']:.0f} tokens), {report['machine']}",
+                 fontsize="medium")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
