@@ -29,6 +29,10 @@ class RuntimeOutput:
 
 
 class Runtime(Protocol):
+    """``forward`` runs one padded batch. A runtime may also offer ``parallel_forwards``
+    (how many batches the engine should run at once, one thread each; 1 when absent), and
+    then its ``forward`` takes ``threads``: the compute threads for that one call."""
+
     device: str
     dtype: str
 

@@ -92,6 +92,10 @@ class TorchRuntime:
         self.dtype = pick_dtype(dtype, self.device)
         if threads:
             torch.set_num_threads(int(threads))
+        self.threads = torch.get_num_threads()
+        # On a multi-core CPU the engine runs one batch per core, side by side (see the
+        # encoder); an accelerator takes one batch at a time.
+        self.parallel_forwards = self.threads if self.device == "cpu" else 1
         torch_dtype = DTYPES[self.dtype]
         encoder = _load_encoder(AutoModel, spec, torch_dtype)
         sparse = load_linear_head(spec.sparse_head, torch_dtype) if spec.sparse_head else None
@@ -115,7 +119,21 @@ class TorchRuntime:
         return host.numpy()
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, dense: bool,
-                sparse: bool, multivector: bool) -> RuntimeOutput:
+                sparse: bool, multivector: bool, threads: int | None = None) -> RuntimeOutput:
+        """One batch; on a CPU with ``threads`` compute threads (default: the runtime's).
+        torch keeps the count per thread but seeds new threads from a process-wide value,
+        so it is set at every call (~0.3 us) and that value put back after a call that
+        asked for fewer."""
+        if self.device == "cpu":
+            torch.set_num_threads(threads or self.threads)
+        try:
+            return self._forward(input_ids, attention_mask, dense, sparse, multivector)
+        finally:
+            if self.device == "cpu" and threads and threads != self.threads:
+                torch.set_num_threads(self.threads)
+
+    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, dense: bool,
+                 sparse: bool, multivector: bool) -> RuntimeOutput:
         try:
             with torch.inference_mode():
                 ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)

@@ -153,3 +153,56 @@ def test_widen_copies_every_row_in_float32():
     assert wide.dtype == np.float32 and wide.shape == half.shape
     np.testing.assert_array_equal(wide, half.astype(np.float32))
     assert encoder_module.widen(half[:1]).shape == (1, 5, 3)  # fewer rows than threads
+
+
+class SideBySideRuntime(ArithmeticRuntime):
+    """Offers two forwards at once; each must overlap another (a barrier) and be asked
+    for one compute thread."""
+
+    parallel_forwards = 2
+
+    def __init__(self):
+        super().__init__()
+        self.barrier = threading.Barrier(2, timeout=10)
+        self.threads_asked: list[int | None] = []
+        self.callers: set[str] = set()
+
+    def forward(self, *args, threads=None, **kwargs):
+        self.threads_asked.append(threads)
+        self.callers.add(threading.current_thread().name)
+        if len(self.threads_asked) <= 2:
+            self.barrier.wait()  # the first two batches run at the same time, or this fails
+        return super().forward(*args, **kwargs)
+
+
+def test_batches_run_side_by_side_with_one_thread_each():
+    ids = _ids(40)
+    one = Encoder(ArithmeticRuntime(), 0, SPECIAL, max_batch_tokens=10_000).encode(ids, WANT)
+    runtime = SideBySideRuntime()
+    encoder = Encoder(runtime, 0, SPECIAL, max_batch_tokens=24)
+    rows = encoder.encode(ids, WANT)
+    assert len(runtime.forward_started) > 5 and set(runtime.threads_asked) == {1}
+    assert len(runtime.callers) == 2 and threading.current_thread().name not in runtime.callers
+    for a, b in zip(one, rows, strict=True):
+        assert a.dense[0] == b.dense[0] and a.sparse.to_dict() == b.sparse.to_dict()
+        np.testing.assert_allclose(a.multivector, b.multivector)
+    assert encoder.stats.batches == len(runtime.forward_started)
+    assert encoder.stats.texts == 40 and encoder.stats.tokens == sum(map(len, ids))
+
+
+def test_one_batch_stays_on_the_callers_thread_with_every_thread():
+    runtime = SideBySideRuntime()
+    runtime.barrier = threading.Barrier(1)
+    Encoder(runtime, 0, SPECIAL, max_batch_tokens=10_000).encode(_ids(5), WANT)
+    assert runtime.threads_asked == [None]
+    assert runtime.callers == {threading.current_thread().name}
+
+
+def test_a_failing_batch_side_by_side_stops_the_rest():
+    runtime = SideBySideRuntime()
+    runtime.barrier = threading.Barrier(1)
+    runtime.fail_on_call = 0
+    with pytest.raises(RuntimeError, match="on purpose"):
+        Encoder(runtime, 0, SPECIAL, max_batch_tokens=8).encode(_ids(60), WANT)
+    # at most the batches already running or picked up when the first one failed
+    assert len(runtime.forward_started) < 10

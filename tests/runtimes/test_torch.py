@@ -2,6 +2,7 @@
 vectors travel as float16 and reach the caller as float32 unit vectors close to fp32's."""
 
 import numpy as np
+import pytest
 
 
 def test_bf16_multivector_is_float32_and_close_to_fp32(tiny_m3_dir):
@@ -26,3 +27,44 @@ def _batch(emb, texts):
 
     ids = emb.tokenizer.encode(texts)
     return pad_batch(ids, list(range(len(ids))), emb.tokenizer.pad_id)
+
+
+def test_cpu_batches_side_by_side_equal_one_at_a_time(tiny_m3_dir):
+    import torch
+
+    from tests.models import corpus
+
+    before = torch.get_num_threads()
+    try:
+        _side_by_side_equals_serial(tiny_m3_dir, corpus(30, seed=2))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _side_by_side_equals_serial(tiny_m3_dir, texts):
+    import threading
+
+    import torch
+
+    from hybridembed import Embedder
+
+    serial = Embedder(str(tiny_m3_dir), device="cpu", cache_size=0, max_batch_tokens=64,
+                      threads=1)
+    assert serial._runtime.parallel_forwards == 1
+    ref = serial.embed(texts, sparse=True, multivector=True)
+    torch.set_num_threads(2)
+    both = Embedder(str(tiny_m3_dir), device="cpu", cache_size=0, max_batch_tokens=64)
+    assert both._runtime.parallel_forwards == both._runtime.threads == 2
+    got = both.embed(texts, sparse=True, multivector=True)
+    np.testing.assert_allclose(got.dense, ref.dense, atol=1e-5)
+    for a, b in zip(ref.multivector, got.multivector, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert [v.to_dict() for v in got.sparse] == [pytest.approx(v.to_dict(), abs=1e-5)
+                                                 for v in ref.sparse]
+    # workers asked for one thread each; the process-wide value new threads start from is
+    # put back
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [2]
