@@ -13,7 +13,8 @@ already uses every core: measured there, the helper thread cost ~5% and gained n
 A runtime with ``parallel_forwards`` > 1 (torch on a multi-core CPU) gets that many
 batches at once, each on its own thread with one compute thread (``threads=1``): small
 encoder matrices split across cores waste more than whole batches side by side (MiniLM
-on 2 cores: 234-239 vs 217 texts/s). A call of one batch keeps every core for itself."""
+on 2 cores: 234-239 vs 217 texts/s). A call of few batches (fewer than
+``SIDE_BY_SIDE_MIN_BATCHES`` per worker) runs them one at a time with every core."""
 
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ class Encoder:
                        self.special_ids)
 
         side_by_side = getattr(self.runtime, "parallel_forwards", 1)
-        if side_by_side > 1 and len(batches) > 1:
+        if side_by_side > 1 and len(batches) >= SIDE_BY_SIDE_MIN_BATCHES * side_by_side:
             self._side_by_side(side_by_side, batches, ids, want, origin, finish)
             return rows
         if not self.overlap or len(batches) == 1:
@@ -171,6 +172,11 @@ class Encoder:
             self.stats.padded_tokens += mask.size
         finish(batch, input_ids, out)
 
+
+# Batches per worker a call needs before its batches run side by side. The server's
+# merged calls (one or two small batches) ran 1.6x slower side by side under 64 clients
+# (87 vs 137 texts/s): the event loop needs a core too, and two tiny batches gain nothing.
+SIDE_BY_SIDE_MIN_BATCHES = 4
 
 # Threads that widen half-precision vectors to float32 (see widen()).
 WIDEN_THREADS = min(8, os.cpu_count() or 1)

@@ -190,11 +190,14 @@ def test_batches_run_side_by_side_with_one_thread_each():
     assert encoder.stats.texts == 40 and encoder.stats.tokens == sum(map(len, ids))
 
 
-def test_one_batch_stays_on_the_callers_thread_with_every_thread():
+def test_few_batches_stay_on_the_callers_thread_with_every_thread():
     runtime = SideBySideRuntime()
     runtime.barrier = threading.Barrier(1)
     Encoder(runtime, 0, SPECIAL, max_batch_tokens=10_000).encode(_ids(5), WANT)
-    assert runtime.threads_asked == [None]
+    ids = _ids(12)
+    Encoder(runtime, 0, SPECIAL, max_batch_tokens=max(map(len, ids)) * 2).encode(ids, WANT)
+    assert 3 <= len(runtime.threads_asked) < 1 + 2 * encoder_module.SIDE_BY_SIDE_MIN_BATCHES
+    assert set(runtime.threads_asked) == {None}
     assert runtime.callers == {threading.current_thread().name}
 
 

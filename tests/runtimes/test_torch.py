@@ -48,14 +48,15 @@ def _side_by_side_equals_serial(tiny_m3_dir, texts):
 
     from hybridembed import Embedder
 
-    serial = Embedder(str(tiny_m3_dir), device="cpu", cache_size=0, max_batch_tokens=64,
+    serial = Embedder(str(tiny_m3_dir), device="cpu", cache_size=0, max_batch_tokens=32,
                       threads=1)
     assert serial._runtime.parallel_forwards == 1
     ref = serial.embed(texts, sparse=True, multivector=True)
     torch.set_num_threads(2)
-    both = Embedder(str(tiny_m3_dir), device="cpu", cache_size=0, max_batch_tokens=64)
+    both = Embedder(str(tiny_m3_dir), device="cpu", cache_size=0, max_batch_tokens=32)
     assert both._runtime.parallel_forwards == both._runtime.threads == 2
     got = both.embed(texts, sparse=True, multivector=True)
+    assert both.stats()["encoder"]["batches"] >= 4 * 2  # enough to run side by side
     np.testing.assert_allclose(got.dense, ref.dense, atol=1e-5)
     for a, b in zip(ref.multivector, got.multivector, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
