@@ -65,7 +65,7 @@ open('$long', 'w').write('\n'.join(corpus.texts($n_long, 490, 530, seed=2)))" ;;
       esac
       $py -m hybridembed.bench.stages --model "$model" --corpus "$1" --texts "$2" \
         --outputs "$3" --repeats "$((repeats > 2 ? 2 : repeats))" --json >"$work/stages.json"
-      $py -c "import json, sys; sys.path.insert(0, '.')
+      $py -c "import json
 from hybridembed.bench.stages import format_report
 r = json.load(open('$work/stages.json')); print(format_report(r))
 open('$out/stages.jsonl', 'a').write(json.dumps(r) + '\n')" | tee -a "$out/log.txt"

@@ -80,7 +80,7 @@ class Encoder:
         self.max_batch_size = max_batch_size
         self.stats = EncoderStats()
         self._stats_lock = threading.Lock()
-        self._workers: tuple[int, ThreadPoolExecutor] | None = None
+        self._workers: ThreadPoolExecutor | None = None  # made at the first side-by-side call
 
     def encode(self, ids: Sequence[Sequence[int]], want: Outputs,
                origin: Sequence[int] | None = None) -> list[RawRow]:
@@ -128,10 +128,9 @@ class Encoder:
         (new threads each time grew RSS by ~300 MB: per-thread allocator arenas and MKL
         buffers). The first error cancels the batches not yet started and is raised once
         the running ones are done."""
-        if self._workers is None or self._workers[0] != workers:
-            self._workers = (workers, ThreadPoolExecutor(
-                workers, thread_name_prefix="hybridembed-forward"))
-        futures = [self._workers[1].submit(self._run, batch, ids, want, origin, finish, 1)
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(workers, thread_name_prefix="hybridembed-forward")
+        futures = [self._workers.submit(self._run, batch, ids, want, origin, finish, 1)
                    for batch in batches]
         try:
             for future in futures:
