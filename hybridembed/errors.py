@@ -58,6 +58,24 @@ class InputTooLongError(HybridEmbedError, ValueError):
         self.partial_indices = list(partial_indices)
 
 
+class NonFiniteOutputError(HybridEmbedError, ArithmeticError):
+    """The model produced NaN or infinity for some texts (fp16 overflow on a GPU is the
+    usual cause). The model failed, not the caller: nothing non-finite is ever returned,
+    served or stored. ``indices`` are the offending caller indexes; the other texts were
+    embedded and ``partial`` holds their result (rows in the order of ``partial_indices``).
+    """
+
+    def __init__(self, indices: list[int], partial=None, partial_indices=()):
+        shown = ", ".join(f"#{i}" for i in indices[:10])
+        more = f" (and {len(indices) - 10} more)" if len(indices) > 10 else ""
+        super().__init__(
+            f"the model produced a non-finite (NaN or infinite) vector for {len(indices)} "
+            f"text(s): {shown}{more}; try dtype fp32, or report the model and text")
+        self.indices = list(indices)
+        self.partial = partial
+        self.partial_indices = list(partial_indices)
+
+
 class OutOfMemoryError(HybridEmbedError, MemoryError):
     """A single text did not fit in device memory even alone in its batch."""
 
