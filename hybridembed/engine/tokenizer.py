@@ -55,12 +55,21 @@ class TextTokenizer:
             backend.no_padding()
             return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=True)]
 
-    def encode_truncated(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_truncated(self, texts: Sequence[str], side: str = "right") -> list[list[int]]:
+        """Token ids cut to :attr:`max_length` (special tokens kept) on ``side``:
+        ``"right"`` keeps the start of the text, ``"left"`` its end. The side is the
+        caller's, never the ``truncation_side`` of the folder's tokenizer config."""
         if not texts:
             return []
-        return self._call(list(texts), add_special_tokens=True, truncation=True,
-                          max_length=self.max_length, return_attention_mask=False,
-                          return_token_type_ids=False)["input_ids"]
+        with self._lock:
+            saved = self._tok.truncation_side
+            self._tok.truncation_side = side
+            try:
+                return self._tok(list(texts), add_special_tokens=True, truncation=True,
+                                 max_length=self.max_length, return_attention_mask=False,
+                                 return_token_type_ids=False)["input_ids"]
+            finally:
+                self._tok.truncation_side = saved
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of token ids (special tokens skipped); ids outside the vocabulary raise."""

@@ -187,10 +187,34 @@ def _first_field(exc: RequestValidationError) -> str | None:
 
 
 def _describe(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
+    """One line naming each wrong field, what was received and what is valid. A union
+    (``input``: string or list) reports one error per alternative: the field is named
+    once, with every alternative's expectation."""
+    by_field: dict[str, list[str]] = {}
+    received: dict[str, str] = {}
+    for err in exc.errors():
         if err.get("type") == "json_invalid":
             return "request body is not valid JSON"
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
-        parts.append(f"{loc}: {err.get('msg')}")
-    return "invalid request: " + "; ".join(parts) if parts else json.dumps(exc.errors())[:300]
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        # Union members appear in the location as type names (``list[str]``); drop them.
+        name = ".".join(p for p in loc if not any(c in p for c in "[]") and p not in
+                        ("str", "int", "bool", "float", "function-after")) or "body"
+        by_field.setdefault(name, [])
+        msg = err.get("msg", "")
+        if msg not in by_field[name]:
+            by_field[name].append(msg)
+        if name not in received and err.get("type") != "missing":
+            received[name] = _shown(err.get("input"))
+    parts = []
+    for name, msgs in list(by_field.items())[:5]:
+        got = f" (received {received[name]})" if name in received else ""
+        parts.append(f"{name}: {'; or '.join(msgs[:4])}{got}")
+    return "invalid request: " + " | ".join(parts) if parts else json.dumps(exc.errors())[:300]
+
+
+def _shown(value) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

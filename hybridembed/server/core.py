@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from ..config import Settings
 from ..errors import RequestTimeoutError
-from ..service.batcher import DynamicBatcher, EmbedOptions
-from ..types import EmbedResult
+from ..service.batcher import DynamicBatcher
+from ..types import EmbedRequest, EmbedResult
 from .errors import ApiError
 from .metrics import Metrics
 
@@ -90,37 +90,36 @@ class ServerCore:
                            f"{', '.join(sorted(self.model_names() - {self.ready().model}))})",
                            "not_found", "model")
 
-    def check_inputs(self, texts: list[str], allow_empty: bool = False) -> None:
+    def check_inputs(self, texts, allow_empty: bool = False) -> None:
+        """Admission limits of this server (not validity): at least one input, at most
+        ``max_inputs``."""
         if not texts and not allow_empty:
             raise ApiError(400, "input is empty; send at least one text", "empty", "input")
         if len(texts) > self.settings.max_inputs:
             raise ApiError(413, f"{len(texts)} inputs in one request; the limit is "
                            f"{self.settings.max_inputs}", "too_large", "input")
 
-    async def count_tokens(self, texts: list[str], truncate: bool) -> int:
+    async def count_tokens(self, request: EmbedRequest) -> int:
+        """Tokens the request will occupy (each text at most the model's limit), for
+        admission and batch packing; whether a text may be cut is the Embedder's call."""
         emb = self.ready()
+        texts = list(request.texts)
         if len(texts) > 64:
             ids = await asyncio.to_thread(emb.tokenize, texts, False)
         else:
             ids = emb.tokenize(texts, truncate=False)
         limit = emb.max_length
-        if not truncate:
-            over = [(i, len(x)) for i, x in enumerate(ids) if len(x) > limit]
-            if over:
-                shown = ", ".join(f"input {i} has {n} tokens" for i, n in over[:5])
-                raise ApiError(400, f"the model's limit is {limit} tokens and truncation is off: "
-                               f"{shown}", "too_long", "input")
         return sum(min(len(x), limit) for x in ids)
 
     # -- the one embedding path -----------------------------------------------------------
-    async def embed(self, request, texts: list[str], options: EmbedOptions,
-                    truncate: bool = True) -> EmbedResult:
-        emb = self.ready()
-        emb.check_options(options.dense, options.sparse, options.multivector, options.kind,
-                          options.dimensions)
-        self.check_inputs(texts)
-        tokens = await self.count_tokens(texts, truncate)
-        job = asyncio.ensure_future(self.batcher.submit(texts, options, tokens))
+    async def embed(self, request, embed: EmbedRequest) -> EmbedResult:
+        """Queue a request value built by :meth:`Embedder.request` (validated there, not
+        here) and wait for it, at most the request timeout, while watching whether the
+        HTTP client (``request``) leaves."""
+        self.ready()
+        self.check_inputs(embed.texts)
+        tokens = await self.count_tokens(embed)
+        job = asyncio.ensure_future(self.batcher.submit(embed, tokens))
         watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
         waiting = {job} | ({watch} if watch else set())
         try:

@@ -16,8 +16,8 @@ OLLAMA_BUSY = "server busy, please try again.  maximum pending requests exceeded
 class ApiError(Exception):
     status: int
     message: str
-    kind: str = "invalid_request"  # invalid_request, auth, not_found, too_large, overloaded,
-    param: str | None = None       # timeout, not_ready, server
+    kind: str = "invalid_request"  # invalid_request, validation, auth, not_found, too_large,
+    param: str | None = None       # overloaded, timeout, not_ready, server, model_error
     retry_after: float | None = None
 
 
@@ -49,6 +49,9 @@ def from_exception(exc: Exception) -> ApiError:
         return ApiError(429, str(exc), "overloaded", retry_after=exc.retry_after)
     if isinstance(exc, E.RequestTimeoutError):
         return ApiError(503, str(exc), "timeout", retry_after=1)
+    if isinstance(exc, E.NonFiniteOutputError):
+        # The model failed, not the client: a 5xx, never a 200 carrying NaN.
+        return ApiError(500, str(exc), "model_error", "input")
     if isinstance(exc, E.InputTooLongError):
         return ApiError(400, str(exc), "too_long", "input")
     if isinstance(exc, E.InvalidInputError):
@@ -69,7 +72,7 @@ _OPENAI_CODES = {"auth": "invalid_api_key", "not_found": "model_not_found",
                  "overloaded": "rate_limit_exceeded", "too_long": "context_length_exceeded"}
 _TEI_TYPES = {"overloaded": "Overloaded", "timeout": "Overloaded", "not_ready": "Unhealthy",
               "server": "Backend", "unsupported": "Backend", "auth": "Authentication",
-              "empty": "Empty", "not_found": "Validation"}
+              "empty": "Empty", "not_found": "Validation", "model_error": "Backend"}
 
 
 def render(protocol: str, err: ApiError) -> JSONResponse:
@@ -83,7 +86,7 @@ def render(protocol: str, err: ApiError) -> JSONResponse:
             status, message = 503, f"{OLLAMA_BUSY} ({err.message})"
         body = {"error": message}
     elif protocol == "tei":
-        if err.kind in ("too_long", "too_large"):
+        if err.kind in ("too_long", "too_large", "validation"):
             status = 413
         elif err.kind == "invalid_request" and status == 400:
             status = 422
