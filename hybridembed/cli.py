@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fail on texts over the model's limit instead of cutting them")
     embed.add_argument("--top", type=int, default=8, help="sparse tokens to show per text")
     embed.add_argument("--json", action="store_true", help="print JSON (full vectors)")
+    embed.add_argument("--encoding", default="utf-8",
+                       help="encoding of texts read from stdin (default utf-8)")
     _add_model_flags(embed)
 
     models = sub.add_parser("models", help="list the models resolvable on this machine")
@@ -232,8 +234,14 @@ def cmd_serve(args) -> int:
 
 def cmd_embed(args) -> int:
     from .service import Embedder
+    from .textcheck import check_texts, decode
 
-    texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
+    if args.texts == ["-"]:
+        data = decode(sys.stdin.buffer.read(), "<stdin>", args.encoding).replace("\r\n", "\n")
+        texts = data.removesuffix("\n").split("\n") if data else []
+    else:
+        texts = args.texts
+    check_texts(texts)  # before the model loads: a bad text costs nothing
     embedder = Embedder(**_settings(args).embedder_options())
     result = embedder.embed(texts, dense=not args.no_dense, sparse=args.sparse,
                             multivector=args.multivector,

@@ -256,8 +256,7 @@ class Embedder:
         dense_rows = (finish_dense(np.stack([r.dense for r in rows]), o.normalize, o.dimensions)
                       if o.dense and rows else None)
         # Never cache, return or serve a non-finite vector (fp16 overflow, a broken model).
-        bad = set(nonfinite_rows(dense_rows, [r.sparse for r in rows] if o.sparse else None,
-                                 [r.multivector for r in rows] if o.multivector else None))
+        bad = {r for r, row in enumerate(rows) if not row.finite} | set(nonfinite_rows(dense_rows))
         out = {}
         nonfinite = set()
         for r, j in enumerate(keep):
