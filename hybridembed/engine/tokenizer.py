@@ -41,7 +41,7 @@ class TextTokenizer:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Full token ids (special tokens included), never truncated. A fast tokenizer's
         Rust backend is called directly: what transformers adds around it is Python work
-        per text (~30 us on the test CPU), which holds the GIL while the model's thread
+        per text (measured in docs/BENCHMARKS.md), holding the GIL while the model's thread
         wants it to launch the next batch."""
         if not texts:
             return []

@@ -25,17 +25,12 @@ from ..types import TRUNCATION_SIDES, Embedding, EmbedOptions, EmbedRequest, Emb
 from .cache import EmbeddingCache, text_key
 from .request import build_request, prompt_of
 
-# Padded tokens per forward pass when the caller sets none, by device type. On CPUs
-# small batches stay in cache: three `hybridembed bench` runs (600 and 1000 short texts)
-# on the 2-core test machine (2026-11-24) put 1024 ahead of 2048 on average (torch 1.17x
-# vs 1.13x sentence-transformers, ONNX 1.32x vs 1.23x; single runs swing ±10% either
-# way) and level on long texts; 16384 was 1.4x slower than 2048 (docs/BENCHMARKS.md).
+# Padded tokens per forward pass when the caller sets none, by device type: on CPUs small
+# batches stay in cache (docs/BENCHMARKS.md, "CPU batch budget", has the measurements).
 DEFAULT_BATCH_TOKENS = {"cpu": 1_024, "cuda": 131_072, "mps": 32_768}
 # Texts in the first tokenisation chunk; chunks then double up to a sixteenth of the batch
-# budget (8,192 texts at the CUDA default, about three batches of ~50-token texts). With
-# the pipeline on, a call with more texts tokenises the next chunk while one is encoded.
-# (A quarter of the budget in every chunk, as first written, put 20,000 texts in one
-# chunk, so nothing overlapped: measured on an H100, tokenising was a fifth of the call.)
+# budget, so with the pipeline on a large call tokenises the next chunk while one is
+# encoded, and packing by length still sees several batches' worth of texts.
 TOKENIZE_CHUNK_TEXTS = 1_024
 
 
