@@ -50,7 +50,7 @@ async def embed(body: OllamaEmbedRequest, request: Request):
         return {"model": body.model, "embeddings": []}
     embed = core.ready().request(texts, dimensions=body.dimensions,
                                  truncate=body.truncate is not False)
-    result = await core.embed(request, embed)
+    result = await core.embed(request, embed, "ollama")
     return {"model": body.model, "embeddings": result.dense.tolist(),
             "total_duration": time.perf_counter_ns() - started,
             "prompt_eval_count": result.usage.total_tokens}
@@ -63,7 +63,8 @@ async def embeddings(body: OllamaEmbeddingsRequest, request: Request):
     if not body.prompt:
         return {"embedding": []}
     # Ollama's legacy route returns the model's raw (unnormalised) vector.
-    result = await core.embed(request, core.ready().request([body.prompt], normalize=False))
+    embed = core.ready().request([body.prompt], normalize=False)
+    result = await core.embed(request, embed, "ollama")
     return {"embedding": result.dense[0].tolist()}
 
 
