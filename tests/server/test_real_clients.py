@@ -125,7 +125,7 @@ def test_an_error_in_a_later_part_names_the_whole_requests_index(fresh, monkeypa
 def test_openai_input_cap_is_openais_and_configurable(fresh):
     with running_server(fresh) as u:
         r = httpx.post(u + "/v1/embeddings", json={"model": "minilm", "input": ["x"] * 2049})
-        assert r.status_code == 413 and "2048" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "2048" in r.json()["error"]["message"]
     with running_server(fresh, max_inputs=10) as u:
         r = httpx.post(u + "/api/embed", json={"model": "minilm", "input": ["x"] * 11})
         assert r.status_code == 413
