@@ -82,7 +82,10 @@ def main() -> int:
                           "load_average": os.getloadavg()}))
     finally:
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
     return 0
 
 
