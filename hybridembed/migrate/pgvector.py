@@ -93,7 +93,9 @@ class PgMigration:
         import psycopg
         from pgvector.psycopg import register_vector
 
-        conn = psycopg.connect(self.dsn, autocommit=autocommit)
+        # UTF8 on every server encoding: PostgreSQL converts names and states to it (from
+        # SQL_ASCII nothing converts, and psycopg would hand back bytes)
+        conn = psycopg.connect(self.dsn, autocommit=autocommit, client_encoding="UTF8")
         with contextlib.suppress(psycopg.ProgrammingError):  # `add` creates the extension
             register_vector(conn)
         return conn

