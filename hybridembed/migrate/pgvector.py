@@ -47,14 +47,15 @@ FAILURES_SHOWN = 20
 @dataclass
 class BackfillStats:
     """What one ``backfill`` call did: rows ``embedded``, ``skipped`` (nothing to embed)
-    and ``failed`` (recorded with a reason), committed ``batches``, transient-error
-    ``retries``, wall ``seconds``; ``skipped_ids`` and ``failed_rows`` ``(key, reason)``
-    of this call."""
+    and ``failed`` (recorded with a reason), committed ``batches``, ``passes`` over the
+    table, transient-error ``retries``, wall ``seconds``; ``skipped_ids`` and
+    ``failed_rows`` ``(key, reason)`` of this call."""
 
     embedded: int = 0
     skipped: int = 0
     failed: int = 0
     batches: int = 0
+    passes: int = 0
     retries: int = 0
     seconds: float = 0.0
     skipped_ids: list[Any] = field(default_factory=list)
@@ -174,18 +175,21 @@ class PgMigration:
         return "SQL_ASCII" if server == "SQL_ASCII" else "UTF8"
 
     def _claim(self, conn, ids: list | None = None, after: Any = None,
-               retry_failed: bool = False) -> list[tuple[Any, bytes | None]]:
+               retry_failed: bool = False, upto: Any = None) -> list[tuple[Any, bytes | None]]:
         """Lock and return ``(key, text bytes)`` of rows not done yet (and, with
         ``retry_failed``, rows that failed): the next batch by primary key after the key
-        ``after`` (from the start when None), or those of ``ids`` (a Ray worker's range).
-        Rows another transaction holds are skipped."""
+        ``after`` (from the start when None) up to the key ``upto`` (no limit when None),
+        or those of ``ids`` (a Ray worker's range). Rows another transaction holds are
+        skipped."""
         where = "({h} IS DISTINCT FROM {expr}" + (" OR {m} LIKE %s)" if retry_failed else ")")
         params: list[Any] = [self._text_encoding(conn)]
         if ids is None:
-            start = "" if after is None else "{id} > %s AND "
+            start = ("" if after is None else "{id} > %s AND ") + \
+                ("" if upto is None else "{id} <= %s AND ")
             query = ("SELECT {id}, convert_to({text}::text, %s) FROM {t} WHERE " + start
                      + where + " ORDER BY {id} LIMIT %s FOR UPDATE SKIP LOCKED")
             params += [] if after is None else [after]
+            params += [] if upto is None else [upto]
             params += [FAILED + "%"] if retry_failed else []
             params.append(self.batch_size)
         else:
@@ -270,52 +274,68 @@ class PgMigration:
     def backfill(self, max_batches: int | None = None,
                  progress: Callable[[int], None] | None = None,
                  on_batch: Callable[[BackfillStats], None] | None = None,
-                 retry_failed: bool = False) -> BackfillStats:
+                 retry_failed: bool = False, max_passes: int = 3) -> BackfillStats:
         """Embed every row not yet done, one short transaction per batch, and return what
-        was done. Batches follow the primary key from where the previous one ended; when
-        none is left ahead, one more pass from the start picks up rows skipped while
-        another transaction held them or whose text changed behind us; the job ends when
-        that pass finds nothing. With ``retry_failed`` the first pass (only) also takes
-        the rows recorded as failed. ``progress(rows)`` and ``on_batch(stats)`` are called
+        was done. A pass walks the primary key from the start up to the largest key when
+        it began, each batch starting after the previous one's last key. A pass that
+        finds nothing ends the run; so does the end of pass ``max_passes``: later passes
+        only pick up rows another writer changed (or held locked) meanwhile, so on a
+        table written faster than it is embedded the run still ends, leaving those rows
+        *remaining* for the next run. With ``retry_failed`` the first pass also takes the
+        rows recorded as failed. ``progress(rows)`` and ``on_batch(stats)`` are called
         after each committed batch. Transient database errors are retried; others, and
         ``KeyboardInterrupt``, stop the run with every committed batch kept."""
+        if max_passes < 1:
+            raise InvalidOptionError(f"max_passes must be >= 1, got {max_passes}", "max_passes")
         stats = BackfillStats()
         began = time.perf_counter()
         conn = None
-        after = None  # the last key of the previous batch
-        retrying_failed = retry_failed
-        try:
-            while max_batches is None or stats.batches < max_batches:
-                def one_batch(after=after, retry=retrying_failed):
-                    nonlocal conn
-                    if conn is None or conn.closed:
-                        conn = self._connect()
-                    try:
-                        with conn.transaction():
-                            claimed = self._claim(conn, after=after, retry_failed=retry)
-                            if not claimed:
-                                return None, None
-                            return self._batch(conn, claimed), claimed[-1][0]
-                    except BaseException:
-                        with contextlib.suppress(Exception):
-                            conn.close()
-                        conn = None
-                        raise
 
-                verdicts, last = retrying("backfill batch", one_batch, self.max_retries,
-                                          lambda: setattr(stats, "retries", stats.retries + 1))
-                if verdicts is None:
-                    if after is None and not retrying_failed:
+        def in_transaction(fn):
+            def attempt():
+                nonlocal conn
+                if conn is None or conn.closed:
+                    conn = self._connect()
+                try:
+                    with conn.transaction():
+                        return fn(conn)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    conn = None
+                    raise
+
+            return retrying("backfill batch", attempt, self.max_retries,
+                            lambda: setattr(stats, "retries", stats.retries + 1))
+
+        try:
+            while stats.passes < max_passes:
+                bound = in_transaction(lambda c: c.execute(
+                    self.t.sql("SELECT max({id}) FROM {t}")).fetchone()[0])
+                if bound is None:  # an empty table
+                    break
+                retry = retry_failed and stats.passes == 0
+                stats.passes += 1
+                after, found = None, 0  # the last key of the previous batch
+                while max_batches is None or stats.batches < max_batches:
+                    def one_batch(c, after=after, retry=retry, bound=bound):
+                        claimed = self._claim(c, after=after, retry_failed=retry, upto=bound)
+                        return (self._batch(c, claimed), claimed[-1][0]) if claimed else \
+                            (None, None)
+
+                    verdicts, last = in_transaction(one_batch)
+                    if verdicts is None:
                         break
-                    after, retrying_failed = None, False  # one pass from the start
-                    continue
-                after = last
-                before = stats.rows
-                self._count(stats, verdicts)
-                if progress:
-                    progress(stats.rows - before)
-                if on_batch:
-                    on_batch(stats)
+                    after = last
+                    before = stats.rows
+                    self._count(stats, verdicts)
+                    found += stats.rows - before
+                    if progress:
+                        progress(stats.rows - before)
+                    if on_batch:
+                        on_batch(stats)
+                if not found or (max_batches is not None and stats.batches >= max_batches):
+                    break
         finally:
             if conn is not None:
                 conn.close()
