@@ -507,12 +507,16 @@ def _migrate_step(args) -> int:
                                    retry_failed=args.retry_failed)
         print(json.dumps(result, indent=None if args.json else 2))
         return 0
-    needs_model = args.step in ("plan", "add", "backfill")
     embedder = None
-    if needs_model:
+    if args.step == "backfill":
         from .service import Embedder
 
         embedder = Embedder(**_settings(args).embedder_options())
+    elif args.step in ("plan", "add"):  # the model's spec (dimension, sparse space) will do
+        from types import SimpleNamespace
+
+        spec = registry.resolve(_settings(args).model)
+        embedder = SimpleNamespace(spec=spec, model=spec.name)
     m = PgMigration(args.dsn, target, embedder, batch_size=args.batch, too_long=args.too_long)
     if args.step == "failures":
         for key, reason in m.failures():

@@ -137,9 +137,11 @@ STEP = textwrap.dedent("""
     from hybridembed.migrate.pgvector import PgMigration, Target
     dsn, table, step, model = sys.argv[1:5]
     embedder = None
-    if model != "-":
-        from hybridembed import Embedder
-        embedder = Embedder(model, device="cpu", cache_size=0)
+    if model != "-":  # add needs the model's spec only, as the CLI's add
+        from types import SimpleNamespace
+        from hybridembed.registry import resolve
+        spec = resolve(model)
+        embedder = SimpleNamespace(spec=spec, model=spec.name)
     m = PgMigration(dsn, Target(table, "id", "body", "embedding"), embedder)
     print("STARTED", flush=True)
     getattr(m, step)()

@@ -31,11 +31,9 @@ def test_failures_are_one_line_exit_2(pg, tiny_m3, tiny_m3_dir):
     common = ["--dsn", dsn, "--table", "cli_errors", "--text-col", "body"]
     one_line_error(cli("add", "--dsn", dsn, "--table", "no_such_table", "--text-col", "body",
                        "--model", str(tiny_m3_dir)), "no_such_table", "not found")
-    one_line_error(cli("add", *common[:-1], "nope", "--model", str(tiny_m3_dir)),
-                   "'nope'", "columns: body, embedding, id")
     one_line_error(cli("swap", *common), "nothing to swap")
     migration(dsn, "cli_errors", tiny_m3).add()
-    one_line_error(cli("swap", *common), "10 rows are not embedded yet", "--force")
+    one_line_error(cli("swap", *common), "12 rows are not embedded yet", "--force")
     one_line_error(cli("status", "--dsn", "postgresql://nobody@/nowhere?host=/nonexistent",
                        "--table", "t"), "migrate status", "database")
     with psycopg.connect(dsn, autocommit=True) as c:  # a type the new column cannot take
