@@ -63,6 +63,19 @@ def migration(dsn: str, table: str, embedder, batch: int = 10, sparse: bool = Fa
                        batch_size=batch, **kw)
 
 
+def added(dsn: str, table: str, embedder, n: int = 40, batch: int = 10,
+          backfill: bool = False) -> PgMigration:
+    """A fresh :func:`make_table` of ``n`` rows with the new columns added and audited
+    (and backfilled when ``backfill``): the start of most scenarios."""
+    make_table(dsn, table, n=n)
+    m = migration(dsn, table, embedder, batch=batch)
+    m.add()
+    audit(dsn, table)
+    if backfill:
+        m.backfill()
+    return m
+
+
 def vectors(dsn: str, table: str, column: str) -> dict[int, np.ndarray | None]:
     with psycopg.connect(dsn) as c:
         rows = c.execute(f"SELECT id, {column}::text FROM {table} ORDER BY id").fetchall()

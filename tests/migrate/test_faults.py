@@ -22,6 +22,7 @@ import pytest
 from hybridembed.migrate.indexes import ensure_hnsw
 from hybridembed.migrate.pgvector import PgMigration, Target
 from tests.migrate.helpers import (
+    added,
     assert_converged,
     audit,
     backend_running,
@@ -73,11 +74,7 @@ def test_kill_during_add(pg, tiny_m3, tiny_m3_dir):
 
 def test_kill_during_index_build(pg, tiny_m3):
     dsn = pg.get_uri()
-    make_table(dsn, "killed_index", n=40)
-    m = migration(dsn, "killed_index", tiny_m3)
-    m.add()
-    audit(dsn, "killed_index")
-    m.backfill()
+    m = added(dsn, "killed_index", tiny_m3, n=40, backfill=True)
     kill_while_blocked(dsn, "killed_index", "swap", "CREATE INDEX CONCURRENTLY")
     status = m.status()
     assert status["index"]["exists"] and not status["index"]["valid"]
@@ -88,11 +85,7 @@ def test_kill_during_index_build(pg, tiny_m3):
 
 def test_kill_during_rename(pg, tiny_m3):
     dsn = pg.get_uri()
-    make_table(dsn, "killed_rename", n=40)
-    m = migration(dsn, "killed_rename", tiny_m3)
-    m.add()
-    audit(dsn, "killed_rename")
-    m.backfill()
+    m = added(dsn, "killed_rename", tiny_m3, n=40, backfill=True)
     with psycopg.connect(dsn, autocommit=True) as c:  # built already: the swap goes to rename
         ensure_hnsw(c, m.t, "embedding__new", "vector(32)")
     kill_while_blocked(dsn, "killed_rename", "swap", "ALTER TABLE")
@@ -107,10 +100,7 @@ def test_cancelled_statement_mid_backfill(pg, tiny_m3):
     """A batch's UPDATE cancelled (pg_cancel_backend) stops the run — a cancel is an
     order, not a glitch — with that batch rolled back; the next run converges."""
     dsn = pg.get_uri()
-    make_table(dsn, "cancel_fill", n=40)
-    m = migration(dsn, "cancel_fill", tiny_m3)
-    m.add()
-    audit(dsn, "cancel_fill")
+    m = added(dsn, "cancel_fill", tiny_m3, n=40)
     holder = psycopg.connect(dsn)
 
     def lock_after_two(stats):
@@ -146,10 +136,7 @@ def restart(pg):
 
 def test_postgres_restart_mid_backfill(pg, tiny_m3):
     dsn = pg.get_uri()
-    make_table(dsn, "restarted", n=60)
-    m = migration(dsn, "restarted", tiny_m3, batch=5)
-    m.add()
-    audit(dsn, "restarted")
+    m = added(dsn, "restarted", tiny_m3, n=60, batch=5)
 
     def restart_once(stats):
         if stats.batches == 3:
@@ -165,10 +152,7 @@ def test_rows_written_by_others_during_the_backfill(pg, tiny_m3):
     """Inserted and updated rows, ahead of the cursor and behind it, while the run goes:
     one run ends with each at its current text, an updated row embedded once per version."""
     dsn = pg.get_uri()
-    make_table(dsn, "busy", n=40)
-    m = migration(dsn, "busy", tiny_m3, batch=10)
-    m.add()
-    audit(dsn, "busy")
+    m = added(dsn, "busy", tiny_m3, n=40, batch=10)
 
     def writer(stats):
         if stats.batches != 2:  # rows 1-20 done, the cursor at 20
@@ -208,10 +192,7 @@ def concurrent_writer(dsn, table, stop, n_rows, seed=5):
 
 def test_concurrent_writer_thread(pg, tiny_m3):
     dsn = pg.get_uri()
-    make_table(dsn, "racing", n=60)
-    m = migration(dsn, "racing", tiny_m3, batch=8)
-    m.add()
-    audit(dsn, "racing")
+    m = added(dsn, "racing", tiny_m3, n=60, batch=8)
     stop, ops = threading.Event(), []
     thread = threading.Thread(target=lambda: ops.append(concurrent_writer(dsn, "racing", stop,
                                                                           60)))

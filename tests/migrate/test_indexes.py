@@ -8,6 +8,7 @@ import pytest
 
 from hybridembed.migrate.pgvector import MigrationError
 from tests.migrate.helpers import (
+    added,
     assert_converged,
     audit,
     backend_running,
@@ -45,11 +46,7 @@ def test_cancelled_index_build_is_rebuilt(pg, tiny_m3):
     """CREATE INDEX CONCURRENTLY cancelled while it waits for an open transaction leaves an
     INVALID index; the next swap drops and rebuilds it, then renames."""
     dsn = pg.get_uri()
-    make_table(dsn, "cancelled", n=20)
-    m = migration(dsn, "cancelled", tiny_m3)
-    m.add()
-    audit(dsn, "cancelled")
-    m.backfill()
+    m = added(dsn, "cancelled", tiny_m3, n=20, backfill=True)
     blocker = psycopg.connect(dsn)
     blocker.execute("UPDATE cancelled SET body = body WHERE id = 1")  # an open transaction
     errors = []
@@ -74,11 +71,7 @@ def test_cancelled_index_build_is_rebuilt(pg, tiny_m3):
 
 def test_rollback_after_swap_keeps_both_indexes_and_swaps_forward_again(pg, tiny_m3):
     dsn = pg.get_uri()
-    make_table(dsn, "back_and_forth", n=20)
-    m = migration(dsn, "back_and_forth", tiny_m3)
-    m.add()
-    audit(dsn, "back_and_forth")
-    m.backfill()
+    m = added(dsn, "back_and_forth", tiny_m3, n=20, backfill=True)
     built = m.swap()
     m.rollback()
     status = m.status()
