@@ -8,7 +8,7 @@ import pytest
 
 from hybridembed.errors import InvalidInputError, NonFiniteOutputError
 from hybridembed.migrate.pgvector import MigrationError
-from tests.migrate.helpers import assert_converged, audit, make_table, migration
+from tests.migrate.helpers import assert_converged, audit, make_table, migration, vectors
 
 
 class Poisoned:
@@ -97,3 +97,22 @@ def test_retry_that_fails_again_ends_and_force_swaps(pg, tiny_m3):
     m.rollback()
     assert m.status()["remaining"] == 1 and m.status()["failed"] == 0
     assert m.backfill().embedded == 1
+
+
+def test_a_real_model_that_yields_nan_for_one_text(pg, nan_model):
+    """The real Embedder over a tiny model whose output is NaN for one word: that row is
+    recorded as failed, its batch's other rows are written."""
+    from tests.models import POISONED_WORD
+
+    dsn = pg.get_uri()
+    make_table(dsn, "nan_rows", n=16)
+    poison(dsn, "nan_rows", {4: f"the {POISONED_WORD} word", 12: f"{POISONED_WORD} again"})
+    m = migration(dsn, "nan_rows", nan_model, batch=16)
+    m.add()
+    stats = m.backfill()
+    assert (stats.embedded, stats.skipped, stats.failed, stats.batches) == (12, 2, 2, 1)
+    assert [k for k, r in m.failures() if r.startswith("non-finite-output")] == [4, 12]
+    got = {k: v for k, v in vectors(dsn, "nan_rows", "embedding__new").items()
+           if v is not None}
+    assert sorted(got) == [k for k in range(1, 17) if k not in (4, 6, 7, 12)]
+    assert all(np.isfinite(v).all() for v in got.values())

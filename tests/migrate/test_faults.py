@@ -173,8 +173,9 @@ def test_rows_written_by_others_during_the_backfill(pg, tiny_m3):
     assert_converged(dsn, "busy", tiny_m3, swapped=True)
 
 
-def concurrent_writer(dsn, table, stop, n_rows, seed=5):
-    """Updates and inserts at random until ``stop`` is set; returns the operation count."""
+def concurrent_writer(dsn, table, stop, n_rows, seed=5, pause=0.005):
+    """Updates and inserts at random, one each ``pause`` seconds, until ``stop`` is set;
+    returns the operation count."""
     rng, ops, next_id = random.Random(seed), 0, n_rows + 1
     with psycopg.connect(dsn, autocommit=True) as c:
         while not stop.is_set():
@@ -186,7 +187,7 @@ def concurrent_writer(dsn, table, stop, n_rows, seed=5):
                 c.execute(f"UPDATE {table} SET body = %s WHERE id = %s",
                           (f"edited {ops} river model", rng.randint(1, n_rows)))
             ops += 1
-            time.sleep(0.005)
+            time.sleep(pause)
     return ops
 
 
@@ -219,7 +220,7 @@ def test_soak(pg, tiny_m3, tiny_m3_dir):
     m.add()
     audit(dsn, "soak")
     stop = threading.Event()
-    thread = threading.Thread(target=concurrent_writer, args=(dsn, "soak", stop, n))
+    thread = threading.Thread(target=concurrent_writer, args=(dsn, "soak", stop, n, 5, 0.2))
     thread.start()
     try:
         for kill_after in random.Random(7).sample(range(50, 1500, 50), 10):
