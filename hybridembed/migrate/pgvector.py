@@ -15,8 +15,9 @@ Steps, each safe to kill and rerun (it converges to the same end state):
   transaction. Whether a row is done is decided by the database (see
   :mod:`~hybridembed.migrate.target`), so a killed run resumes where it stopped, rows
   whose text changed meanwhile are embedded again, and a run always ends: every batch
-  leaves its rows done, so only another writer's edits make more work. Rows that cannot
-  be embedded are recorded as failed with their reason and the job goes on;
+  leaves its rows done, so only another writer's edits make more work, and a run makes
+  at most ``max_passes`` passes, each up to the largest key at its start. Rows that
+  cannot be embedded are recorded as failed with their reason and the job goes on;
 * ``swap`` refuses while rows are remaining or failed (unless forced), makes sure the new
   dense column has a *valid* HNSW index (built ``CONCURRENTLY``; an invalid leftover of a
   killed build is rebuilt — :mod:`~hybridembed.migrate.indexes`), then renames live->old
@@ -88,6 +89,7 @@ class PgMigration:
         self.batch_size = batch_size
         self.too_long = too_long
         self.max_retries = max_retries
+        self._encoding: str | None = None  # texts are fetched in: see _text_encoding
 
     # -- plumbing -------------------------------------------------------------------------
     def _connect(self, autocommit: bool = False):
@@ -169,10 +171,12 @@ class PgMigration:
     # -- backfill -------------------------------------------------------------------------
     def _text_encoding(self, conn) -> str:
         """The encoding texts are fetched in: UTF-8, or the raw bytes of a ``SQL_ASCII``
-        database (no conversion exists from it; :mod:`.rows` decides per row)."""
-        server = conn.execute("SHOW server_encoding").fetchone()[0]
-        server = server.decode() if isinstance(server, bytes) else server
-        return "SQL_ASCII" if server == "SQL_ASCII" else "UTF8"
+        database (no conversion exists from it; :mod:`.rows` decides per row). Read once:
+        a database's encoding never changes."""
+        if self._encoding is None:
+            server = conn.execute("SHOW server_encoding").fetchone()[0]
+            self._encoding = "SQL_ASCII" if server == "SQL_ASCII" else "UTF8"
+        return self._encoding
 
     def _claim(self, conn, ids: list | None = None, after: Any = None,
                retry_failed: bool = False, upto: Any = None) -> list[tuple[Any, bytes | None]]:
