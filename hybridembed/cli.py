@@ -494,7 +494,7 @@ def cmd_migrate(args) -> int:
         return _migrate_step(args)
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MigrationError(f"migrate {args.step}: the database refused: {first}") from None
+        raise MigrationError(f"migrate {args.step}: database error: {first}") from None
     except KeyboardInterrupt:
         kept = {"backfill": "every committed batch is kept",
                 "swap": "the columns are renamed only if the swap finished (`migrate status` "
@@ -571,6 +571,8 @@ def cmd_postgres(args) -> int:
         print(result["dsn"])  # alone on stdout: DSN=$(hybridembed postgres start)
         print(f"PostgreSQL with pgvector runs from {result['dir']} (pid {result['pid']}); "
               "`hybridembed postgres stop` stops it", file=sys.stderr)
+    elif args.action == "stop":
+        print(f"stopped; its data stays in {result['dir']}")
     elif result["running"]:
         print(f"running from {result['dir']} (pid {result['pid']}): {result['dsn']}")
     else:
