@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="re-embed a PostgreSQL table into new vector columns")
     mig.add_argument("step", choices=["plan", "add", "backfill", "swap", "rollback", "drop-old",
-                                      "status"])
+                                      "status", "failures"])
     mig.add_argument("--dsn", required=True, help="postgresql://...")
     mig.add_argument("--table", required=True)
     mig.add_argument("--id-col", default="id")
@@ -169,7 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--batch", type=int, default=256, help="rows per transaction")
     mig.add_argument("--too-long", choices=["truncate", "skip"], default="truncate",
                      help="texts over the model's limit: cut them, or skip and report them")
-    mig.add_argument("--force", action="store_true", help="swap with rows still missing")
+    mig.add_argument("--retry-failed", action="store_true",
+                     help="backfill: also retry the rows recorded as failed")
+    mig.add_argument("--force", action="store_true",
+                     help="swap although rows are remaining or failed (they get NULL vectors)")
     mig.add_argument("--yes", action="store_true", help="confirm drop-old")
     mig.add_argument("--ray", action="store_true", help="backfill as a Ray Data pipeline")
     mig.add_argument("--address", help="Ray cluster address (default: a local instance)")
@@ -177,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--gpus-per-worker", type=float, default=0)
     mig.add_argument("--json", action="store_true")
     _add_model_flags(mig)
+
+    pg = sub.add_parser("postgres", help="run an embedded PostgreSQL with pgvector (needs "
+                        "hybridembed[postgres]); `start` prints its DSN")
+    pg.add_argument("action", choices=["start", "stop", "status"])
+    pg.add_argument("--dir", help="its data folder, kept across restarts (default "
+                    "$HYBRIDEMBED_POSTGRES_DIR or ~/.local/share/hybridembed/postgres)")
+    pg.add_argument("--json", action="store_true")
 
     bg = sub.add_parser("reembed", help="blue-green: rebuild a Qdrant collection with another "
                         "model, verify, switch an alias to it (the old one is kept)")
@@ -207,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "serve": cmd_serve, "loadtest": cmd_loadtest, "index": cmd_index,
                     "search": cmd_search, "collections": cmd_collections, "bench": cmd_bench,
                     "migrate": cmd_migrate, "evaluate": cmd_evaluate, "reembed": cmd_reembed,
-                    "alias": cmd_alias}
+                    "alias": cmd_alias, "postgres": cmd_postgres}
         return commands[args.command](args)
     except HybridEmbedError as exc:
         print(f"hybridembed: error: {exc}", file=sys.stderr)
@@ -474,7 +484,29 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_migrate(args) -> int:
-    from .migrate.pgvector import PgMigration, Target
+    """A migration step; a database error is one line and exit 2 like any other, and
+    Ctrl-C stops with a one-line note of how to resume (exit 130)."""
+    import psycopg
+
+    from .migrate.pgvector import MigrationError
+
+    try:
+        return _migrate_step(args)
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MigrationError(f"migrate {args.step}: database error: {first}") from None
+    except KeyboardInterrupt:
+        kept = {"backfill": "every committed batch is kept",
+                "swap": "the columns are renamed only if the swap finished (`migrate status` "
+                        "says); an unfinished index is rebuilt"}.get(args.step, "nothing was "
+                                                                    "half-written")
+        print(f"hybridembed: interrupted during `migrate {args.step}`; {kept}; run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
+
+
+def _migrate_step(args) -> int:
+    from .migrate.pgvector import MigrationError, PgMigration, Target
 
     target = Target(args.table, args.id_col, args.text_col, args.column, args.sparse, args.schema)
     if args.step == "backfill" and args.ray:
@@ -486,32 +518,66 @@ def cmd_migrate(args) -> int:
                                    too_long=args.too_long,
                                    gpus_per_worker=args.gpus_per_worker,
                                    embedder_options={"device": settings.device,
-                                                     "dtype": settings.dtype})
+                                                     "dtype": settings.dtype},
+                                   retry_failed=args.retry_failed)
         print(json.dumps(result, indent=None if args.json else 2))
         return 0
-    needs_model = args.step in ("plan", "add", "backfill")
     embedder = None
-    if needs_model:
+    if args.step == "backfill":
         from .service import Embedder
 
         embedder = Embedder(**_settings(args).embedder_options())
+    elif args.step in ("plan", "add"):  # the model's spec (dimension, sparse space) will do
+        from types import SimpleNamespace
+
+        spec = registry.resolve(_settings(args).model)
+        embedder = SimpleNamespace(spec=spec, model=spec.name)
     m = PgMigration(args.dsn, target, embedder, batch_size=args.batch, too_long=args.too_long)
+    if args.step == "failures":
+        for key, reason in m.failures():
+            print(f"{key}\t{reason}")
+        return 0
     if args.step == "backfill":
         from tqdm import tqdm
 
-        total = m.status().get("remaining")
-        with tqdm(total=total, unit="row", desc=f"backfill {args.table}") as bar:
-            stats = m.backfill(progress=bar.update)
-        result = {"embedded": stats.embedded, "skipped": stats.skipped,
-                  "skipped_ids": stats.skipped_ids[:100], "batches": stats.batches,
-                  "retries": stats.retries, "seconds": round(stats.seconds, 2),
-                  "rows_per_s": round((stats.embedded + stats.skipped) / stats.seconds, 1)
-                  if stats.seconds else 0}
+        status = m.status()
+        if "remaining" not in status:
+            raise MigrationError("no new columns: run `migrate add` first")
+        total = status["remaining"] + (status["failed"] if args.retry_failed else 0)
+        with tqdm(total=total, unit="row", desc=f"backfill {args.table}", disable=None) as bar:
+            stats = m.backfill(progress=bar.update, retry_failed=args.retry_failed)
+        result = {"embedded": stats.embedded, "skipped": stats.skipped, "failed": stats.failed,
+                  "skipped_ids": stats.skipped_ids[:100],
+                  "failures": [{"key": k, "reason": r} for k, r in stats.failed_rows[:100]],
+                  "batches": stats.batches, "retries": stats.retries,
+                  "seconds": round(stats.seconds, 2),
+                  "rows_per_s": round(stats.rows / stats.seconds, 1) if stats.seconds else 0}
     else:
         result = {"plan": m.plan, "add": lambda: {"added": m.add()}, "status": m.status,
                   "swap": lambda: m.swap(force=args.force), "rollback": m.rollback,
                   "drop-old": lambda: {"dropped": m.drop_old(yes=args.yes)}}[args.step]()
     print(json.dumps(result, indent=None if args.json else 2, default=str))
+    return 0
+
+
+def cmd_postgres(args) -> int:
+    from . import postgres
+
+    result = {"start": postgres.start, "stop": postgres.stop,
+              "status": postgres.status}[args.action](args.dir)
+    if args.json:
+        print(json.dumps(result))
+    elif args.action == "start":
+        print(result["dsn"])  # alone on stdout: DSN=$(hybridembed postgres start)
+        print(f"PostgreSQL with pgvector runs from {result['dir']} (pid {result['pid']}); "
+              "`hybridembed postgres stop` stops it", file=sys.stderr)
+    elif args.action == "stop":
+        print(f"stopped; its data stays in {result['dir']}")
+    elif result["running"]:
+        print(f"running from {result['dir']} (pid {result['pid']}): {result['dsn']}")
+    else:
+        print(f"not running ({result['dir']}"
+              f"{'' if result['initialized'] else ', no data yet'})")
     return 0
 
 

@@ -63,6 +63,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidOptionError
+from ..pgcommon import (
+    BM25_SPACE,
+    HALFVEC_INDEX_MAX_DIM,
+    MAX_DIM,
+    SPARSE_INDEX_MAX_NNZ,
+    VECTOR_INDEX_MAX_DIM,
+    map_bm25,
+)
 from ..scores import maxsim
 from ..sparse import SparseVector, prune
 from .base import (
@@ -78,11 +86,6 @@ from .base import (
 )
 
 CATALOGUE = "hybridembed_collections"
-BM25_SPACE = 1_000_000_000  # pgvector's largest sparsevec dimension
-SPARSE_INDEX_MAX_NNZ = 1000  # pgvector's HNSW limit on non-zero entries
-VECTOR_INDEX_MAX_DIM = 2000  # HNSW on vector(D)
-HALFVEC_INDEX_MAX_DIM = 4000  # HNSW on halfvec(D)
-MAX_DIM = 16000
 EF_SEARCH_MAX = 1000
 _POOL_IDLE = 8
 MAINTENANCE_WORK_MEM = "512MB"  # an HNSW build is fast while the graph fits in it
@@ -96,13 +99,6 @@ def _psycopg():
         raise StoreError("the pgvector store needs psycopg 3 and pgvector: "
                          "pip install 'psycopg[binary]' pgvector") from exc
     return psycopg, sql
-
-
-def map_bm25(vector: SparseVector) -> SparseVector:
-    """BM25 hash indices folded into pgvector's sparse space (collisions summed)."""
-    if not len(vector):
-        return vector
-    return SparseVector.from_pairs(vector.indices % BM25_SPACE, vector.values, reduce="sum")
 
 
 def bm25_idf(n: int, df: int) -> float:
