@@ -75,6 +75,7 @@ from .base import (
     Record,
     StoreError,
     check_name,
+    check_records,
 )
 
 CATALOGUE = "hybridembed_collections"
@@ -384,6 +385,7 @@ class PgVectorBackend:
         _, sql = _psycopg()
         from psycopg.types.json import Jsonb
 
+        check_records(records)
         if not records:
             with self._conn() as conn:
                 self._layout(conn, name)
