@@ -14,8 +14,8 @@ HNSW indexes once at the end instead of row by row, Qdrant Edge optimises once a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from ..errors import InvalidOptionError, NonFiniteOutputError
@@ -44,6 +44,7 @@ class VectorStore:
         self._reranker = reranker
         self.reranker_model = reranker_model
         self.batch_size = batch_size
+        self._loading: set[str] = set()  # collections inside bulk()
 
     @property
     def kind(self) -> str:
@@ -108,12 +109,26 @@ class VectorStore:
         if new_fields:  # record fields first: a filter on them must never be refused
             meta["fields"] = sorted(fields | new_fields)
             self.backend.update_meta(name, meta)
-        bulk = getattr(self.backend, "bulk", None)
-        if bulk is None or len(docs) < BULK_MIN_DOCS or len(docs) < self.backend.count(name):
-            bulk = None
-        with bulk(name) if bulk else nullcontext():
+        big = len(docs) >= BULK_MIN_DOCS and len(docs) >= self.backend.count(name)
+        with self.bulk(name) if big else nullcontext():
             self.backend.write(name, records)
         return len(docs)
+
+    @contextmanager
+    def bulk(self, name: str) -> Iterator[None]:
+        """Upserts inside run as one bulk load where the adapter has one: pgvector drops
+        its HNSW indexes and builds them once at the end (readers meanwhile get exact
+        scans), Qdrant Edge optimises once at the end. Nested calls are one load."""
+        bulk = getattr(self.backend, "bulk", None)
+        if bulk is None or name in self._loading:
+            yield
+            return
+        self._loading.add(name)
+        try:
+            with bulk(check_name(name)):
+                yield
+        finally:
+            self._loading.discard(name)
 
     def _records(self, docs: list[Document], offset: int, multivector: bool) -> list[Record]:
         """``docs`` embedded, as records; raises NonFiniteOutputError naming documents by

@@ -190,8 +190,14 @@ class PgVectorBackend:
     kind = "pgvector"
 
     def __init__(self, dsn: str):
-        _psycopg()
+        psycopg, _ = _psycopg()
         self.dsn = dsn
+        try:  # where collections are looked for, for messages (never the password)
+            info = psycopg.conninfo.conninfo_to_dict(dsn)
+            self.where = (f"database {info.get('dbname', '?')!r} on {info.get('host', 'localhost')}"
+                          f":{info.get('port', 5432)}")
+        except psycopg.ProgrammingError:
+            self.where = "the database"
         self._lock = threading.Lock()
         self._idle: list[Any] = []
         self._closed = False
@@ -278,7 +284,11 @@ class PgVectorBackend:
             sql.Identifier(CATALOGUE), sql.SQL(" FOR SHARE") if lock else sql.SQL(""))
         row = conn.execute(query, (name,)).fetchone()
         if row is None:
-            raise CollectionNotFoundError(f"no collection {name!r}")
+            names = [r[0] for r in conn.execute(sql.SQL("SELECT name FROM {} ORDER BY name")
+                                                .format(sql.Identifier(CATALOGUE)))]
+            raise CollectionNotFoundError(f"collection {name!r} does not exist in {self.where} "
+                                          f"(pgvector store); existing there: "
+                                          f"{', '.join(names) or 'none'}")
         return row[0]
 
     def _layout(self, conn: Any, name: str, lock: bool = False) -> _Layout:

@@ -39,6 +39,7 @@ class QdrantBackend:
     kind = "qdrant"
 
     def __init__(self, url: str, api_key: str | None = None):
+        self.url = url
         if url.startswith(("http://", "https://")):
             self.client = QdrantClient(url=url, api_key=api_key)
         elif url == ":memory:":
@@ -57,7 +58,8 @@ class QdrantBackend:
             return name
         real = self.aliases().get(name)
         if real is None:
-            raise CollectionNotFoundError(f"collection {name!r} does not exist; existing: "
+            raise CollectionNotFoundError(f"collection {name!r} does not exist at {self.url} "
+                                          f"(qdrant store); existing there: "
                                           f"{', '.join(self.list()) or 'none'}")
         return real
 

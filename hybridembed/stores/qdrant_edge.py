@@ -62,8 +62,8 @@ class QdrantEdgeBackend:
     kind = "edge"
 
     def __init__(self, data_dir: str | os.PathLike, optimize_every: int = OPTIMIZE_EVERY):
-        self.root = Path(data_dir) / "collections"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / "collections"  # made by the first create(), not here
         self.optimize_every = optimize_every
         self._shards: dict[str, tuple[Any, Any]] = {}  # name -> (shard, lock file)
         self._unindexed: dict[str, int] = {}  # points written since the last optimize()
@@ -87,7 +87,8 @@ class QdrantEdgeBackend:
         if (self.root / alias / META).exists():
             raise CollectionExistsError(f"{alias!r} is a collection; an alias needs a free name")
         if not (self.root / check_name(collection) / META).exists():
-            raise CollectionNotFoundError(f"collection {collection!r} does not exist")
+            raise CollectionNotFoundError(f"collection {collection!r} does not exist in "
+                                          f"{self.data_dir.absolute()} (edge store)")
         table = {**self.aliases(), alias: collection}
         tmp = self.root / "aliases.json.tmp"
         tmp.write_text(json.dumps(table))
@@ -110,7 +111,8 @@ class QdrantEdgeBackend:
         folder = self._dir(name)
         with self._lock:
             if (folder / META).exists():
-                raise CollectionExistsError(f"collection {name!r} already exists")
+                raise CollectionExistsError(f"collection {name!r} already exists in "
+                                            f"{self.data_dir.absolute()}")
             schema = meta["schema"]
             vectors = {"dense": qe.EdgeVectorParams(size=schema["dense_dim"],
                                                     distance=qe.Distance.Cosine)}
@@ -156,8 +158,9 @@ class QdrantEdgeBackend:
                 return self._shards[name][0]
             folder = self._dir(name)
             if not (folder / META).exists():
-                raise CollectionNotFoundError(f"collection {name!r} does not exist; existing: "
-                                              f"{', '.join(self.list()) or 'none'}")
+                raise CollectionNotFoundError(
+                    f"collection {name!r} does not exist in {self.data_dir.absolute()} "
+                    f"(edge store); existing there: {', '.join(self.list()) or 'none'}")
             lock = self._acquire(name, folder)
             try:
                 shard = qe.EdgeShard.load(str(folder / "shard"))
