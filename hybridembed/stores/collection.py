@@ -171,8 +171,8 @@ class VectorStore:
         meta, schema = self._checked_meta(name)
         if rerank == "multivector" and not schema.multivector_dim:
             raise InvalidOptionError(f"collection {name!r} stores no multi-vectors; rerank with "
-                                     "cross-encoder or recreate it with multivector=True",
-                                     "rerank")
+                                     "cross-encoder, or recreate it with multivector=True "
+                                     "(hybridembed index --multivector)", "rerank")
         flt = check_filter(filter, meta.get("fields", []), name)
         pool = max(candidates or 4 * k, k)
         q = self.embedder.embed([query], kind="query", dense=True, sparse=True,

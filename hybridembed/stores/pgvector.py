@@ -349,7 +349,8 @@ class PgVectorBackend:
             row = conn.execute(sql.SQL("DELETE FROM {} WHERE name = %s RETURNING meta").format(
                 sql.Identifier(CATALOGUE)), (name,)).fetchone()
             if row is None:
-                raise CollectionNotFoundError(f"no collection {name!r}")
+                raise CollectionNotFoundError(f"collection {name!r} does not exist in "
+                                              f"{self.where} (pgvector store)")
             layout = _Layout(name, row[0])
             tables = [name, f"{name}_df"] if layout.bm25 else [name]
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
@@ -369,7 +370,8 @@ class PgVectorBackend:
             cur = conn.execute(sql.SQL("UPDATE {} SET meta = %s WHERE name = %s").format(
                 sql.Identifier(CATALOGUE)), (Jsonb(meta), name))
             if cur.rowcount == 0:
-                raise CollectionNotFoundError(f"no collection {name!r}")
+                raise CollectionNotFoundError(f"collection {name!r} does not exist in "
+                                              f"{self.where} (pgvector store)")
 
     # -- writing ------------------------------------------------------------------------
     def _lock_collection(self, conn: Any, name: str) -> None:

@@ -130,3 +130,14 @@ def test_ties_are_broken_by_id_the_same_way_every_time(store, name, mode, fusion
     twins = [i for i, _ in hits if i in TWINS]
     assert twins == sorted(TWINS)  # tied on every score: in id order
     assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+
+
+def test_a_missing_collection_names_where_it_was_looked_for(store, name):
+    from hybridembed.stores import CollectionNotFoundError
+
+    where = {"edge": str(getattr(store.backend, "data_dir", "")), "qdrant": ":memory:",
+             "pgvector": "database "}[store.kind]
+    for call in (lambda: store.search(name, "q"), lambda: store.drop_collection(name),
+                 lambda: store.count(name)):
+        with pytest.raises(CollectionNotFoundError, match=f"does not exist (in|at) {where}"):
+            call()
