@@ -4,8 +4,9 @@ Named vectors ``dense`` (cosine), ``sparse`` (IDF modifier when the sparse kind 
 and ``multivector`` (MaxSim comparator, no HNSW: it only reranks). A search is one batch
 of per-retriever queries, fused and tie-broken by :mod:`.qdrant_common`, then an optional
 MaxSim search restricted to the fused ids. An upsert is one update operation, flushed
-before it returns; vectors go to Rust as NumPy arrays (no Python float per value). A
-shard directory belongs to one process: the second opener gets :class:`StoreLockedError`
+before it returns; vectors go to Rust as NumPy arrays (Python lists of floats measured
+the same peak memory: Edge's own copy dominates, see docs/BENCHMARKS.md). A shard
+directory belongs to one process: the second opener gets :class:`StoreLockedError`
 instead of two writers corrupting it.
 
 Edge has no background optimiser: new points sit in an appendable segment that every
@@ -204,7 +205,7 @@ class QdrantEdgeBackend:
         check_records(records)
         shard = self._shard(name)
         points = []
-        for r in records:  # NumPy arrays go to Rust as they are: no Python float per value
+        for r in records:
             vector: dict[str, Any] = {"dense": np.asarray(r.dense, np.float32),
                                       "sparse": qe.SparseVector(indices=r.sparse.indices,
                                                                 values=r.sparse.values)}
