@@ -18,13 +18,14 @@ are cut, so a single-line file of megabytes never becomes one huge token list.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .errors import InvalidInputError, InvalidOptionError
 from .stores.base import Document, check_documents
-from .textcheck import check_text
+from .textcheck import check_text, decode
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -100,14 +101,12 @@ def _records(path: Path, encoding: str, on_skip: Callable[[str], None]
     """(id, text, payload) per source record; a bad one is reported and skipped."""
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
-        offset = 0
         with path.open("rb") as fh:
             for n, raw in enumerate(fh, 1):
-                offset += len(raw)
                 try:
-                    line = raw.decode(encoding)
-                except UnicodeDecodeError as exc:
-                    on_skip(f"{path}:{n}: {_not_decodable(exc, encoding, offset - len(raw))}")
+                    line = decode(raw, f"{path} line {n}", encoding)
+                except InvalidInputError as exc:
+                    on_skip(str(exc))
                     continue
                 if not line.strip():
                     continue
@@ -125,7 +124,7 @@ def _records(path: Path, encoding: str, on_skip: Callable[[str], None]
                     payload = {k: v for k, v in row.items() if k not in ("id", "text")}
                 yield doc_id, row["text"], {"source": str(path), **payload}
     elif suffix in TEXT_SUFFIXES:
-        yield str(path), path.read_text(encoding=encoding), {"source": str(path)}
+        yield str(path), decode(path.read_bytes(), str(path), encoding), {"source": str(path)}
     else:
         on_skip(f"{path}: unsupported file type {suffix!r}; valid: "
                 + ", ".join(TEXT_SUFFIXES + JSONL_SUFFIXES))
@@ -143,6 +142,11 @@ def read_documents(paths: Sequence[str | Path], tokenizer, chunk_tokens: int = 2
             raise InvalidInputError(message)
         on_skip(message)
 
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise InvalidOptionError(f"unknown encoding {encoding!r}; use a Python codec name such "
+                                 "as utf-8, latin-1, cp1252, utf-16", "encoding") from None
     for path in source_files(paths):
         jsonl = path.suffix.lower() in JSONL_SUFFIXES
         try:
@@ -157,16 +161,10 @@ def read_documents(paths: Sequence[str | Path], tokenizer, chunk_tokens: int = 2
                     continue
                 yield from _documents(doc_id, text, payload, jsonl, where, tokenizer,
                                       chunk_tokens, overlap, skip)
-        except UnicodeDecodeError as exc:
-            skip(f"{path}: {_not_decodable(exc, encoding)}")
+        except InvalidInputError as exc:  # not in ``encoding``
+            skip(str(exc))
         except OSError as exc:
             skip(f"{path}: cannot read it ({exc.strerror or exc})")
-
-
-def _not_decodable(exc: UnicodeDecodeError, encoding: str, offset: int = 0) -> str:
-    byte = exc.object[exc.start:exc.start + 1].hex()
-    return (f"not {encoding} text: byte 0x{byte} at byte offset {offset + exc.start} (pass "
-            "--encoding, e.g. latin-1)")
 
 
 def _documents(doc_id: str, text: str, payload: dict, jsonl: bool, where: str, tokenizer,

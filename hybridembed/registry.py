@@ -261,7 +261,7 @@ def read_spec(folder: Path, name: str | None = None, hf_id: str | None = None) -
         if isinstance(tok_max, int) and tok_max < 1_000_000:
             limits.append(tok_max)
     prompts = (_read_json(folder / "config_sentence_transformers.json") or {}).get("prompts") or {}
-    prompts = {k: v for k, v in prompts.items() if isinstance(v, str) and v}
+    prompts = {k: v for k, v in prompts.items() if isinstance(k, str) and isinstance(v, str)}
     if "passage" in prompts and "document" not in prompts:
         prompts["document"] = prompts["passage"]
 

@@ -54,3 +54,14 @@ def st_reference(minilm):
     reference = SentenceTransformer(str(minilm.spec.path), device="cpu").encode(
         texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
     return texts, reference
+
+
+@pytest.fixture(scope="session")
+def nan_model(tmp_path_factory):
+    """An Embedder over a tiny model whose outputs are NaN for texts holding
+    ``tests.models.POISONED_WORD``."""
+    from hybridembed import Embedder
+    from tests.models import build_nan_model
+
+    return Embedder(str(build_nan_model(tmp_path_factory.mktemp("nan-model"))), device="cpu",
+                    cache_size=0)

@@ -114,7 +114,7 @@ def test_a_bad_file_is_reported_and_skipped_the_rest_is_indexed(tmp_path, capsys
     status, out, err = run_here(capsys, tmp_path, "index", str(docs), "--collection", "kb")
     assert status == 1
     lines = err.strip().splitlines()
-    assert any("latin.txt: not utf-8 text: byte 0xe9 at byte offset 3" in x for x in lines)
+    assert any("latin.txt: not valid utf-8 at byte 3 (0xe9)" in x for x in lines)
     assert any("nul.md holds a NUL character" in x for x in lines)
     assert any("lines.jsonl:2: not JSON" in x for x in lines)
     assert any("lines.jsonl record 's' holds an unpaired surrogate" in x for x in lines)
@@ -127,6 +127,9 @@ def test_a_bad_file_is_reported_and_skipped_the_rest_is_indexed(tmp_path, capsys
     status, _, err = run_here(capsys, tmp_path, "index", str(docs / "latin.txt"),
                               "--collection", "kb", "--encoding", "latin-1")
     assert status == 0, err
+    status, _, err = run_here(capsys, tmp_path, "index", str(docs), "--collection", "kb",
+                              "--encoding", "klingon")
+    assert status == 2 and "unknown encoding 'klingon'" in err and len(err.splitlines()) == 1
 
 
 def test_a_failed_run_leaves_no_empty_collection(tmp_path, capsys):

@@ -16,10 +16,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import Settings
-from ..errors import HybridEmbedError
+from ..errors import HybridEmbedError, InvalidOptionError
 from . import collections_routes, native_routes, ollama_routes, openai_routes, tei_routes
 from .core import ServerCore
 from .errors import ApiError, from_exception, protocol_of, render
+from .schemas import ReadyResponse, Status, complete_openapi, ok
+from .token_ids import POLICIES
 
 PUBLIC_PATHS = ("/health",)
 ROUTERS = (native_routes, openai_routes, ollama_routes, tei_routes, collections_routes)
@@ -111,6 +113,9 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
     """Build the app. With ``embedder`` given, it is used as is (tests, embedding apps);
     otherwise the model named in ``settings`` loads in the background at start-up."""
     settings = settings or Settings.from_env()
+    if settings.token_ids not in POLICIES:
+        raise InvalidOptionError(f"token_ids must be one of {', '.join(POLICIES)}, got "
+                                 f"{settings.token_ids!r}", "token_ids")
     core = ServerCore(settings)
 
     @asynccontextmanager
@@ -126,17 +131,19 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
     for module in ROUTERS:
         app.include_router(module.router)
 
-    @app.get("/health", tags=["operations"])
+    @app.get("/health", tags=["operations"], responses=ok(Status))
     async def health():
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["operations"])
+    @app.get("/ready", tags=["operations"], responses=ok(ReadyResponse))
     async def ready():
         emb = core.ready()
         return {"status": "ready", "model": emb.model, "device": emb.device,
                 "load_seconds": round(core.load_seconds, 3)}
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get("/metrics", tags=["operations"], response_class=Response, responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+              "description": "Prometheus text exposition format"}})
     async def metrics():
         b = core.batcher
         cache = core.embedder.stats()["cache"] if core.embedder else None
@@ -164,16 +171,54 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
         kind = {404: "not_found", 405: "invalid_request"}.get(exc.status_code, "invalid_request")
         message = ("request body is not valid UTF-8 JSON" if exc.status_code == 400
                    else f"{exc.detail}: {request.method} {request.url.path}")
-        return _respond(request, ApiError(exc.status_code, message, kind))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route matching the path; list them all.
+            headers["Allow"] = ", ".join(_methods_of(app, request.scope))
+            message += f" (allowed: {headers['Allow']})"
+        param = "route" if exc.status_code in (404, 405) else None
+        return _respond(request, ApiError(exc.status_code, message, kind, param,
+                                          headers=headers))
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception):
         return _respond(request, from_exception(exc))
 
+    def openapi() -> dict:
+        # Completed once the model is loaded (its size and prompts bound the requests).
+        if app.openapi_schema is None or getattr(app.state, "openapi_model", None) is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            app.openapi_schema = complete_openapi(schema, protocol_of, core.embedder)
+            app.state.openapi_model = core.embedder
+        return app.openapi_schema
+
+    app.openapi = openapi
     routes = {r.path for m in ROUTERS for r in m.router.routes}
     routes |= {"/health", "/ready", "/metrics", "/docs", "/openapi.json"}
     app.add_middleware(EdgeMiddleware, core=core, routes=routes)
+    if settings.cors_allow_origin:
+        # Outside the edge middleware: a browser's preflight carries no API key.
+        from fastapi.middleware.cors import CORSMiddleware
+
+        origins = [o.strip() for o in settings.cors_allow_origin.split(",") if o.strip()]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Retry-After"])
     return app
+
+
+def _methods_of(app: FastAPI, scope) -> list[str]:
+    """Every method some route accepts on the request's path."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)  # PARTIAL: the path matches, the method does not
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods - {"HEAD"})
 
 
 def _first_field(exc: RequestValidationError) -> str | None:
@@ -187,10 +232,34 @@ def _first_field(exc: RequestValidationError) -> str | None:
 
 
 def _describe(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
+    """One line naming each wrong field, what was received and what is valid. A union
+    (``input``: string or list) reports one error per alternative: the field is named
+    once, with every alternative's expectation."""
+    by_field: dict[str, list[str]] = {}
+    received: dict[str, str] = {}
+    for err in exc.errors():
         if err.get("type") == "json_invalid":
             return "request body is not valid JSON"
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
-        parts.append(f"{loc}: {err.get('msg')}")
-    return "invalid request: " + "; ".join(parts) if parts else json.dumps(exc.errors())[:300]
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        # Union members appear in the location as type names (``list[str]``); drop them.
+        name = ".".join(p for p in loc if not any(c in p for c in "[]") and p not in
+                        ("str", "int", "bool", "float", "function-after")) or "body"
+        by_field.setdefault(name, [])
+        msg = err.get("msg", "")
+        if msg not in by_field[name]:
+            by_field[name].append(msg)
+        if name not in received and err.get("type") != "missing":
+            received[name] = _shown(err.get("input"))
+    parts = []
+    for name, msgs in list(by_field.items())[:5]:
+        got = f" (received {received[name]})" if name in received else ""
+        parts.append(f"{name}: {'; or '.join(msgs[:4])}{got}")
+    return "invalid request: " + " | ".join(parts) if parts else json.dumps(exc.errors())[:300]
+
+
+def _shown(value) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -9,63 +9,70 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, ConfigDict
 
 from .. import __version__
-from ..service.batcher import EmbedOptions
+from .schemas import (
+    OllamaEmbeddingsResponse,
+    OllamaEmbedResponse,
+    OllamaShowResponse,
+    OllamaTagsResponse,
+    OllamaVersionResponse,
+    ok,
+)
+from .wire import WireModel, as_list, whole_number
 
 router = APIRouter(tags=["Ollama"])
 OLLAMA_VERSION = "0.6.0"  # the Ollama API level these routes follow
 
 
-class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class OllamaEmbedRequest(WireModel):
     model: str
     input: str | list[str] = ""
     truncate: bool | None = True
-    dimensions: int | None = None
+    dimensions: whole_number(ge=1) | None = None
     keep_alive: Any = None
     options: dict | None = None
 
 
-class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class OllamaEmbeddingsRequest(WireModel):
     model: str
     prompt: str | None = None
     keep_alive: Any = None
     options: dict | None = None
 
 
-class ShowRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class OllamaShowRequest(WireModel):
     model: str | None = None
     name: str | None = None
 
 
-@router.post("/api/embed")
-async def embed(body: EmbedRequest, request: Request):
+@router.post("/api/embed", responses=ok(OllamaEmbedResponse))
+async def embed(body: OllamaEmbedRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model)
     started = time.perf_counter_ns()
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    texts = [t for t in texts] if texts != [""] else []
-    if not texts:  # Ollama answers an empty input (a preload) with no embeddings
+    # As Ollama does: "" and [] (a preload) give no embeddings; [""] gives one.
+    texts = [] if body.input == "" else as_list(body.input)
+    if not texts:
+        core.ready().request([], dimensions=body.dimensions)  # options still checked
         return {"model": body.model, "embeddings": []}
-    result = await core.embed(request, texts, EmbedOptions(dimensions=body.dimensions),
-                              truncate=body.truncate is not False)
+    embed = core.ready().request(texts, dimensions=body.dimensions,
+                                 truncate=body.truncate is not False)
+    result = await core.embed(request, embed, "ollama")
     return {"model": body.model, "embeddings": result.dense.tolist(),
             "total_duration": time.perf_counter_ns() - started,
             "prompt_eval_count": result.usage.total_tokens}
 
 
-@router.post("/api/embeddings")
-async def embeddings(body: EmbeddingsRequest, request: Request):
+@router.post("/api/embeddings", responses=ok(OllamaEmbeddingsResponse))
+async def embeddings(body: OllamaEmbeddingsRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model)
     if not body.prompt:
         return {"embedding": []}
     # Ollama's legacy route returns the model's raw (unnormalised) vector.
-    result = await core.embed(request, [body.prompt], EmbedOptions(normalize=False))
+    embed = core.ready().request([body.prompt], normalize=False)
+    result = await core.embed(request, embed, "ollama")
     return {"embedding": result.dense[0].tolist()}
 
 
@@ -80,18 +87,18 @@ def _model_entry(core) -> dict:
                         "quantization_level": emb.dtype.upper()}}
 
 
-@router.get("/api/tags")
+@router.get("/api/tags", responses=ok(OllamaTagsResponse))
 async def tags(request: Request):
     return {"models": [_model_entry(request.app.state.core)]}
 
 
-@router.get("/api/version")
+@router.get("/api/version", responses=ok(OllamaVersionResponse))
 async def version():
     return {"version": OLLAMA_VERSION, "hybridembed": __version__}
 
 
-@router.post("/api/show")
-async def show(body: ShowRequest, request: Request):
+@router.post("/api/show", responses=ok(OllamaShowResponse))
+async def show(body: OllamaShowRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model or body.name)
     entry = _model_entry(core)
@@ -104,6 +111,8 @@ async def show(body: ShowRequest, request: Request):
                            f"{arch}.embedding_length": emb.dim}}
 
 
-@router.get("/", include_in_schema=False)
+@router.get("/", response_class=PlainTextResponse, responses={
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+          "description": "Ollama's liveness text (POST / is TEI's embed route)"}})
 async def root():
     return PlainTextResponse("Ollama is running (hybridembed)")

@@ -7,38 +7,52 @@ from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..service.batcher import EmbedOptions
 from .errors import ApiError
+from .schemas import OpenAIEmbeddingsResponse, ok
+from .token_ids import CL100K_MAX_ID, read_token_ids
+from .wire import WholeNumber, WireModel, schema_of, texts_schema, whole_number
 
 router = APIRouter(tags=["OpenAI"])
 
 
-class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    input: str | list[str] | list[int] | list[list[int]] = Field(
-        description="a string, a list of strings, a token-id list or a list of token-id lists")
+_TOKEN_IDS = {"type": "array", "minItems": 1,
+              "items": {"type": "integer", "minimum": 0, "maximum": CL100K_MAX_ID}}
+_INPUT_SCHEMA = {"anyOf": [*texts_schema(min_length=1, max_items=2048)["anyOf"], _TOKEN_IDS,
+                           {"type": "array", "items": _TOKEN_IDS, "minItems": 1,
+                            "maxItems": 2048}]}
+
+
+class OpenAIEmbeddingsRequest(WireModel):
+    input: str | list[str] | list[WholeNumber] | list[list[WholeNumber]] = Field(
+        description="a string, a list of strings, a token-id list or a list of token-id lists "
+                    "(cl100k_base ids unless the server says otherwise); none may be empty",
+        json_schema_extra=schema_of(_INPUT_SCHEMA))
     model: str
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: whole_number(ge=1) | None = None
     user: str | None = None
 
 
-def _texts(core, value) -> list[str]:
+def _inputs(core, value) -> list[str] | list[list[int]]:
+    """The inputs of an ``input``: texts, or token-id lists read as the server's
+    ``--token-ids`` policy says. OpenAI refuses empty strings and lists (400)."""
     if isinstance(value, str):
-        return [value]
-    if value and isinstance(value[0], int):
         value = [value]
-    if value and isinstance(value[0], list):
-        tok = core.ready().tokenizer
-        out = []
+    if not value:
+        raise ApiError(400, "input is empty; send at least one text", "invalid_request", "input")
+    if isinstance(value[0], int):
+        value = [value]
+    if isinstance(value[0], list):
         for i, ids in enumerate(value):
-            try:
-                out.append(tok.decode(ids))
-            except ValueError as exc:
-                raise ApiError(400, f"input[{i}]: {exc}", param="input") from None
-        return out
+            if not ids:
+                raise ApiError(400, f"input[{i}] is an empty token list", param="input")
+        return read_token_ids(core.settings.token_ids, value)
+    for i, text in enumerate(value):
+        if text == "":
+            raise ApiError(400, f"input[{i}] is an empty string; OpenAI's API refuses empty "
+                           "inputs", param="input")
     return list(value)
 
 
@@ -48,13 +62,13 @@ def _encode(vector: np.ndarray, fmt: str):
     return vector.tolist()
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", responses=ok(OpenAIEmbeddingsResponse))
 @router.post("/embeddings", include_in_schema=False)
-async def embeddings(body: EmbeddingsRequest, request: Request):
+async def embeddings(body: OpenAIEmbeddingsRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model)
-    texts = _texts(core, body.input)
-    result = await core.embed(request, texts, EmbedOptions(dimensions=body.dimensions))
+    embed = core.ready().request(_inputs(core, body.input), dimensions=body.dimensions)
+    result = await core.embed(request, embed, "openai")
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
