@@ -38,6 +38,12 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     request_timeout: float = 60.0
     served_model_name: str = ""  # extra name clients may use for the model
+    # several models (server/models.py)
+    models: str = ""  # more models, comma-separated SOURCE or NAME=SOURCE
+    models_file: str = ""  # a JSON/TOML file listing more models
+    lazy: bool = False  # load the extra models on first use, not at start
+    max_memory: int = 0  # bytes of model weights kept loaded (0: no budget)
+    keep_alive: str = ""  # how long a model stays loaded after a request ("": forever)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> Settings:
@@ -62,6 +68,12 @@ class Settings:
 
 
 def _convert(name: str, raw: str, kind: type):
+    if kind is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise InvalidOptionError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not true or false", name)
     if kind is int:
         try:
             value = int(raw)
@@ -107,4 +119,11 @@ ENV_DOC: dict[str, str] = {
     "HYBRIDEMBED_MAX_BODY_BYTES": "request body size limit (default 8 MiB)",
     "HYBRIDEMBED_REQUEST_TIMEOUT": "seconds a request may wait before 503 (default 60)",
     "HYBRIDEMBED_SERVED_MODEL_NAME": "another model name clients may send (e.g. nomic-embed-text)",
+    "HYBRIDEMBED_MODELS": "more models to serve, comma-separated SOURCE or NAME=SOURCE",
+    "HYBRIDEMBED_MODELS_FILE": "a JSON or TOML file listing more models to serve",
+    "HYBRIDEMBED_LAZY": "true: load the extra models on first use instead of at start",
+    "HYBRIDEMBED_MAX_MEMORY": "bytes of model weights kept loaded; least recently used idle "
+                              "models are unloaded past it (0 = no budget)",
+    "HYBRIDEMBED_KEEP_ALIVE": "how long a model stays loaded after a request (5m, 30s; "
+                              "empty = forever); Ollama's keep_alive overrides it per request",
 }

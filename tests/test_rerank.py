@@ -206,7 +206,7 @@ def test_bad_inputs(reranker, query, texts, index):
         reranker.score(query, texts)
     assert info.value.index == index
     if index is not None:
-        assert f"texts[{index}]" in str(info.value)
+        assert f"#{index}" in str(info.value)
     with pytest.raises(InvalidInputError):
         reranker.rerank(query, texts)
 

@@ -71,13 +71,14 @@ class TextTokenizer:
             finally:
                 self._tok.truncation_side = saved
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of token ids (special tokens skipped); ids outside the vocabulary raise."""
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Text of token ids (special tokens skipped unless told); ids outside the
+        vocabulary raise ``ValueError``."""
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary "
                              f"(0..{self.vocab_size - 1})")
-        return self._tok.decode(list(ids), skip_special_tokens=True)
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def offsets(self, text: str) -> list[tuple[int, str, bool, int | None, int | None]]:
         """(id, text, special, start, stop) per token; offsets count characters."""

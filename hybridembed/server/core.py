@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ..config import Settings
 from ..errors import RequestTimeoutError
 from ..service.batcher import DynamicBatcher
-from ..types import EmbedRequest, EmbedResult
+from ..types import EmbedRequest, EmbedResult, RerankRequest, RerankResult
 from .errors import ApiError
 from .metrics import Metrics
 
@@ -25,36 +25,41 @@ class ServerCore:
     metrics: Metrics = field(default_factory=Metrics)
     embedder: object | None = None
     batcher: DynamicBatcher | None = None
+    models: object | None = None  # the ModelRegistry (server/models.py)
     started: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     load_error: str | None = None
     _store: object | None = None
 
-    async def start(self, embedder=None) -> None:
-        """Load the model (off the event loop) unless one is given, then start batching."""
+    async def start(self, embedder=None, models: dict | None = None) -> None:
+        """Load the configured models (off the event loop; ``embedder`` is the first one,
+        already loaded, and ``models`` more of them by name), then start batching. The
+        default embedding model becomes :attr:`embedder`."""
+        from .models import ModelConfig, ModelRegistry, configs_of
+
         began = time.perf_counter()
         try:
-            if embedder is None:
-                from ..service import Embedder
-
-                embedder = await asyncio.to_thread(Embedder, **self.settings.embedder_options())
+            configs = configs_of(self.settings, embedder)
+            configs += [ModelConfig(n, n) for n in (models or {})
+                        if n not in {c.name for c in configs}]
+            preloaded = {**(models or {}), **({configs[0].name: embedder} if embedder else {})}
+            self.models = ModelRegistry(self.settings, configs, preloaded,
+                                        on_batch=self.metrics.record_batch)
+            await self.models.start()
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
-            log.error("model failed to load: %s", self.load_error)
+            log.error("models failed to load: %s", self.load_error)
             return
         self.load_seconds = time.perf_counter() - began
-        s = self.settings
-        batcher = DynamicBatcher(
-            embedder, max_batch_tokens=embedder.max_batch_tokens,
-            max_batch_requests=s.max_batch_requests or None,
-            max_queued_texts=s.max_queued_requests, max_queued_tokens=s.max_queued_tokens or None,
-            on_batch=self.metrics.record_batch)
-        await batcher.start()
-        self.embedder, self.batcher = embedder, batcher
+        default = self.models.default("embed")
+        if default is not None and default.loaded:
+            self.embedder, self.batcher = default.embedder, default.batcher
+        elif default is not None:
+            self.load_error = default.error
 
     async def stop(self) -> None:
-        if self.batcher:
-            await self.batcher.stop()
+        if self.models is not None:
+            await self.models.stop()
         if self._store is not None:
             self._store.close()
 
@@ -68,6 +73,10 @@ class ServerCore:
 
     # -- checks ---------------------------------------------------------------------------
     def ready(self):
+        if self.embedder is None and self.models is not None and self.models.default(
+                "embed") is None:
+            raise ApiError(400, "this server serves no embedding model; models: "
+                           f"{', '.join(self.models.slots)}", param="model")
         if self.embedder is None or self.batcher is None:
             why = f"model failed to load: {self.load_error}" if self.load_error else "model loading"
             raise ApiError(503, why, "not_ready", retry_after=None if self.load_error else 2)
@@ -90,19 +99,19 @@ class ServerCore:
                            f"{', '.join(sorted(self.model_names() - {self.ready().model}))})",
                            "not_found", "model")
 
-    def check_inputs(self, texts, allow_empty: bool = False) -> None:
+    def check_inputs(self, texts, allow_empty: bool = False, field: str = "input") -> None:
         """Admission limits of this server (not validity): at least one input, at most
-        ``max_inputs``."""
+        ``max_inputs``; ``field`` names the request field in the error."""
         if not texts and not allow_empty:
-            raise ApiError(400, "input is empty; send at least one text", "empty", "input")
+            raise ApiError(400, f"{field} is empty; send at least one text", "empty", field)
         if len(texts) > self.settings.max_inputs:
-            raise ApiError(413, f"{len(texts)} inputs in one request; the limit is "
-                           f"{self.settings.max_inputs}", "too_large", "input")
+            raise ApiError(413, f"{len(texts)} {field} in one request; the limit is "
+                           f"{self.settings.max_inputs}", "too_large", field)
 
-    async def count_tokens(self, request: EmbedRequest) -> int:
+    async def count_tokens(self, request: EmbedRequest, emb=None) -> int:
         """Tokens the request will occupy (each text at most the model's limit), for
         admission and batch packing; whether a text may be cut is the Embedder's call."""
-        emb = self.ready()
+        emb = emb or self.ready()
         texts = list(request.texts)
         if len(texts) > 64:
             ids = await asyncio.to_thread(emb.tokenize, texts, False)
@@ -112,14 +121,35 @@ class ServerCore:
         return sum(min(len(x), limit) for x in ids)
 
     # -- the one embedding path -----------------------------------------------------------
-    async def embed(self, request, embed: EmbedRequest) -> EmbedResult:
+    async def embed(self, request, embed: EmbedRequest, slot=None) -> EmbedResult:
         """Queue a request value built by :meth:`Embedder.request` (validated there, not
-        here) and wait for it, at most the request timeout, while watching whether the
-        HTTP client (``request``) leaves."""
-        self.ready()
+        here) on the batcher of ``slot`` (a :class:`ModelSlot`; default: the default
+        embedding model) and wait for it, at most the request timeout, while watching
+        whether the HTTP client (``request``) leaves."""
+        if slot is None:
+            self.ready()
         self.check_inputs(embed.texts)
-        tokens = await self.count_tokens(embed)
-        job = asyncio.ensure_future(self.batcher.submit(embed, tokens))
+        tokens = await self.count_tokens(embed, slot.embedder if slot else None)
+        batcher = slot.batcher if slot else self.batcher
+        return await self.wait(request, batcher.submit(embed, tokens))
+
+    async def rerank(self, request, rerank: RerankRequest, slot) -> RerankResult:
+        """Queue a request value built by a reranker service's ``request`` on ``slot``'s
+        rerank batcher and wait for it as :meth:`embed` does. Admission counts each
+        document as an input; an over-long query or pair with truncation off is refused
+        before queueing."""
+        self.check_inputs(rerank.documents, field="documents")
+        if len(rerank) > 64:
+            tokens = await asyncio.to_thread(slot.reranker.count_tokens, rerank)
+        else:
+            tokens = slot.reranker.count_tokens(rerank)
+        return await self.wait(request, slot.rerank_batcher.submit(rerank, tokens))
+
+    async def wait(self, request, submitted):
+        """Await a batcher's ``submitted`` coroutine, at most the request timeout, while
+        watching whether the HTTP client (``request``) leaves; either way the job is
+        dropped from the queue."""
+        job = asyncio.ensure_future(submitted)
         watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
         waiting = {job} | ({watch} if watch else set())
         try:

@@ -25,7 +25,7 @@ class OpenAIEmbeddingsRequest(WireModel):
     user: str | None = None
 
 
-def _texts(core, value) -> list[str]:
+def _texts(emb, value) -> list[str]:
     """The texts of an ``input``; OpenAI refuses empty strings and empty lists (400)."""
     if isinstance(value, str):
         value = [value]
@@ -34,7 +34,7 @@ def _texts(core, value) -> list[str]:
     if isinstance(value[0], int):
         value = [value]
     if isinstance(value[0], list):
-        tok = core.ready().tokenizer
+        tok = emb.tokenizer
         out = []
         for i, ids in enumerate(value):
             if not ids:
@@ -61,9 +61,10 @@ def _encode(vector: np.ndarray, fmt: str):
 @router.post("/embeddings", include_in_schema=False)
 async def embeddings(body: OpenAIEmbeddingsRequest, request: Request):
     core = request.app.state.core
-    core.check_model(body.model)
-    embed = core.ready().request(_texts(core, body.input), dimensions=body.dimensions)
-    result = await core.embed(request, embed)
+    async with core.models.use(body.model, "embed") as slot:
+        embed = slot.embedder.request(_texts(slot.embedder, body.input),
+                                      dimensions=body.dimensions)
+        result = await core.embed(request, embed, slot)
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}

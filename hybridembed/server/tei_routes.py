@@ -31,7 +31,7 @@ class TEITokenizeRequest(WireModel):
     add_special_tokens: bool = True
 
 
-def _request(core, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
+def _request(emb, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
     """The request value of a TEI body. As TEI does, an empty batch is 400 ``Empty``, an
     empty text 413 ``Validation``, and the request's ``truncation_direction`` (not the
     folder's tokenizer config) decides which end of an over-long text is kept."""
@@ -42,31 +42,34 @@ def _request(core, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
         raise ApiError(413, f"`inputs` cannot be empty (input {texts.index('')} is an empty "
                        "string)", "validation", "inputs")
     kind = "query" if body.prompt_name == "query" else "document"
-    return core.ready().request(
+    return emb.request(
         texts, kind=kind, prompt_name=body.prompt_name, truncate=body.truncate is not False,
         truncation_side=body.truncation_direction.lower(), **outputs)
 
 
+async def _embed(request: Request, body: TEIEmbedRequest, **outputs):
+    """TEI has no model field: the default embedding model answers."""
+    core = request.app.state.core
+    async with core.models.use(None, "embed") as slot:
+        return await core.embed(request, _request(slot.embedder, body, **outputs), slot)
+
+
 @router.post("/embed")
 async def embed(body: TEIEmbedRequest, request: Request):
-    core = request.app.state.core
-    result = await core.embed(request, _request(core, body, dimensions=body.dimensions,
-                                                normalize=body.normalize))
+    result = await _embed(request, body, dimensions=body.dimensions, normalize=body.normalize)
     return result.dense.tolist()
 
 
 @router.post("/embed_sparse")
 async def embed_sparse(body: TEIEmbedRequest, request: Request):
-    core = request.app.state.core
-    result = await core.embed(request, _request(core, body, dense=False, sparse=True))
+    result = await _embed(request, body, dense=False, sparse=True)
     return [[{"index": i, "value": v} for i, v in zip(s.indices.tolist(), s.values.tolist(),
                                                       strict=True)] for s in result.sparse]
 
 
 @router.post("/embed_all")
 async def embed_all(body: TEIEmbedRequest, request: Request):
-    core = request.app.state.core
-    result = await core.embed(request, _request(core, body, dense=False, multivector=True))
+    result = await _embed(request, body, dense=False, multivector=True)
     return [m.tolist() for m in result.multivector]
 
 
