@@ -30,6 +30,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
+from ..errors import InputTooLongError
 from ..scores import cosine
 from ..service.rerank import relevance_scores
 from ..types import RerankResult
@@ -128,6 +129,9 @@ async def _score(request: Request, model: str | None, query: str, documents: lis
 
 def _renamed(exc: Exception, field: str) -> Exception:
     """``exc`` with the documents' field named as this protocol names it."""
+    if isinstance(exc, InputTooLongError) and exc.field == "documents" != field:
+        return InputTooLongError(exc.too_long, exc.limit, exc.partial, exc.partial_indices,
+                                 field=field)
     if getattr(exc, "field", None) == "documents":
         exc.field = field
     if isinstance(exc, ApiError) and exc.param == "documents":

@@ -25,13 +25,13 @@ def sigmoid(x):
 
 
 @pytest.fixture(scope="module")
-def ce_dir(tmp_path_factory):
-    return build_tiny_cross_encoder(tmp_path_factory.mktemp("http-ce"), seed=0)
+def ce_dir(tiny_ce_dir):
+    return tiny_ce_dir
 
 
 @pytest.fixture(scope="module")
-def ce(ce_dir):
-    return CrossEncoderReranker(str(ce_dir), device="cpu")
+def ce(tiny_ce):
+    return tiny_ce
 
 
 @pytest.fixture(scope="module")
