@@ -378,15 +378,15 @@ class ModelRegistry:
         if slot is None:
             raise ApiError(404, f"model {name!r} is not served here; models: "
                            f"{', '.join(self.slots)}", "not_found", "model")
+        embedders = ", ".join(s.name for s in self.slots.values() if s.task == "embed")
+        rerankers = ", ".join(s.name for s in self.slots.values() if s.can_rerank)
         if task == "embed" and slot.task != "embed":
             raise ApiError(400, f"model {name!r} is a cross-encoder (a reranker); it cannot "
-                           "embed. Embedding models here: "
-                           f"{', '.join(s.name for s in self.slots.values() if s.task == 'embed') or 'none'}",
+                           f"embed. Embedding models here: {embedders or 'none'}",
                            param="model")
         if task == "rerank" and not slot.can_rerank:
             raise ApiError(400, f"model {name!r} is an embedding model without a ColBERT head; "
-                           "it cannot rerank. Rerankers here: "
-                           f"{', '.join(s.name for s in self.slots.values() if s.can_rerank) or 'none'}",
+                           f"it cannot rerank. Rerankers here: {rerankers or 'none'}",
                            param="model")
         return slot
 
