@@ -13,8 +13,14 @@ from .config import ENV_DOC, Settings
 from .errors import HybridEmbedError, InvalidOptionError
 
 
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="alias, folder or Hugging Face id (env HYBRIDEMBED_MODEL)")
+def _add_model_flags(p: argparse.ArgumentParser, many: bool = False) -> None:
+    if many:
+        p.add_argument("--model", action="append",
+                       help="SOURCE or NAME=SOURCE (alias, folder or Hugging Face id); repeat to "
+                       "serve several models, the first is the default (env HYBRIDEMBED_MODEL, "
+                       "HYBRIDEMBED_MODELS)")
+    else:
+        p.add_argument("--model", help="alias, folder or Hugging Face id (env HYBRIDEMBED_MODEL)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", help="auto, fp32, fp16, bf16")
     p.add_argument("--max-batch-tokens", type=int, help="padded tokens per forward pass")
@@ -26,6 +32,21 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="Qdrant URL or PostgreSQL DSN (env HYBRIDEMBED_STORE_URL)")
     p.add_argument("--data-dir", help="data directory of the embedded store (default "
                    "./.hybridembed)")
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
+          "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
+
+
+def _size(text: str) -> int:
+    """A memory size: bytes, or a number with a unit (6GiB, 512MB, 2g)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; use bytes or a number with "
+                                         "a unit such as 6GiB, 512MB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     pull = sub.add_parser("pull", help="download a model into the Hugging Face cache")
     pull.add_argument("model")
 
-    serve = sub.add_parser("serve", help="run the HTTP server (native, OpenAI, Ollama, TEI)")
-    _add_model_flags(serve)
+    serve = sub.add_parser("serve", help="run the HTTP server (native, OpenAI, Ollama, TEI, "
+                           "Cohere, vLLM)")
+    _add_model_flags(serve, many=True)
+    serve.add_argument("--models-file", help="JSON or TOML file listing more models: "
+                       "{\"models\": [{\"name\", \"source\", \"lazy\", \"fallback\"}]}")
+    serve.add_argument("--lazy", action="store_true", default=None,
+                       help="load the models after the first on first use, not at start")
+    serve.add_argument("--max-memory", type=_size,
+                       help="memory for model weights, e.g. 6GiB; past it the least recently "
+                       "used idle model is unloaded")
+    serve.add_argument("--keep-alive", help="how long a model stays loaded after a request "
+                       "(5m, 30s, -1 = forever; default forever); Ollama's keep_alive overrides")
     serve.add_argument("--host", help="bind address (default 127.0.0.1: loopback only)")
     serve.add_argument("--port", type=int, help="port (default 8080)")
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route "
@@ -222,10 +253,14 @@ def cmd_serve(args) -> int:
 
     names = ("host", "port", "api_key", "max_queued_requests", "max_queued_tokens",
              "max_batch_requests", "max_inputs", "max_body_bytes", "request_timeout",
-             "served_model_name")
-    settings = _settings(args, **{n: getattr(args, n) for n in names})
+             "served_model_name", "models_file", "lazy", "max_memory", "keep_alive")
+    given = list(args.model or [])
+    args.model = given[0] if given else None
+    more = {"models": ",".join(given[1:])} if len(given) > 1 else {}
+    settings = _settings(args, **{n: getattr(args, n) for n in names}, **more)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    print(f"hybridembed serving {settings.model} on http://{settings.host}:{settings.port} "
+    served = ", ".join([settings.model, *filter(None, settings.models.split(","))])
+    print(f"hybridembed serving {served} on http://{settings.host}:{settings.port} "
           f"(docs at /docs)", flush=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=args.log_level, access_log=False)
