@@ -135,14 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="speed and memory of several engines in one run "
                            "(--suite stores: store latency; --suite migrate: backfill speed)")
-    bench.add_argument("--suite", choices=["engines", "stores", "migrate"], default="engines",
+    bench.add_argument("--suite", choices=["engines", "stores", "migrate", "rerank"],
+                       default="engines",
                        help="engines (default), stores (100k synthetic documents in Qdrant "
-                       "Edge and pgvector) or migrate (pgvector backfill vs pure embedding)")
+                       "Edge and pgvector), migrate (pgvector backfill vs pure embedding) or "
+                       "rerank (pairs/s: sentence-transformers vs in process vs HTTP)")
     bench.add_argument("--docs", type=int, default=100_000, help="documents (--suite stores)")
     bench.add_argument("--rows", type=int, default=20_000, help="rows (--suite migrate)")
     bench.add_argument("--ray-workers", type=int, default=2,
                        help="Ray actors for --suite migrate (0: skip the Ray run)")
-    bench.add_argument("--model", default="minilm")
+    bench.add_argument("--model", default="minilm",
+                       help="model; with --suite rerank a cross-encoder (default: MiniLM-L6 "
+                       "with a one-logit head, built on the fly)")
+    bench.add_argument("--passages", type=int, default=100, help="passages (--suite rerank)")
+    bench.add_argument("--words", type=int, default=150,
+                       help="words per passage (--suite rerank; 150 words ~ 200 tokens)")
     bench.add_argument("--corpus", default="short",
                        help="short (~35 tokens), long (~400), mixed, or a file of lines")
     bench.add_argument("--texts", type=int, default=300)
@@ -424,6 +431,14 @@ def cmd_bench(args) -> int:
 
         report = stores.run(n_docs=args.docs, progress=lambda m: print(m, file=sys.stderr))
         print(json.dumps(report, indent=2) if args.json else stores.format_report(report))
+        return 0
+    if args.suite == "rerank":
+        from .bench import rerank
+
+        report = rerank.run(None if args.model == "minilm" else args.model,
+                            passages=args.passages, words=args.words, rounds=args.repeats,
+                            progress=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(report, indent=2) if args.json else rerank.format_report(report))
         return 0
     if args.suite == "migrate":
         from .bench import migrate

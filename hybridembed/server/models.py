@@ -436,10 +436,10 @@ def configs_of(settings, primary=None) -> list[ModelConfig]:
     """The models a server's settings name: ``model`` first (``primary``, an object
     already loaded, names it by its own model name), then ``models``, then the models of
     ``models_file``. ``served_model_name`` is one more name of the first."""
-    if primary is not None:
-        first = ModelConfig(primary.model if hasattr(primary, "model") else primary.name,
-                            str(getattr(getattr(primary, "spec", None), "path", "")
-                                or primary.name))
+    if primary is not None:  # an Embedder (model: its name) or a CrossEncoderReranker
+        name = primary.model if isinstance(getattr(primary, "model", None), str) else primary.name
+        first = ModelConfig(name, str(getattr(getattr(primary, "spec", None), "path", "")
+                                      or getattr(primary, "path", "") or name))
     else:
         first = parse_model_option(settings.model)
     configs = [first]
