@@ -135,11 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="speed and memory of several engines in one run "
                            "(--suite stores: store latency; --suite migrate: backfill speed)")
-    bench.add_argument("--suite", choices=["engines", "stores", "migrate", "rerank"],
+    bench.add_argument("--suite", choices=["engines", "stores", "migrate", "rerank",
+                                           "rerank-mixed"],
                        default="engines",
                        help="engines (default), stores (100k synthetic documents in Qdrant "
                        "Edge and pgvector), migrate (pgvector backfill vs pure embedding) or "
-                       "rerank (pairs/s: sentence-transformers vs in process vs HTTP)")
+                       "rerank (pairs/s: sentence-transformers vs in process vs HTTP), "
+                       "rerank-mixed (embed latency alone and beside rerank clients)")
+    bench.add_argument("--seconds", type=float, default=30.0,
+                       help="seconds per phase (--suite rerank-mixed)")
     bench.add_argument("--docs", type=int, default=100_000, help="documents (--suite stores)")
     bench.add_argument("--rows", type=int, default=20_000, help="rows (--suite migrate)")
     bench.add_argument("--ray-workers", type=int, default=2,
@@ -439,6 +443,13 @@ def cmd_bench(args) -> int:
                             passages=args.passages, words=args.words, rounds=args.repeats,
                             progress=lambda m: print(m, file=sys.stderr))
         print(json.dumps(report, indent=2) if args.json else rerank.format_report(report))
+        return 0
+    if args.suite == "rerank-mixed":
+        from .bench import rerank
+
+        report = rerank.mixed_load(args.seconds, embed_clients=args.concurrency,
+                                   progress=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(report, indent=2) if args.json else rerank.format_mixed(report))
         return 0
     if args.suite == "migrate":
         from .bench import migrate

@@ -130,3 +130,109 @@ def format_report(report: dict) -> str:
     lines.append(f"  http / in-process     {report['http_over_in_process']:8.2f}x")
     lines.append(f"  in-process / st       {report['in_process_over_st']:8.2f}x")
     return "\n".join(lines)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def mixed_load(seconds: float = 30.0, embed_clients: int = 64, rerank_clients: int = 8,
+               documents: int = 20, words: int = 150, progress=lambda message: None) -> dict:
+    """Embedding latency alone and under rerank load, two models in one server (a child
+    process: ``hybridembed serve --model minilm --model rr=<MiniLM-L6 cross-encoder>``):
+    ``embed_clients`` clients each sending one short text at a time for ``seconds``, then
+    the same with ``rerank_clients`` clients each reranking ``documents`` passages of
+    ``words`` words. Reports p50/p95 (ms), requests done and failed per phase."""
+    import asyncio
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    texts = corpus.texts(500, min_words=8, max_words=16, seed=3)
+    docs = corpus.texts(documents, min_words=words, max_words=words, seed=4)
+
+    async def phase(url: str, with_rerank: bool) -> dict:
+        stop = time.perf_counter() + seconds
+        lat: dict[str, list[float]] = {"embed": [], "rerank": []}
+        failed = {"embed": 0, "rerank": 0}
+
+        async def client(kind: str, i: int, http: httpx.AsyncClient) -> None:
+            n = i
+            while time.perf_counter() < stop:
+                n += 1
+                if kind == "embed":
+                    path, body = "/v1/embeddings", {"model": "minilm",
+                                                    "input": texts[n % len(texts)]}
+                else:
+                    path, body = "/v1/rerank", {"model": "rr", "query": texts[n % len(texts)],
+                                                "documents": docs}
+                began = time.perf_counter()
+                try:
+                    r = await http.post(path, json=body)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    lat[kind].append(time.perf_counter() - began)
+                else:
+                    failed[kind] += 1
+
+        limits = httpx.Limits(max_connections=embed_clients + rerank_clients + 8)
+        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+            tasks = [client("embed", i, http) for i in range(embed_clients)]
+            if with_rerank:
+                tasks += [client("rerank", i, http) for i in range(rerank_clients)]
+            await asyncio.gather(*tasks)
+        return {kind: {"done": len(v), "failed": failed[kind],
+                       "p50_ms": 1000 * _percentile(v, 0.5), "p95_ms": 1000 * _percentile(v, 0.95)}
+                for kind, v in lat.items() if v or failed[kind]}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        progress("building the MiniLM-L6 cross-encoder")
+        folder = minilm_cross_encoder(Path(tmp) / "minilm-ce")
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        url = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "hybridembed.cli", "serve", "--model", "minilm", "--model",
+             f"rr={folder}", "--port", str(port), "--device", "cpu", "--log-level", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 300
+            while True:
+                try:
+                    if httpx.get(url + "/ready", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("the server did not become ready")
+                time.sleep(0.5)
+            progress(f"embed alone, {seconds:g} s")
+            alone = asyncio.run(phase(url, False))
+            progress(f"embed + rerank, {seconds:g} s")
+            mixed = asyncio.run(phase(url, True))
+        finally:
+            server.terminate()
+            server.wait(30)
+    return {"seconds": seconds, "embed_clients": embed_clients,
+            "rerank_clients": rerank_clients, "rerank_documents": documents,
+            "alone": alone, "mixed": mixed,
+            "embed_p95_ratio": mixed["embed"]["p95_ms"] / alone["embed"]["p95_ms"]}
+
+
+def format_mixed(report: dict) -> str:
+    lines = [f"mixed load: {report['embed_clients']} embed clients (+ {report['rerank_clients']}"
+             f" rerank clients x {report['rerank_documents']} passages), "
+             f"{report['seconds']:g} s per phase"]
+    for phase in ("alone", "mixed"):
+        for kind, row in report[phase].items():
+            lines.append(f"  {phase:<6} {kind:<7} {row['done']:6d} done {row['failed']:4d} failed"
+                         f"  p50 {row['p50_ms']:8.1f} ms  p95 {row['p95_ms']:8.1f} ms")
+    lines.append(f"  embed p95 mixed / alone: {report['embed_p95_ratio']:.2f}x")
+    return "\n".join(lines)
