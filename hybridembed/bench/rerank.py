@@ -145,11 +145,10 @@ def mixed_load(seconds: float = 30.0, embed_clients: int = 64, rerank_clients: i
     the same with ``rerank_clients`` clients each reranking ``documents`` passages of
     ``words`` words. Reports p50/p95 (ms), requests done and failed per phase."""
     import asyncio
-    import socket
-    import subprocess
-    import sys
 
     import httpx
+
+    from .loadtest import child_server
 
     texts = corpus.texts(500, min_words=8, max_words=16, seed=3)
     docs = corpus.texts(documents, min_words=words, max_words=words, seed=4)
@@ -193,33 +192,12 @@ def mixed_load(seconds: float = 30.0, embed_clients: int = 64, rerank_clients: i
     with tempfile.TemporaryDirectory() as tmp:
         progress("building the MiniLM-L6 cross-encoder")
         folder = minilm_cross_encoder(Path(tmp) / "minilm-ce")
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        sock.close()
-        url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "hybridembed.cli", "serve", "--model", "minilm", "--model",
-             f"rr={folder}", "--port", str(port), "--device", "cpu", "--log-level", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.time() + 300
-            while True:
-                try:
-                    if httpx.get(url + "/ready", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("the server did not become ready")
-                time.sleep(0.5)
+        flags = ["--model", "minilm", "--model", f"rr={folder}", "--device", "cpu"]
+        with child_server(flags) as url:
             progress(f"embed alone, {seconds:g} s")
             alone = asyncio.run(phase(url, False))
             progress(f"embed + rerank, {seconds:g} s")
             mixed = asyncio.run(phase(url, True))
-        finally:
-            server.terminate()
-            server.wait(30)
     return {"seconds": seconds, "embed_clients": embed_clients,
             "rerank_clients": rerank_clients, "rerank_documents": documents,
             "alone": alone, "mixed": mixed,
