@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, help="request body size limit")
     serve.add_argument("--request-timeout", type=float, help="seconds before a 503")
     serve.add_argument("--served-model-name", help="another model name clients may send")
+    serve.add_argument("--token-ids", choices=["cl100k", "model", "refuse"],
+                       help="how OpenAI token-id inputs are read: cl100k (default; what "
+                            "OpenAI's clients and langchain-openai send), model (the served "
+                            "model's own ids, as sent) or refuse")
+    serve.add_argument("--cors-allow-origin",
+                       help="origins browsers may call from (comma-separated, or *); off "
+                            "by default")
     serve.add_argument("--log-level", default="info")
 
     index = sub.add_parser("index", help="chunk, embed and store files (.txt, .md, .jsonl)")
@@ -264,7 +271,8 @@ def cmd_serve(args) -> int:
 
     names = ("host", "port", "api_key", "max_queued_requests", "max_queued_tokens",
              "max_batch_requests", "max_inputs", "max_body_bytes", "request_timeout",
-             "served_model_name", "models_file", "lazy", "max_memory", "keep_alive")
+             "served_model_name", "token_ids", "cors_allow_origin", "models_file", "lazy",
+             "max_memory", "keep_alive")
     given = list(args.model or [])
     args.model = given[0] if given else None
     more = {"models": ",".join(given[1:])} if len(given) > 1 else {}

@@ -52,7 +52,7 @@ async def embed(body: OllamaEmbedRequest, request: Request):
             return {"model": body.model, "embeddings": []}
         embed = slot.embedder.request(texts, dimensions=body.dimensions,
                                       truncate=body.truncate is not False)
-        result = await core.embed(request, embed, slot)
+        result = await core.embed(request, embed, "ollama", slot)
     return {"model": body.model, "embeddings": result.dense.tolist(),
             "total_duration": time.perf_counter_ns() - started,
             "prompt_eval_count": result.usage.total_tokens}
@@ -65,8 +65,8 @@ async def embeddings(body: OllamaEmbeddingsRequest, request: Request):
         if not body.prompt:
             return {"embedding": []}
         # Ollama's legacy route returns the model's raw (unnormalised) vector.
-        result = await core.embed(request, slot.embedder.request([body.prompt],
-                                                                 normalize=False), slot)
+        embed = slot.embedder.request([body.prompt], normalize=False)
+        result = await core.embed(request, embed, "ollama", slot)
     return {"embedding": result.dense[0].tolist()}
 
 

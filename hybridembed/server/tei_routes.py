@@ -51,10 +51,12 @@ async def _embed(request: Request, body: TEIEmbedRequest, **outputs):
     """TEI has no model field: the default embedding model answers."""
     core = request.app.state.core
     async with core.models.use(None, "embed") as slot:
-        return await core.embed(request, _request(slot.embedder, body, **outputs), slot)
+        return await core.embed(request, _request(slot.embedder, body, **outputs), "tei", slot)
 
 
 @router.post("/embed")
+@router.post("/", summary="Embed (TEI's root route; GET / is Ollama's liveness text)")
+@router.post("/invocations", summary="Embed (TEI's SageMaker route)")
 async def embed(body: TEIEmbedRequest, request: Request):
     result = await _embed(request, body, dimensions=body.dimensions, normalize=body.normalize)
     return result.dense.tolist()
@@ -77,12 +79,19 @@ async def embed_all(body: TEIEmbedRequest, request: Request):
 async def tokenize(body: TEITokenizeRequest, request: Request):
     core = request.app.state.core
     texts = as_list(body.inputs)
-    core.check_inputs(texts)
+    core.check_inputs(texts, "tei")
     core.ready().request(texts)  # the same text checks as embedding
     tok = core.ready().tokenizer
     return [[{"id": i, "text": t, "special": s, "start": a, "stop": b}
              for i, t, s, a, b in tok.offsets(text) if body.add_special_tokens or not s]
             for text in texts]
+
+
+@router.get("/ping")
+async def ping(request: Request):
+    """TEI's SageMaker health route: 200 once the model is loaded, 503 before."""
+    request.app.state.core.ready()
+    return {"status": "ok"}
 
 
 @router.get("/info")
@@ -97,5 +106,5 @@ async def info(request: Request):
             "max_concurrent_requests": s.max_queued_requests, "max_input_length": emb.max_length,
             "max_batch_tokens": emb.max_batch_tokens,
             "max_batch_requests": s.max_batch_requests or None,
-            "max_client_batch_size": s.max_inputs, "auto_truncate": True,
+            "max_client_batch_size": core.input_limit("tei"), "auto_truncate": True,
             "tokenization_workers": 1, "version": __version__, "sha": None, "docker_label": None}
