@@ -130,7 +130,7 @@ class ServerCore:
         return sum(min(len(x), limit) for x in ids)
 
     # -- the one embedding path -----------------------------------------------------------
-    async def embed(self, request, embed: EmbedRequest, protocol: str = "native",
+    async def embed(self, request, embed: EmbedRequest, protocol: str = "native", *,
                     slot=None) -> EmbedResult:
         """Queue a request value built by :meth:`Embedder.request` (validated there, not
         here) on the batcher of ``slot`` (a :class:`~hybridembed.server.models.ModelSlot`;

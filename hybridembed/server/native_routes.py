@@ -45,7 +45,7 @@ async def embed(body: NativeEmbedRequest, request: Request):
             texts, dense=body.dense, sparse=body.sparse, multivector=body.multivector,
             kind=body.kind, prompt_name=body.prompt_name, truncate=body.truncate,
             truncation_side=body.truncation_side, dimensions=body.dimensions,
-            normalize=body.normalize), slot)
+            normalize=body.normalize), slot=slot)
     data = []
     for i, item in enumerate(result):
         row: dict = {"index": i, "tokens": item.tokens}

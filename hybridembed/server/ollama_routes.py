@@ -52,7 +52,7 @@ async def embed(body: OllamaEmbedRequest, request: Request):
             return {"model": body.model, "embeddings": []}
         embed = slot.embedder.request(texts, dimensions=body.dimensions,
                                       truncate=body.truncate is not False)
-        result = await core.embed(request, embed, "ollama", slot)
+        result = await core.embed(request, embed, "ollama", slot=slot)
     return {"model": body.model, "embeddings": result.dense.tolist(),
             "total_duration": time.perf_counter_ns() - started,
             "prompt_eval_count": result.usage.total_tokens}
@@ -66,7 +66,7 @@ async def embeddings(body: OllamaEmbeddingsRequest, request: Request):
             return {"embedding": []}
         # Ollama's legacy route returns the model's raw (unnormalised) vector.
         embed = slot.embedder.request([body.prompt], normalize=False)
-        result = await core.embed(request, embed, "ollama", slot)
+        result = await core.embed(request, embed, "ollama", slot=slot)
     return {"embedding": result.dense[0].tolist()}
 
 

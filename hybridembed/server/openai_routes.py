@@ -59,7 +59,7 @@ async def embeddings(body: OpenAIEmbeddingsRequest, request: Request):
     core = request.app.state.core
     async with core.models.use(body.model, "embed") as slot:
         embed = slot.embedder.request(_inputs(core, body.input), dimensions=body.dimensions)
-        result = await core.embed(request, embed, "openai", slot)
+        result = await core.embed(request, embed, "openai", slot=slot)
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}

@@ -263,7 +263,7 @@ async def _cosines(request: Request, model: str | None, first: list[str], second
     async with core.models.use(model, "embed") as slot:
         emb = slot.embedder
         result = await core.embed(request, emb.request([*first, *second], truncate=truncate),
-                                  "native", slot)
+                                  "native", slot=slot)
     a, b = result.dense[:len(first)], result.dense[len(first):]
     values = [cosine(a[0 if len(first) == 1 else i], b[i]) for i in range(len(second))]
     return values, result.usage.total_tokens, result.model

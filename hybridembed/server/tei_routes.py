@@ -51,7 +51,7 @@ async def _embed(request: Request, body: TEIEmbedRequest, **outputs):
     """TEI has no model field: the default embedding model answers."""
     core = request.app.state.core
     async with core.models.use(None, "embed") as slot:
-        return await core.embed(request, _request(slot.embedder, body, **outputs), "tei", slot)
+        return await core.embed(request, _request(slot.embedder, body, **outputs), "tei", slot=slot)
 
 
 @router.post("/embed")
@@ -96,15 +96,30 @@ async def ping(request: Request):
 
 @router.get("/info")
 async def info(request: Request):
+    """The default embedding model as TEI describes one; on a server with no embedding
+    model, the default reranker (TEI's ``model_type: reranker``)."""
     core = request.app.state.core
+    if core.models is not None and core.models.default("embed") is None:
+        async with core.models.use(None, "rerank") as slot:
+            model = slot.reranker
+            labels = {"0": "LABEL_0"}
+            return _info(core, model.reranker.hf_id or slot.name, model.dtype,
+                         {"reranker": {"id2label": labels, "label2id": {"LABEL_0": 0}}},
+                         model.max_length, model.max_batch_tokens)
     emb = core.ready()
+    return _info(core, emb.spec.hf_id or emb.model, emb.dtype,
+                 {"embedding": {"pooling": emb.spec.pooling.replace("lasttoken", "last_token")}},
+                 emb.max_length, emb.max_batch_tokens)
+
+
+def _info(core, model_id: str, dtype: str, model_type: dict, max_length: int,
+          max_batch_tokens: int) -> dict:
     s = core.settings
-    return {"model_id": emb.spec.hf_id or emb.model, "model_sha": None,
-            "model_dtype": {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[emb.dtype],
-            "model_type": {"embedding": {"pooling": emb.spec.pooling.replace("lasttoken",
-                                                                             "last_token")}},
-            "max_concurrent_requests": s.max_queued_requests, "max_input_length": emb.max_length,
-            "max_batch_tokens": emb.max_batch_tokens,
+    return {"model_id": model_id, "model_sha": None,
+            "model_dtype": {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dtype],
+            "model_type": model_type,
+            "max_concurrent_requests": s.max_queued_requests, "max_input_length": max_length,
+            "max_batch_tokens": max_batch_tokens,
             "max_batch_requests": s.max_batch_requests or None,
             "max_client_batch_size": core.input_limit("tei"), "auto_truncate": True,
             "tokenization_workers": 1, "version": __version__, "sha": None, "docker_label": None}

@@ -268,3 +268,16 @@ def test_out_of_memory_falls_back_to_the_smaller_reranker_over_http(ce_dir, tmp_
     assert [x["index"] for x in r.json()["results"]] == [i for i, _ in want]
     np.testing.assert_allclose([x["relevance_score"] for x in r.json()["results"]],
                                sigmoid([s for _, s in want]), rtol=1e-5)
+
+
+def test_a_server_of_one_reranker(ce):
+    """Like TEI started with a reranker: /info says so, /rerank needs no model, embedding
+    routes answer 400 naming the model field."""
+    with running_server(ce) as u, httpx.Client(base_url=u, timeout=60) as http:
+        assert http.get("/ready").status_code == 200
+        info = http.get("/info").json()
+        assert "reranker" in info["model_type"] and info["max_input_length"] == ce.max_length
+        r = http.post("/rerank", json={"query": QUERY, "texts": DOCS[:3]})
+        assert [x["index"] for x in r.json()] == [i for i, _ in ce.rerank(QUERY, DOCS[:3])]
+        r = http.post("/embed", json={"inputs": "x"})
+        assert r.status_code == 422 and "no embedding model" in r.json()["error"]
