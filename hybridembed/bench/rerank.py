@@ -52,7 +52,8 @@ def _serve(reranker):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    app = create_app(Settings(port=port), embedder=reranker)  # the server's one model
+    # the server's one model; no request timeout: a noisy machine must not fail a round
+    app = create_app(Settings(port=port, request_timeout=24 * 3600.0), embedder=reranker)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", access_log=False))
     threading.Thread(target=server.run, daemon=True).start()
@@ -192,7 +193,8 @@ def mixed_load(seconds: float = 30.0, embed_clients: int = 64, rerank_clients: i
     with tempfile.TemporaryDirectory() as tmp:
         progress("building the MiniLM-L6 cross-encoder")
         folder = minilm_cross_encoder(Path(tmp) / "minilm-ce")
-        flags = ["--model", "minilm", "--model", f"rr={folder}", "--device", "cpu"]
+        flags = ["--model", "minilm", "--model", f"rr={folder}", "--device", "cpu",
+                 "--request-timeout", "600"]
         with child_server(flags) as url:
             progress(f"embed alone, {seconds:g} s")
             alone = asyncio.run(phase(url, False))
