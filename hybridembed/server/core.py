@@ -90,8 +90,8 @@ class ServerCore:
         server serves no embedding model)."""
         if self.embedder is None and self.models is not None and self.models.default(
                 "embed") is None:
-            raise ApiError(400, "this server serves no embedding model; models: "
-                           f"{', '.join(self.models.slots)}", param="model")
+            raise ApiError(404, "this server serves no embedding model; models: "
+                           f"{', '.join(self.models.slots)}", "not_found", "model")
         if self.embedder is None or self.batcher is None:
             why = f"model failed to load: {self.load_error}" if self.load_error else "model loading"
             raise ApiError(503, why, "not_ready", retry_after=None if self.load_error else 2)
@@ -112,8 +112,10 @@ class ServerCore:
             raise ApiError(400, f"{field} is empty; send at least one text", "empty", field)
         limit = self.input_limit(protocol)
         if limit is not None and len(texts) > limit:
-            raise ApiError(413, f"{len(texts)} {field} in one request; the limit is {limit}",
-                           "too_large", field)
+            # OpenAI answers its own 2048 cap with a 400; a server-set cap is a 413.
+            status = 413 if self.settings.max_inputs else 400
+            raise ApiError(status, f"{len(texts)} {field} in one request; the limit is {limit}",
+                           "too_large" if status == 413 else "invalid_request", field)
 
     async def count_tokens(self, request: EmbedRequest, emb=None) -> int:
         """Tokens the request will occupy (each text at most the model's limit), for

@@ -371,8 +371,8 @@ class ModelRegistry:
                 what = ("embedding model" if task == "embed"
                         else "reranker (a cross-encoder, or an embedding model with a ColBERT "
                              "head)")
-                raise ApiError(400, f"this server serves no {what}; models: "
-                               f"{', '.join(self.slots)}", param="model")
+                raise ApiError(404, f"this server serves no {what}; models: "
+                               f"{', '.join(self.slots)}", "not_found", "model")
             return slot
         slot = self.find(name)
         if slot is None:

@@ -9,11 +9,18 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import Field
 
 from .. import __version__
 from .models import FOREVER, weights_bytes
-from .wire import WireModel, as_list
+from .schemas import (
+    OllamaEmbeddingsResponse,
+    OllamaEmbedResponse,
+    OllamaShowResponse,
+    OllamaTagsResponse,
+    OllamaVersionResponse,
+    ok,
+)
+from .wire import WireModel, as_list, whole_number
 
 router = APIRouter(tags=["Ollama"])
 OLLAMA_VERSION = "0.6.0"  # the Ollama API level these routes follow
@@ -23,7 +30,7 @@ class OllamaEmbedRequest(WireModel):
     model: str
     input: str | list[str] = ""
     truncate: bool | None = True
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: whole_number(ge=1) | None = None
     keep_alive: Any = None
     options: dict | None = None
 
@@ -40,7 +47,7 @@ class OllamaShowRequest(WireModel):
     name: str | None = None
 
 
-@router.post("/api/embed")
+@router.post("/api/embed", responses=ok(OllamaEmbedResponse))
 async def embed(body: OllamaEmbedRequest, request: Request):
     core = request.app.state.core
     started = time.perf_counter_ns()
@@ -49,6 +56,7 @@ async def embed(body: OllamaEmbedRequest, request: Request):
     texts = [] if body.input == "" else as_list(body.input)
     async with core.models.use(body.model, "embed", body.keep_alive) as slot:
         if not texts:
+            slot.embedder.request([], dimensions=body.dimensions)  # options still checked
             return {"model": body.model, "embeddings": []}
         embed = slot.embedder.request(texts, dimensions=body.dimensions,
                                       truncate=body.truncate is not False)
@@ -58,7 +66,7 @@ async def embed(body: OllamaEmbedRequest, request: Request):
             "prompt_eval_count": result.usage.total_tokens}
 
 
-@router.post("/api/embeddings")
+@router.post("/api/embeddings", responses=ok(OllamaEmbeddingsResponse))
 async def embeddings(body: OllamaEmbeddingsRequest, request: Request):
     core = request.app.state.core
     async with core.models.use(body.model, "embed", body.keep_alive) as slot:
@@ -85,7 +93,7 @@ def _model_entry(core, slot) -> dict:
                         "quantization_level": dtype.upper()}}
 
 
-@router.get("/api/tags")
+@router.get("/api/tags", responses=ok(OllamaTagsResponse))
 async def tags(request: Request):
     """Every configured model, loaded or not."""
     core = request.app.state.core
@@ -109,12 +117,12 @@ async def ps(request: Request):
     return {"models": out}
 
 
-@router.get("/api/version")
+@router.get("/api/version", responses=ok(OllamaVersionResponse))
 async def version():
     return {"version": OLLAMA_VERSION, "hybridembed": __version__}
 
 
-@router.post("/api/show")
+@router.post("/api/show", responses=ok(OllamaShowResponse))
 async def show(body: OllamaShowRequest, request: Request):
     core = request.app.state.core
     slot = core.models.resolve(body.model or body.name, "embed")
@@ -130,6 +138,8 @@ async def show(body: OllamaShowRequest, request: Request):
                                f"{arch}.embedding_length": emb.dim}}
 
 
-@router.get("/", include_in_schema=False)
+@router.get("/", response_class=PlainTextResponse, responses={
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+          "description": "Ollama's liveness text (POST / is TEI's embed route)"}})
 async def root():
     return PlainTextResponse("Ollama is running (hybridembed)")

@@ -35,7 +35,7 @@ from ..scores import cosine
 from ..service.rerank import relevance_scores
 from ..types import RerankResult
 from .errors import ApiError
-from .wire import WireModel, as_list
+from .wire import WireModel, as_list, schema_of, texts_schema
 
 router = APIRouter(tags=["rerank"])
 
@@ -46,11 +46,18 @@ class DocumentObject(WireModel):
     text: str
 
 
+_DOCUMENTS = schema_of({"type": "array", "minItems": 1,
+                        "items": {"anyOf": [{"type": "string"}, {"$ref":
+                                  "#/components/schemas/DocumentObject"}]}})
+_STRINGS = schema_of({"type": "array", "minItems": 1, "items": {"type": "string"}})
+_TOP_N = schema_of({"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]})
+
+
 class CohereRerankRequest(WireModel):
     model: str | None = None
     query: str
-    documents: list[str | DocumentObject]
-    top_n: int | None = None
+    documents: list[str | DocumentObject] = Field(json_schema_extra=_DOCUMENTS)
+    top_n: int | None = Field(None, json_schema_extra=_TOP_N)
     return_documents: bool = False
     max_tokens_per_doc: int | None = Field(None, ge=1)
     truncate: bool = True
@@ -64,8 +71,8 @@ class CohereRerankRequest(WireModel):
 class OllamaRerankRequest(WireModel):
     model: str
     query: str
-    documents: list[str]
-    top_n: int | None = None
+    documents: list[str] = Field(json_schema_extra=_STRINGS)
+    top_n: int | None = Field(None, json_schema_extra=_TOP_N)
     truncate: bool = True
     keep_alive: Any = None
     options: dict | None = None
@@ -73,7 +80,7 @@ class OllamaRerankRequest(WireModel):
 
 class TEIRerankRequest(WireModel):
     query: str
-    texts: list[str]
+    texts: list[str] = Field(json_schema_extra=_STRINGS)
     truncate: bool | None = None
     truncation_direction: Literal["Right"] = Field(
         "Right", description="cross-encoders cut the longer of query and text on the right")
@@ -83,7 +90,7 @@ class TEIRerankRequest(WireModel):
 
 class TEISimilarityInputs(WireModel):
     source_sentence: str
-    sentences: list[str]
+    sentences: list[str] = Field(json_schema_extra=_STRINGS)
 
 
 class TEISimilarityRequest(WireModel):
@@ -98,8 +105,8 @@ class TEIDecodeRequest(WireModel):
 
 class VLLMScoreRequest(WireModel):
     model: str | None = None
-    text_1: str | list[str]
-    text_2: str | list[str]
+    text_1: str | list[str] = Field(json_schema_extra=schema_of(texts_schema()))
+    text_2: str | list[str] = Field(json_schema_extra=schema_of(texts_schema()))
     truncate_prompt_tokens: int | None = None
 
 

@@ -272,7 +272,7 @@ def test_out_of_memory_falls_back_to_the_smaller_reranker_over_http(ce_dir, tmp_
 
 def test_a_server_of_one_reranker(ce):
     """Like TEI started with a reranker: /info says so, /rerank needs no model, embedding
-    routes answer 400 naming the model field."""
+    routes answer 404 naming the missing kind of model."""
     with running_server(ce) as u, httpx.Client(base_url=u, timeout=60) as http:
         assert http.get("/ready").status_code == 200
         info = http.get("/info").json()
@@ -280,4 +280,4 @@ def test_a_server_of_one_reranker(ce):
         r = http.post("/rerank", json={"query": QUERY, "texts": DOCS[:3]})
         assert [x["index"] for x in r.json()] == [i for i, _ in ce.rerank(QUERY, DOCS[:3])]
         r = http.post("/embed", json={"inputs": "x"})
-        assert r.status_code == 422 and "no embedding model" in r.json()["error"]
+        assert r.status_code == 404 and "no embedding model" in r.json()["error"]
