@@ -26,12 +26,12 @@ from pathlib import Path
 from .. import registry
 from ..errors import HybridEmbedError
 from .errors import ApiError
+from .wire import DURATION_PATTERN
 
 log = logging.getLogger(__name__)
 
 TASKS = ("embed", "rerank")
 FOREVER = float("inf")
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 
 def parse_keep_alive(value) -> float | None:
@@ -47,7 +47,7 @@ def parse_keep_alive(value) -> float | None:
     if isinstance(value, int | float):
         seconds = float(value)
     else:
-        match = _DURATION.match(str(value))
+        match = re.match(DURATION_PATTERN, str(value))
         if not match:
             raise ApiError(400, f"keep_alive must be a duration such as \"5m\", \"10s\" or a "
                            f"number of seconds, got {value!r}", param="keep_alive")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
@@ -20,7 +19,7 @@ from .schemas import (
     OllamaVersionResponse,
     ok,
 )
-from .wire import WireModel, as_list, whole_number
+from .wire import KeepAlive, WireModel, as_list, whole_number
 
 router = APIRouter(tags=["Ollama"])
 OLLAMA_VERSION = "0.6.0"  # the Ollama API level these routes follow
@@ -31,14 +30,14 @@ class OllamaEmbedRequest(WireModel):
     input: str | list[str] = ""
     truncate: bool | None = True
     dimensions: whole_number(ge=1) | None = None
-    keep_alive: Any = None
+    keep_alive: KeepAlive = None
     options: dict | None = None
 
 
 class OllamaEmbeddingsRequest(WireModel):
     model: str
     prompt: str | None = None
-    keep_alive: Any = None
+    keep_alive: KeepAlive = None
     options: dict | None = None
 
 

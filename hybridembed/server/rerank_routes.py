@@ -23,7 +23,7 @@ import json
 import math
 import time
 import uuid
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -35,7 +35,7 @@ from ..scores import cosine
 from ..service.rerank import relevance_scores
 from ..types import RerankResult
 from .errors import ApiError
-from .wire import WireModel, as_list, schema_of, texts_schema
+from .wire import KeepAlive, WireModel, as_list, schema_of, texts_schema
 
 router = APIRouter(tags=["rerank"])
 
@@ -65,7 +65,7 @@ class CohereRerankRequest(WireModel):
                                         "sparse, multivector) weights")
     # vLLM's spelling of truncation; -1 (or any value) cuts to the model's limit
     truncate_prompt_tokens: int | None = None
-    keep_alive: Any = None
+    keep_alive: KeepAlive = None
 
 
 class OllamaRerankRequest(WireModel):
@@ -74,7 +74,7 @@ class OllamaRerankRequest(WireModel):
     documents: list[str] = Field(json_schema_extra=_STRINGS)
     top_n: int | None = Field(None, json_schema_extra=_TOP_N)
     truncate: bool = True
-    keep_alive: Any = None
+    keep_alive: KeepAlive = None
     options: dict | None = None
 
 
@@ -98,14 +98,21 @@ class TEISimilarityRequest(WireModel):
     parameters: dict | None = None
 
 
+_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+
+
 class TEIDecodeRequest(WireModel):
-    ids: list[int] | list[list[int]]
+    ids: list[int] | list[list[int]] = Field(json_schema_extra=schema_of(
+        {"anyOf": [_IDS, {"type": "array", "minItems": 1, "items": _IDS}]}))
     skip_special_tokens: bool = True
 
 
 class VLLMScoreRequest(WireModel):
     model: str | None = None
-    text_1: str | list[str] = Field(json_schema_extra=schema_of(texts_schema()))
+    text_1: str | list[str] = Field(
+        description="one text (or a list of one) scored against each of text_2; a list as "
+        "long as text_2 scores pairwise (declared as at most one: the lengths must match)",
+        json_schema_extra=schema_of(texts_schema(max_items=1)))
     text_2: str | list[str] = Field(json_schema_extra=schema_of(texts_schema()))
     truncate_prompt_tokens: int | None = None
 
@@ -214,7 +221,15 @@ async def rerank_v2(body: CohereRerankRequest, request: Request):
     return await _cohere_like(request, body, "2")
 
 
-@router.post("/rerank")
+def _either_body() -> dict:
+    """The ``/rerank`` body for the OpenAPI document: TEI's or vLLM's (Cohere shape)."""
+    tei = TEIRerankRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    tei.pop("$defs", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "anyOf": [tei, {"$ref": "#/components/schemas/CohereRerankRequest"}]}}}}}
+
+
+@router.post("/rerank", openapi_extra=_either_body())
 async def rerank(request: Request):
     """TEI's ``/rerank`` (a body with ``texts``) or vLLM's (a body with ``documents``)."""
     body = await _json_body(request)
@@ -236,9 +251,11 @@ async def score(body: VLLMScoreRequest, request: Request):
     if not first or not second:
         raise ApiError(400, "text_1 and text_2 must not be empty", "empty",
                        "text_1" if not first else "text_2")
+    if len(second) == 1 and len(first) > 1:  # each text_1 against the one text_2
+        second = second * len(first)
     if len(first) != 1 and len(first) != len(second):
         raise ApiError(400, f"text_1 has {len(first)} texts and text_2 {len(second)}; give one "
-                       "text_1, or as many as text_2", param="text_1")
+                       "of either, or as many text_1 as text_2", param="text_1")
     slot = core.models.find(body.model) if body.model else core.models.default("rerank")
     truncate = body.truncate_prompt_tokens is not None
     if slot is not None and slot.can_rerank or slot is None and body.model:

@@ -254,8 +254,8 @@ def ok(model) -> dict:
 def complete_openapi(schema: dict, protocol_of, embedder=None) -> dict:
     """Add to each operation the error statuses its protocol sends, with that protocol's
     error body (dropping FastAPI's default 422 body, which no route sends), and, once the
-    model is loaded, the constraints only it knows: ``dimensions`` at most its size and
-    ``prompt_name`` one of its prompts."""
+    model is loaded, the constraints only it knows: ``dimensions`` at most its size,
+    ``prompt_name`` one of its prompts and ``/decode``'s ids within its vocabulary."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for name, model in {"OpenAIError": OpenAIError, "OllamaError": OllamaError,
                         "TEIError": TEIError, "CohereError": CohereError,
@@ -275,6 +275,11 @@ def complete_openapi(schema: dict, protocol_of, embedder=None) -> dict:
                 responses.setdefault(str(status), {
                     "description": _DESCRIPTIONS[status],
                     "content": {"application/json": {"schema": ref}}})
+    if embedder is not None and "TEIDecodeRequest" in components:
+        item = {"type": "integer", "minimum": 0, "maximum": embedder.tokenizer.vocab_size - 1}
+        ids = {"type": "array", "minItems": 1, "items": item}
+        components["TEIDecodeRequest"]["properties"]["ids"] = {
+            "anyOf": [ids, {"type": "array", "minItems": 1, "items": ids}], "title": "Ids"}
     if embedder is not None:
         prompts = sorted(set(embedder.spec.prompts) | {"query", "document"})
         for model in components.values():
