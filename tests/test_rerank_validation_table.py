@@ -83,14 +83,14 @@ CASES: dict[str, dict] = {
         "vllm_score": ({"model": "nope", "text_1": "q", "text_2": OK}, 404, "model"),
         "ollama": ({"model": "nope", "query": "q", "documents": OK}, 404, "nope"),
     },
-    "a model of the wrong kind": {
-        "cohere_v1": ({"model": "minilm", "query": "q", "documents": OK}, 400,
+    "a model of the wrong kind": {  # for this task the model is not served: 404
+        "cohere_v1": ({"model": "minilm", "query": "q", "documents": OK}, 404,
                       "cannot rerank"),
-        "cohere_v2": ({"model": "minilm", "query": "q", "documents": OK}, 400,
+        "cohere_v2": ({"model": "minilm", "query": "q", "documents": OK}, 404,
                       "cannot rerank"),
-        "vllm_rerank": ({"model": "minilm", "query": "q", "documents": OK}, 400, "model"),
-        "ollama": ({"model": "minilm", "query": "q", "documents": OK}, 400, "cannot rerank"),
-        "openai": ({"model": "rr", "input": "x"}, 400, "cannot embed"),
+        "vllm_rerank": ({"model": "minilm", "query": "q", "documents": OK}, 404, "model"),
+        "ollama": ({"model": "minilm", "query": "q", "documents": OK}, 404, "cannot rerank"),
+        "openai": ({"model": "rr", "input": "x"}, 404, "cannot embed"),
     },
     "a document that is not a string": {
         "python": (lambda s: s.rerank("q", ["a", 3]), InvalidInputError, "#1"),

@@ -6,7 +6,8 @@ long a model stays loaded after a request.
 
 Tasks: ``embed`` (an :class:`Embedder`) and ``rerank`` (a cross-encoder, or an embedder
 with a ColBERT head — MaxSim, or BGE-M3's combined score). A cross-encoder cannot embed;
-an embedder without a ColBERT head cannot rerank: asking either is a 400 naming ``model``.
+an embedder without a ColBERT head cannot rerank: asking either is a 404 naming ``model``
+(for that task the model is not served), as is an unknown model.
 Defaults: ``embed`` → the first configured embedding model; ``rerank`` → the first
 cross-encoder, else the first embedder that can rerank.
 """
@@ -380,14 +381,15 @@ class ModelRegistry:
                            f"{', '.join(self.slots)}", "not_found", "model")
         embedders = ", ".join(s.name for s in self.slots.values() if s.task == "embed")
         rerankers = ", ".join(s.name for s in self.slots.values() if s.can_rerank)
+        # A model of the wrong kind is, for this task, a model not served here: 404.
         if task == "embed" and slot.task != "embed":
-            raise ApiError(400, f"model {name!r} is a cross-encoder (a reranker); it cannot "
+            raise ApiError(404, f"model {name!r} is a cross-encoder (a reranker); it cannot "
                            f"embed. Embedding models here: {embedders or 'none'}",
-                           param="model")
+                           "not_found", "model")
         if task == "rerank" and not slot.can_rerank:
-            raise ApiError(400, f"model {name!r} is an embedding model without a ColBERT head; "
+            raise ApiError(404, f"model {name!r} is an embedding model without a ColBERT head; "
                            f"it cannot rerank. Rerankers here: {rerankers or 'none'}",
-                           param="model")
+                           "not_found", "model")
         return slot
 
     @contextlib.asynccontextmanager

@@ -35,7 +35,7 @@ from ..scores import cosine
 from ..service.rerank import relevance_scores
 from ..types import RerankResult
 from .errors import ApiError
-from .wire import KeepAlive, WireModel, as_list, schema_of, texts_schema
+from .wire import KeepAlive, WholeNumber, WireModel, as_list, schema_of, texts_schema
 
 router = APIRouter(tags=["rerank"])
 
@@ -102,7 +102,7 @@ _IDS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 
 
 
 class TEIDecodeRequest(WireModel):
-    ids: list[int] | list[list[int]] = Field(json_schema_extra=schema_of(
+    ids: list[WholeNumber] | list[list[WholeNumber]] = Field(json_schema_extra=schema_of(
         {"anyOf": [_IDS, {"type": "array", "minItems": 1, "items": _IDS}]}))
     skip_special_tokens: bool = True
 
@@ -229,7 +229,14 @@ def _either_body() -> dict:
         "anyOf": [tei, {"$ref": "#/components/schemas/CohereRerankRequest"}]}}}}}
 
 
-@router.post("/rerank", openapi_extra=_either_body())
+_EITHER_ERROR = {"anyOf": [{"$ref": "#/components/schemas/TEIError"},
+                           {"$ref": "#/components/schemas/VLLMError"}]}
+
+
+@router.post("/rerank", openapi_extra=_either_body(), responses={
+    status: {"description": "TEI's error body, or vLLM's for a body with documents",
+             "content": {"application/json": {"schema": _EITHER_ERROR}}}
+    for status in (400, 401, 404, 405, 413, 422, 429, 500, 503)})
 async def rerank(request: Request):
     """TEI's ``/rerank`` (a body with ``texts``) or vLLM's (a body with ``documents``)."""
     body = await _json_body(request)
@@ -251,11 +258,9 @@ async def score(body: VLLMScoreRequest, request: Request):
     if not first or not second:
         raise ApiError(400, "text_1 and text_2 must not be empty", "empty",
                        "text_1" if not first else "text_2")
-    if len(second) == 1 and len(first) > 1:  # each text_1 against the one text_2
-        second = second * len(first)
     if len(first) != 1 and len(first) != len(second):
         raise ApiError(400, f"text_1 has {len(first)} texts and text_2 {len(second)}; give one "
-                       "of either, or as many text_1 as text_2", param="text_1")
+                       "text_1, or as many as text_2 (vLLM's 1:N or N:N)", param="text_1")
     slot = core.models.find(body.model) if body.model else core.models.default("rerank")
     truncate = body.truncate_prompt_tokens is not None
     if slot is not None and slot.can_rerank or slot is None and body.model:
