@@ -35,7 +35,15 @@ from ..scores import cosine
 from ..service.rerank import relevance_scores
 from ..types import RerankResult
 from .errors import ApiError
-from .wire import KeepAlive, WholeNumber, WireModel, as_list, schema_of, texts_schema
+from .wire import (
+    KeepAlive,
+    WholeNumber,
+    WireModel,
+    as_list,
+    schema_of,
+    texts_schema,
+    whole_number,
+)
 
 router = APIRouter(tags=["rerank"])
 
@@ -57,14 +65,14 @@ class CohereRerankRequest(WireModel):
     model: str | None = None
     query: str
     documents: list[str | DocumentObject] = Field(json_schema_extra=_DOCUMENTS)
-    top_n: int | None = Field(None, json_schema_extra=_TOP_N)
+    top_n: WholeNumber | None = Field(None, json_schema_extra=_TOP_N)
     return_documents: bool = False
-    max_tokens_per_doc: int | None = Field(None, ge=1)
+    max_tokens_per_doc: whole_number(ge=1) | None = None
     truncate: bool = True
     weights: list[float] | None = Field(None, description="BGE-M3 combined score: (dense, "
                                         "sparse, multivector) weights")
     # vLLM's spelling of truncation; -1 (or any value) cuts to the model's limit
-    truncate_prompt_tokens: int | None = None
+    truncate_prompt_tokens: WholeNumber | None = None
     keep_alive: KeepAlive = None
 
 
@@ -72,7 +80,7 @@ class OllamaRerankRequest(WireModel):
     model: str
     query: str
     documents: list[str] = Field(json_schema_extra=_STRINGS)
-    top_n: int | None = Field(None, json_schema_extra=_TOP_N)
+    top_n: WholeNumber | None = Field(None, json_schema_extra=_TOP_N)
     truncate: bool = True
     keep_alive: KeepAlive = None
     options: dict | None = None
@@ -114,7 +122,7 @@ class VLLMScoreRequest(WireModel):
         "long as text_2 scores pairwise (declared as at most one: the lengths must match)",
         json_schema_extra=schema_of(texts_schema(max_items=1)))
     text_2: str | list[str] = Field(json_schema_extra=schema_of(texts_schema()))
-    truncate_prompt_tokens: int | None = None
+    truncate_prompt_tokens: WholeNumber | None = None
 
 
 # -- the one scoring path -------------------------------------------------------------------
