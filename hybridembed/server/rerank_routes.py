@@ -18,6 +18,7 @@ similarities and are returned as computed.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import math
@@ -276,8 +277,6 @@ async def score(body: VLLMScoreRequest, request: Request):
             results = [await _score(request, body.model, first[0], second, field="text_2",
                                     truncate=truncate)]
         else:
-            import asyncio
-
             results = await asyncio.gather(*(
                 _score(request, body.model, q, [d], field="text_2", truncate=truncate)
                 for q, d in zip(first, second, strict=True)))
