@@ -15,8 +15,14 @@ from .config import ENV_DOC, Settings
 from .errors import HybridEmbedError, InvalidOptionError
 
 
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="alias, folder or Hugging Face id (env HYBRIDEMBED_MODEL)")
+def _add_model_flags(p: argparse.ArgumentParser, many: bool = False) -> None:
+    if many:
+        p.add_argument("--model", action="append",
+                       help="SOURCE or NAME=SOURCE (alias, folder or Hugging Face id); repeat to "
+                       "serve several models, the first is the default (env HYBRIDEMBED_MODEL, "
+                       "HYBRIDEMBED_MODELS)")
+    else:
+        p.add_argument("--model", help="alias, folder or Hugging Face id (env HYBRIDEMBED_MODEL)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", help="auto, fp32, fp16, bf16")
     p.add_argument("--max-batch-tokens", type=int, help="padded tokens per forward pass")
@@ -29,6 +35,21 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory of the embedded store (env "
                    "HYBRIDEMBED_DATA_DIR; default $XDG_DATA_HOME/hybridembed, i.e. "
                    "~/.local/share/hybridembed)")
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
+          "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
+
+
+def _size(text: str) -> int:
+    """A memory size: bytes, or a number with a unit (6GiB, 512MB, 2g)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; use bytes or a number with "
+                                         "a unit such as 6GiB, 512MB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     pull = sub.add_parser("pull", help="download a model into the Hugging Face cache")
     pull.add_argument("model")
 
-    serve = sub.add_parser("serve", help="run the HTTP server (native, OpenAI, Ollama, TEI)")
-    _add_model_flags(serve)
+    serve = sub.add_parser("serve", help="run the HTTP server (native, OpenAI, Ollama, TEI, "
+                           "Cohere, vLLM)")
+    _add_model_flags(serve, many=True)
+    serve.add_argument("--models-file", help="JSON or TOML file listing more models: "
+                       "{\"models\": [{\"name\", \"source\", \"lazy\", \"fallback\"}]}")
+    serve.add_argument("--lazy", action="store_true", default=None,
+                       help="load the models after the first on first use, not at start")
+    serve.add_argument("--max-memory", type=_size,
+                       help="memory for model weights, e.g. 6GiB; past it the least recently "
+                       "used idle model is unloaded")
+    serve.add_argument("--keep-alive", help="how long a model stays loaded after a request "
+                       "(5m, 30s, -1 = forever; default forever); Ollama's keep_alive overrides")
     serve.add_argument("--host", help="bind address (default 127.0.0.1: loopback only)")
     serve.add_argument("--port", type=int, help="port (default 8080)")
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route "
@@ -121,14 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="speed and memory of several engines in one run "
                            "(--suite stores: store latency; --suite migrate: backfill speed)")
-    bench.add_argument("--suite", choices=["engines", "stores", "migrate"], default="engines",
+    bench.add_argument("--suite", choices=["engines", "stores", "migrate", "rerank",
+                                           "rerank-mixed"],
+                       default="engines",
                        help="engines (default), stores (100k synthetic documents in Qdrant "
-                       "Edge and pgvector) or migrate (pgvector backfill vs pure embedding)")
+                       "Edge and pgvector), migrate (pgvector backfill vs pure embedding) or "
+                       "rerank (pairs/s: sentence-transformers vs in process vs HTTP), "
+                       "rerank-mixed (embed latency alone and beside rerank clients)")
+    bench.add_argument("--seconds", type=float, default=30.0,
+                       help="seconds per phase (--suite rerank-mixed)")
     bench.add_argument("--docs", type=int, default=100_000, help="documents (--suite stores)")
     bench.add_argument("--rows", type=int, default=20_000, help="rows (--suite migrate)")
     bench.add_argument("--ray-workers", type=int, default=2,
                        help="Ray actors for --suite migrate (0: skip the Ray run)")
-    bench.add_argument("--model", default="minilm")
+    bench.add_argument("--model", default="minilm",
+                       help="model; with --suite rerank a cross-encoder (default: MiniLM-L6 "
+                       "with a one-logit head, built on the fly)")
+    bench.add_argument("--passages", type=int, default=100, help="passages (--suite rerank)")
+    bench.add_argument("--words", type=int, default=150,
+                       help="words per passage (--suite rerank; 150 words ~ 200 tokens)")
     bench.add_argument("--corpus", default="short",
                        help="short (~35 tokens), long (~400), mixed, or a file of lines")
     bench.add_argument("--texts", type=int, default=300)
@@ -249,10 +291,15 @@ def cmd_serve(args) -> int:
 
     names = ("host", "port", "api_key", "max_queued_requests", "max_queued_tokens",
              "max_batch_requests", "max_inputs", "max_body_bytes", "request_timeout",
-             "served_model_name", "token_ids", "cors_allow_origin")
-    settings = _settings(args, **{n: getattr(args, n) for n in names})
+             "served_model_name", "token_ids", "cors_allow_origin", "models_file", "lazy",
+             "max_memory", "keep_alive")
+    given = list(args.model or [])
+    args.model = given[0] if given else None
+    more = {"models": ",".join(given[1:])} if len(given) > 1 else {}
+    settings = _settings(args, **{n: getattr(args, n) for n in names}, **more)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    print(f"hybridembed serving {settings.model} on http://{settings.host}:{settings.port} "
+    served = ", ".join([settings.model, *filter(None, settings.models.split(","))])
+    print(f"hybridembed serving {served} on http://{settings.host}:{settings.port} "
           f"(docs at /docs)", flush=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=args.log_level, access_log=False)
@@ -523,6 +570,21 @@ def cmd_bench(args) -> int:
 
         report = stores.run(n_docs=args.docs, progress=lambda m: print(m, file=sys.stderr))
         print(json.dumps(report, indent=2) if args.json else stores.format_report(report))
+        return 0
+    if args.suite == "rerank":
+        from .bench import rerank
+
+        report = rerank.run(None if args.model == "minilm" else args.model,
+                            passages=args.passages, words=args.words, rounds=args.repeats,
+                            progress=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(report, indent=2) if args.json else rerank.format_report(report))
+        return 0
+    if args.suite == "rerank-mixed":
+        from .bench import rerank
+
+        report = rerank.mixed_load(args.seconds, embed_clients=args.concurrency,
+                                   progress=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(report, indent=2) if args.json else rerank.format_mixed(report))
         return 0
     if args.suite == "migrate":
         from .bench import migrate

@@ -50,6 +50,12 @@ class Settings:
     served_model_name: str = ""  # extra name clients may use for the model
     token_ids: str = "cl100k"  # how OpenAI token-id inputs are read: cl100k | model | refuse
     cors_allow_origin: str = ""  # comma-separated origins (or *) allowed by CORS; "" = off
+    # several models (server/models.py)
+    models: str = ""  # more models, comma-separated SOURCE or NAME=SOURCE
+    models_file: str = ""  # a JSON/TOML file listing more models
+    lazy: bool = False  # load the extra models on first use, not at start
+    max_memory: int = 0  # bytes of model weights kept loaded (0: no budget)
+    keep_alive: str = ""  # how long a model stays loaded after a request ("": forever)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> Settings:
@@ -74,6 +80,12 @@ class Settings:
 
 
 def _convert(name: str, raw: str, kind: type):
+    if kind is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise InvalidOptionError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not true or false", name)
     if kind is int:
         try:
             value = int(raw)
@@ -128,4 +140,11 @@ ENV_DOC: dict[str, str] = {
                              "own ids, as sent) or refuse",
     "HYBRIDEMBED_CORS_ALLOW_ORIGIN": "origins browsers may call from (comma-separated, or *); "
                                      "empty = CORS off (default)",
+    "HYBRIDEMBED_MODELS": "more models to serve, comma-separated SOURCE or NAME=SOURCE",
+    "HYBRIDEMBED_MODELS_FILE": "a JSON or TOML file listing more models to serve",
+    "HYBRIDEMBED_LAZY": "true: load the extra models on first use instead of at start",
+    "HYBRIDEMBED_MAX_MEMORY": "bytes of model weights kept loaded; least recently used idle "
+                              "models are unloaded past it (0 = no budget)",
+    "HYBRIDEMBED_KEEP_ALIVE": "how long a model stays loaded after a request (5m, 30s; "
+                              "empty = forever); Ollama's keep_alive overrides it per request",
 }

@@ -24,9 +24,10 @@ class UnsupportedModelError(HybridEmbedError, ValueError):
 class InvalidInputError(HybridEmbedError, TypeError):
     """An input text is not a string (``None``, a number, a nested list...)."""
 
-    def __init__(self, message: str, index: int | None = None):
+    def __init__(self, message: str, index: int | None = None, field: str | None = None):
         super().__init__(message)
         self.index = index
+        self.field = field  # the request field holding the input (query, documents...)
 
 
 class InvalidOptionError(HybridEmbedError, ValueError):
@@ -40,18 +41,27 @@ class InvalidOptionError(HybridEmbedError, ValueError):
 class InputTooLongError(HybridEmbedError, ValueError):
     """One or more texts exceed the model's token limit and truncation was refused.
 
-    ``too_long`` maps each offending caller index to its token count. The other texts of
+    ``too_long`` maps each offending caller index to its token count (for a rerank, the
+    token count of the query and document together); ``field`` names the request field
+    that holds them (``input``, ``query``, ``documents``). The other texts of
     the call were embedded: ``partial`` holds their result (rows in the order of
     ``partial_indices``) so nothing already accepted is lost.
     """
 
-    def __init__(self, too_long: dict[int, int], limit: int, partial=None, partial_indices=()):
+    def __init__(self, too_long: dict[int, int], limit: int, partial=None, partial_indices=(),
+                 field: str = "input"):
         shown = ", ".join(f"#{i} has {n} tokens" for i, n in list(too_long.items())[:10])
         more = f" (and {len(too_long) - 10} more)" if len(too_long) > 10 else ""
+        if field == "query":
+            what = f"the query has {next(iter(too_long.values()))} tokens, over"
+        else:
+            where = "" if field == "input" else f"{field}: "
+            what = f"{where}{len(too_long)} text(s) exceed"
         super().__init__(
-            f"{len(too_long)} text(s) exceed the model limit of {limit} tokens: {shown}{more}. "
-            "Pass truncate=True to cut them to the limit, or split them."
-        )
+            f"{what} the model limit of {limit} tokens"
+            + ("" if field == "query" else f": {shown}{more}")
+            + ". Pass truncate=True to cut them to the limit, or split them.")
+        self.field = field  # the request field holding the texts (query, documents...)
         self.too_long = too_long
         self.limit = limit
         self.partial = partial

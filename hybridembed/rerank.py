@@ -17,6 +17,7 @@ import numpy as np
 
 from . import registry
 from .errors import (
+    InputTooLongError,
     InvalidInputError,
     InvalidOptionError,
     ModelNotFoundError,
@@ -62,8 +63,10 @@ class CrossEncoderReranker:
     ``1 / (1 + exp(-s))`` yourself for a 0..1 value on single-logit models.
 
     Pairs are tokenized once (truncated to ``max_length``, or the model's own limit if
-    lower), sorted longest first, run in batches padded to their own longest pair, and the
-    scores are put back in the caller's order.
+    lower), sorted longest first, run in batches of at most ``batch_size`` pairs (and at
+    most ``max_batch_tokens`` padded tokens, when given) padded to their own longest pair,
+    and the scores are put back in the caller's order. :meth:`score_pairs` scores pairs of
+    different queries in one pass (the server merges concurrent requests this way).
 
     Out of memory during a batch halves the batch size (for the rest of the call) and
     retries, down to one pair. If a single pair still does not fit and ``fallback`` names
@@ -74,10 +77,16 @@ class CrossEncoderReranker:
     """
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str | None = None,
-                 batch_size: int = 32, max_length: int = 512, fallback: str | None = None):
+                 batch_size: int = 32, max_length: int = 512, fallback: str | None = None,
+                 max_batch_tokens: int | None = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidOptionError(f"batch_size must be an integer >= 1, got {batch_size!r}",
                                      "batch_size")
+        if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or not
+                                             isinstance(max_batch_tokens, int)
+                                             or max_batch_tokens < 1):
+            raise InvalidOptionError("max_batch_tokens must be None or an integer >= 1, got "
+                                     f"{max_batch_tokens!r}", "max_batch_tokens")
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 4:
             raise InvalidOptionError(f"max_length must be an integer >= 4, got {max_length!r}",
                                      "max_length")
@@ -86,6 +95,7 @@ class CrossEncoderReranker:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.requested_max_length = max_length
         self.fallback = fallback
         self._load(model)
@@ -201,20 +211,49 @@ class CrossEncoderReranker:
     def score(self, query: str, texts: list[str]) -> np.ndarray:
         """Relevance of each text to ``query``: float32 raw logits, in the order of
         ``texts`` (see the class docs)."""
+        texts = _check_texts(query, texts)
+        return self.score_pairs([query] * len(texts), texts)[0]
+
+    def pair_lengths(self, queries: list[str], texts: list[str]) -> list[int]:
+        """Tokens of each ``(queries[i], texts[i])`` pair before truncation, special tokens
+        included (the inputs are not checked here)."""
+        if not texts:
+            return []
+        enc = self.tokenizer(list(queries), list(texts), truncation=False, padding=False,
+                             verbose=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def score_pairs(self, queries: list[str], texts: list[str], *, truncate: bool = True
+                    ) -> tuple[np.ndarray, list[int]]:
+        """Raw logits of each ``(queries[i], texts[i])`` pair, float32 in the given order,
+        and the tokens each pair took (after truncation). Pairs are packed longest first
+        into batches of at most :attr:`batch_size` pairs and, if :attr:`max_batch_tokens`
+        is set, at most that many padded tokens. With ``truncate=False`` a pair over
+        :attr:`max_length` raises :class:`InputTooLongError` (``field="documents"``)
+        before any forward pass. Inputs must be checked strings (see :meth:`score`)."""
         from .runtimes.torch_runtime import _is_oom
 
-        texts = _check_texts(query, texts)
+        if len(queries) != len(texts):
+            raise InvalidInputError(f"{len(queries)} queries for {len(texts)} texts")
         if not texts:
-            return np.zeros(0, dtype=np.float32)
-        enc = self.tokenizer([query] * len(texts), texts, truncation=True,
-                             max_length=self.max_length, padding=False)
+            return np.zeros(0, dtype=np.float32), []
+        enc = self.tokenizer(list(queries), list(texts), truncation=truncate,
+                             max_length=self.max_length if truncate else None, padding=False,
+                             verbose=False)
         enc = {k: enc[k] for k in self._input_names}
         lengths = [len(ids) for ids in enc["input_ids"]]
+        if not truncate:
+            too_long = {i: n for i, n in enumerate(lengths) if n > self.max_length}
+            if too_long:
+                raise InputTooLongError(too_long, self.max_length, field="documents")
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first, stable
         scores = np.empty(len(texts), dtype=np.float32)
         size, pos = self.batch_size, 0
         while pos < len(order):
-            rows = order[pos:pos + size]
+            fit = size
+            if self.max_batch_tokens:  # rows are sorted: the first is the longest
+                fit = min(size, max(1, self.max_batch_tokens // lengths[order[pos]]))
+            rows = order[pos:pos + fit]
             failed = False
             try:
                 scores[rows] = self._forward(rows, enc)
@@ -226,8 +265,8 @@ class CrossEncoderReranker:
                 pos += len(rows)
                 continue
             self._empty_cache()
-            if size > 1:
-                size //= 2
+            if len(rows) > 1:
+                size = len(rows) // 2
                 log.warning("%s: out of memory on a batch of %d pairs x %d tokens; retrying "
                             "with batches of %d", self.name, len(rows), lengths[rows[0]], size)
                 continue
@@ -235,8 +274,8 @@ class CrossEncoderReranker:
             if self.fallback is None:
                 raise OutOfMemoryError(index, tokens, self.device)
             self._switch_to_fallback(index, tokens)
-            return self.score(query, texts)
-        return scores
+            return self.score_pairs(queries, texts, truncate=truncate)
+        return scores, lengths
 
     def rerank(self, query: str, texts: list[str],
                top_k: int | None = None) -> list[tuple[int, float]]:

@@ -103,3 +103,58 @@ class EmbedResult:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
+
+
+# -- reranking ------------------------------------------------------------------------------
+
+RerankMethod = Literal["cross-encoder", "maxsim", "combined"]
+RERANK_METHODS: tuple[str, ...] = ("cross-encoder", "maxsim", "combined")
+
+
+@dataclass(frozen=True)
+class RerankOptions:
+    """Everything besides the query and documents that decides a rerank answer — the one
+    definition of the rerank options, built and validated only by a reranker service's
+    ``request`` (:mod:`hybridembed.service.rerank`); the batcher merges requests whose
+    options are equal.
+
+    ``truncate`` false refuses a query (or query + document pair) over the model's limit
+    instead of cutting it; ``method`` is how the model scores (``cross-encoder`` logits,
+    ColBERT ``maxsim``, BGE-M3 ``combined``); ``weights`` are the (dense, sparse,
+    multivector) weights of ``combined`` (``None`` for the other methods).
+    """
+
+    method: RerankMethod = "cross-encoder"
+    truncate: bool = True
+    weights: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """A validated rerank request: one query, the documents to score against it, and its
+    :class:`RerankOptions`. Whoever holds one (batcher, server) does not check again."""
+
+    query: str
+    documents: tuple[str, ...]
+    options: RerankOptions
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """The scores of one rerank request, in the order of its documents.
+
+    ``scores`` is a float32 vector: raw logits for a cross-encoder, similarities for
+    ``maxsim``/``combined``. ``usage.tokens`` holds, per document, the tokens the model
+    read for it (query and document together for a cross-encoder, after truncation).
+    """
+
+    model: str
+    method: RerankMethod
+    scores: np.ndarray
+    usage: Usage
+
+    def __len__(self) -> int:
+        return len(self.scores)

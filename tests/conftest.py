@@ -65,3 +65,18 @@ def nan_model(tmp_path_factory):
 
     return Embedder(str(build_nan_model(tmp_path_factory.mktemp("nan-model"))), device="cpu",
                     cache_size=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ce_dir(tmp_path_factory):
+    """A randomly initialised XLM-RoBERTa cross-encoder (one label), as bge-reranker ships."""
+    from tests.models import build_tiny_cross_encoder
+
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ce(tiny_ce_dir):
+    from hybridembed.rerank import CrossEncoderReranker
+
+    return CrossEncoderReranker(str(tiny_ce_dir), device="cpu")

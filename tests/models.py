@@ -75,3 +75,26 @@ def build_nan_model(folder: Path) -> Path:
     weights[name][ids[0]] = float("nan")
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
+
+
+def build_tiny_bert_cross_encoder(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised BERT sequence classifier with one label and a WordPiece
+    tokenizer over this module's words, laid out as cross-encoder/ms-marco-MiniLM ships
+    (``config.json`` naming ``BertForSequenceClassification``, weights, tokenizer)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = sorted({c for w in WORDS for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *letters,
+             *(f"##{c}" for c in letters)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(str(folder / "vocab.txt"), model_max_length=128).save_pretrained(
+        str(folder))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128, num_labels=1, initializer_range=0.2)
+    BertForSequenceClassification(config).save_pretrained(str(folder))
+    return folder

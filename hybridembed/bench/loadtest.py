@@ -8,6 +8,7 @@ until the server is gone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -71,18 +72,19 @@ async def _concurrent(url: str, texts: list[str], concurrency: int) -> tuple[flo
     return time.perf_counter() - began, latencies
 
 
-def serve_and_load(model: str, texts: list[str], concurrency: int = 64,
-                   single: int = 100, progress=print) -> dict:
-    """Start ``hybridembed serve`` in a child process (cache off), drive it with
-    ``concurrency`` single-text clients, then ``single`` sequential requests."""
+@contextlib.contextmanager
+def child_server(flags: list[str], env: dict[str, str] | None = None,
+                 ready_seconds: float = 300):
+    """``hybridembed serve FLAGS`` in a child process on a free port, offline; yields its
+    URL once ``/ready`` answers 200, and stops it afterwards."""
     port = _free_port()
-    env = {**os.environ, "HYBRIDEMBED_CACHE_SIZE": "0", "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "hybridembed", "serve", "--model", model,
-                               "--port", str(port), "--served-model-name", "any-name-ok",
-                               "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    server = subprocess.Popen([sys.executable, "-m", "hybridembed", "serve", *flags,
+                               "--port", str(port), "--log-level", "warning"], env=env,
+                              stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + ready_seconds
         while True:
             try:
                 if httpx.get(url + "/ready", timeout=2).status_code == 200:
@@ -92,6 +94,18 @@ def serve_and_load(model: str, texts: list[str], concurrency: int = 64,
             if time.time() > deadline or server.poll() is not None:
                 raise RuntimeError("the server did not become ready")
             time.sleep(0.25)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def serve_and_load(model: str, texts: list[str], concurrency: int = 64,
+                   single: int = 100, progress=print) -> dict:
+    """Start ``hybridembed serve`` in a child process (cache off), drive it with
+    ``concurrency`` single-text clients, then ``single`` sequential requests."""
+    env = {"HYBRIDEMBED_CACHE_SIZE": "0"}
+    with child_server(["--model", model, "--served-model-name", "any-name-ok"], env) as url:
         progress(f"server: {concurrency} concurrent clients, one text per request ...")
         asyncio.run(_concurrent(url, texts[:64], concurrency))  # warm connections and pools
         cpu = time.process_time()
@@ -100,9 +114,6 @@ def serve_and_load(model: str, texts: list[str], concurrency: int = 64,
         progress(f"server: {single} sequential single-text requests ...")
         _, singles = asyncio.run(_concurrent(url, texts[:single], 1))
         metrics = httpx.get(url + "/metrics").text
-    finally:
-        server.terminate()
-        server.wait(30)
     sums = {line.split()[0]: float(line.split()[-1]) for line in metrics.splitlines()
             if line.startswith(("hybridembed_batch_texts_sum", "hybridembed_batch_texts_count"))}
     count = sums.get("hybridembed_batch_texts_count", 0.0)

@@ -96,13 +96,14 @@ class TextTokenizer:
         kept = ids[:room] if side == "right" else ids[max(0, len(ids) - room):]
         return self.with_special(kept)
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of token ids (special tokens skipped); ids outside the vocabulary raise."""
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Text of token ids (special tokens skipped unless told); ids outside the
+        vocabulary raise ``ValueError``."""
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary "
                              f"(0..{self.vocab_size - 1})")
-        return self._tok.decode(list(ids), skip_special_tokens=True)
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def offsets(self, text: str) -> list[tuple[int, str, bool, int | None, int | None]]:
         """(id, text, special, start, stop) per token; offsets count characters."""

@@ -17,14 +17,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..config import Settings
 from ..errors import HybridEmbedError, InvalidOptionError
-from . import collections_routes, native_routes, ollama_routes, openai_routes, tei_routes
+from . import (
+    collections_routes,
+    native_routes,
+    ollama_routes,
+    openai_routes,
+    rerank_routes,
+    tei_routes,
+)
 from .core import ServerCore
 from .errors import ApiError, from_exception, protocol_of, render
+from .models import readiness
 from .schemas import ReadyResponse, Status, complete_openapi, ok
 from .token_ids import POLICIES
 
 PUBLIC_PATHS = ("/health",)
-ROUTERS = (native_routes, openai_routes, ollama_routes, tei_routes, collections_routes)
+ROUTERS = (native_routes, openai_routes, ollama_routes, tei_routes, rerank_routes,
+           collections_routes)
 
 
 def route_label(path: str, routes: set[str]) -> str:
@@ -109,9 +118,13 @@ class EdgeMiddleware:
         return None
 
 
-def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
+def create_app(settings: Settings | None = None, embedder=None,
+               models: dict | None = None) -> FastAPI:
     """Build the app. With ``embedder`` given, it is used as is (tests, embedding apps);
-    otherwise the model named in ``settings`` loads in the background at start-up."""
+    otherwise the model named in ``settings`` loads in the background at start-up.
+    ``models`` maps more names to models already loaded (an :class:`Embedder` or a
+    :class:`~hybridembed.rerank.CrossEncoderReranker`), served beside those of
+    ``settings`` (see :mod:`hybridembed.server.models`)."""
     settings = settings or Settings.from_env()
     if settings.token_ids not in POLICIES:
         raise InvalidOptionError(f"token_ids must be one of {', '.join(POLICIES)}, got "
@@ -120,7 +133,7 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await core.start(embedder)
+        await core.start(embedder, models)
         yield
         await core.stop()
 
@@ -137,9 +150,7 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
 
     @app.get("/ready", tags=["operations"], responses=ok(ReadyResponse))
     async def ready():
-        emb = core.ready()
-        return {"status": "ready", "model": emb.model, "device": emb.device,
-                "load_seconds": round(core.load_seconds, 3)}
+        return readiness(core)
 
     @app.get("/metrics", tags=["operations"], response_class=Response, responses={
         200: {"content": {"text/plain": {"schema": {"type": "string"}}},
@@ -151,7 +162,8 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
         return Response(body, media_type="text/plain; version=0.0.4")
 
     def _respond(request: Request, err: ApiError) -> JSONResponse:
-        return render(protocol_of(request.url.path), err)
+        protocol = getattr(request.state, "protocol", None) or protocol_of(request.url.path)
+        return render(protocol, err)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError):

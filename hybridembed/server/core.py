@@ -1,6 +1,7 @@
-"""What every protocol route shares: the loaded model, the batcher, admission checks
-(input count, per-text token limit, token counting) and waiting with a timeout while
-watching for the client to leave. Routes only translate their wire format."""
+"""What every protocol route shares: the models (a :class:`ModelRegistry`), admission
+checks (input count, per-text token limit, token counting) and waiting with a timeout while
+watching for the client to leave, for embedding and for reranking. Routes only translate
+their wire format."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..errors import (
     RequestTimeoutError,
 )
 from ..service.batcher import DynamicBatcher
-from ..types import EmbedRequest, EmbedResult, Usage
+from ..types import EmbedRequest, EmbedResult, RerankRequest, RerankResult, Usage
 from .errors import ApiError
 from .metrics import Metrics
 
@@ -40,36 +41,41 @@ class ServerCore:
     metrics: Metrics = field(default_factory=Metrics)
     embedder: object | None = None
     batcher: DynamicBatcher | None = None
+    models: object | None = None  # the ModelRegistry (server/models.py)
     started: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     load_error: str | None = None
     _store: object | None = None
 
-    async def start(self, embedder=None) -> None:
-        """Load the model (off the event loop) unless one is given, then start batching."""
+    async def start(self, embedder=None, models: dict | None = None) -> None:
+        """Load the configured models (off the event loop; ``embedder`` is the first one,
+        already loaded, and ``models`` more of them by name), then start batching. The
+        default embedding model becomes :attr:`embedder`."""
+        from .models import ModelConfig, ModelRegistry, configs_of
+
         began = time.perf_counter()
         try:
-            if embedder is None:
-                from ..service import Embedder
-
-                embedder = await asyncio.to_thread(Embedder, **self.settings.embedder_options())
+            configs = configs_of(self.settings, embedder)
+            configs += [ModelConfig(n, n) for n in (models or {})
+                        if n not in {c.name for c in configs}]
+            preloaded = {**(models or {}), **({configs[0].name: embedder} if embedder else {})}
+            self.models = ModelRegistry(self.settings, configs, preloaded,
+                                        on_batch=self.metrics.record_batch)
+            await self.models.start()
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
-            log.error("model failed to load: %s", self.load_error)
+            log.error("models failed to load: %s", self.load_error)
             return
         self.load_seconds = time.perf_counter() - began
-        s = self.settings
-        batcher = DynamicBatcher(
-            embedder, max_batch_tokens=embedder.max_batch_tokens,
-            max_batch_requests=s.max_batch_requests or None,
-            max_queued_texts=s.max_queued_requests, max_queued_tokens=s.max_queued_tokens or None,
-            on_batch=self.metrics.record_batch)
-        await batcher.start()
-        self.embedder, self.batcher = embedder, batcher
+        default = self.models.default("embed")
+        if default is not None and default.loaded:
+            self.embedder, self.batcher = default.embedder, default.batcher
+        elif default is not None:
+            self.load_error = default.error
 
     async def stop(self) -> None:
-        if self.batcher:
-            await self.batcher.stop()
+        if self.models is not None:
+            await self.models.stop()
         if self._store is not None:
             self._store.close()
 
@@ -83,27 +89,16 @@ class ServerCore:
 
     # -- checks ---------------------------------------------------------------------------
     def ready(self):
+        """The default embedding model, loaded (503 while loading or failed; 400 when the
+        server serves no embedding model)."""
+        if self.embedder is None and self.models is not None and self.models.default(
+                "embed") is None:
+            raise ApiError(404, "this server serves no embedding model; models: "
+                           f"{', '.join(self.models.slots)}", "not_found", "model")
         if self.embedder is None or self.batcher is None:
             why = f"model failed to load: {self.load_error}" if self.load_error else "model loading"
             raise ApiError(503, why, "not_ready", retry_after=None if self.load_error else 2)
         return self.embedder
-
-    def model_names(self) -> set[str]:
-        emb = self.ready()
-        names = {emb.spec.name, self.settings.served_model_name}
-        if emb.spec.hf_id:
-            names |= {emb.spec.hf_id, emb.spec.hf_id.rsplit("/", 1)[-1]}
-        names.discard("")
-        return names | {n + ":latest" for n in names}
-
-    def check_model(self, name: str | None) -> None:
-        if name in (None, ""):
-            return
-        if name not in self.model_names():
-            raise ApiError(404, f"model {name!r} is not served here; this server serves "
-                           f"{self.ready().model!r} (also known as "
-                           f"{', '.join(sorted(self.model_names() - {self.ready().model}))})",
-                           "not_found", "model")
 
     def input_limit(self, protocol: str) -> int | None:
         """Inputs one request may hold: ``--max-inputs`` if set, else the protocol's own
@@ -113,22 +108,23 @@ class ServerCore:
             return self.settings.max_inputs
         return PROTOCOL_INPUT_LIMITS.get(protocol)
 
-    def check_inputs(self, texts, protocol: str = "native") -> None:
+    def check_inputs(self, texts, protocol: str = "native", field: str = "input") -> None:
         """Admission limits of this server (not validity): at least one input, at most
-        :meth:`input_limit`."""
+        :meth:`input_limit`; ``field`` names the request field in the error."""
         if not texts:
-            raise ApiError(400, "input is empty; send at least one text", "empty", "input")
+            raise ApiError(400, f"{field} is empty; send at least one text", "empty", field)
         limit = self.input_limit(protocol)
         if limit is not None and len(texts) > limit:
             # OpenAI answers its own 2048 cap with a 400; a server-set cap is a 413.
             status = 413 if self.settings.max_inputs else 400
-            raise ApiError(status, f"{len(texts)} inputs in one request; the limit is {limit}",
-                           "too_large" if status == 413 else "invalid_request", "input")
+            raise ApiError(status, f"{len(texts)} {field} in one request; the limit is {limit}",
+                           "too_large" if status == 413 else "invalid_request", field)
 
-    async def count_tokens(self, request: EmbedRequest) -> int:
+    async def count_tokens(self, request: EmbedRequest, emb=None) -> int:
         """Tokens the request will occupy (each text at most the model's limit), for
-        admission and batch packing; whether a text may be cut is the Embedder's call."""
-        emb = self.ready()
+        admission and batch packing; whether a text may be cut is the Embedder's call.
+        ``emb``: the request's model (default: the default embedding model)."""
+        emb = emb or self.ready()
         texts = [t for t in request.texts if isinstance(t, str)]
         ids = [t for t in request.texts if not isinstance(t, str)]
         if len(texts) > 64:
@@ -139,26 +135,30 @@ class ServerCore:
         return sum(min(len(x), limit) for x in ids)
 
     # -- the one embedding path -----------------------------------------------------------
-    async def embed(self, request, embed: EmbedRequest, protocol: str = "native") -> EmbedResult:
+    async def embed(self, request, embed: EmbedRequest, protocol: str = "native", *,
+                    slot=None) -> EmbedResult:
         """Queue a request value built by :meth:`Embedder.request` (validated there, not
-        here) and wait for it while watching whether the HTTP client (``request``) leaves.
+        here) on the batcher of ``slot`` (a :class:`~hybridembed.server.models.ModelSlot`;
+        default: the default embedding model's) and wait for it while watching whether the
+        HTTP client (``request``) leaves.
 
         A request of more than :meth:`part_texts` texts (a whole corpus, as
         langchain-ollama sends) goes through the queue in parts, at most two in flight, so
         memory stays bounded and other clients' requests interleave. Only the first part
         can be refused as overload (429); later parts wait for room. The request timeout
         bounds waiting without progress: it restarts whenever a part completes."""
-        self.ready()
+        if slot is None:
+            self.ready()
         self.check_inputs(embed.texts, protocol)
         watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
-        size = self.part_texts()
+        size = self.part_texts(slot.embedder if slot else None)
         parts = [EmbedRequest(embed.texts[a:a + size], embed.options)
                  for a in range(0, len(embed), size)]
         pending: list[asyncio.Future] = []
         results: list[EmbedResult] = []
         try:
             for k, part in enumerate(parts):
-                pending.append(asyncio.ensure_future(self._submit(part, first=k == 0)))
+                pending.append(asyncio.ensure_future(self._submit(part, k == 0, slot)))
                 if len(pending) >= 2 or k == len(parts) - 1:
                     while len(pending) > (0 if k == len(parts) - 1 else 1):
                         start = len(results) * size
@@ -170,23 +170,45 @@ class ServerCore:
                 job.cancel()
         return results[0] if len(results) == 1 else concat_results(results)
 
-    def part_texts(self) -> int:
-        """Texts per queue part of a large request (see :data:`PART_TEXTS`)."""
-        emb = self.ready()
+    def part_texts(self, emb=None) -> int:
+        """Texts per queue part of a large request to ``emb`` (default: the default
+        embedding model); see :data:`PART_TEXTS`."""
+        emb = emb or self.ready()
         return max(PART_TEXTS, min(PART_TEXTS_MAX, 4 * emb.max_batch_tokens // emb.max_length))
 
-    async def _submit(self, part: EmbedRequest, first: bool) -> EmbedResult:
-        tokens = await self.count_tokens(part)
+    async def _submit(self, part: EmbedRequest, first: bool, slot=None) -> EmbedResult:
+        tokens = await self.count_tokens(part, slot.embedder if slot else None)
+        batcher = slot.batcher if slot else self.batcher
         while True:
             try:
-                return await self.batcher.submit(part, tokens)
+                return await batcher.submit(part, tokens)
             except OverloadedError as exc:
                 if first:
                     raise
                 await asyncio.sleep(min(0.05, exc.retry_after))
 
+    # -- the one rerank path --------------------------------------------------------------
+    async def rerank(self, request, rerank: RerankRequest, slot,
+                     protocol: str = "native") -> RerankResult:
+        """Queue a request value built by a reranker service's ``request`` on ``slot``'s
+        rerank batcher and wait for it as :meth:`embed` does. Admission counts each
+        document as an input; an over-long query or pair with truncation off is refused
+        (by the service's ``count_tokens``) before queueing."""
+        self.check_inputs(rerank.documents, protocol, field="documents")
+        if len(rerank) > 64:
+            tokens = await asyncio.to_thread(slot.reranker.count_tokens, rerank)
+        else:
+            tokens = slot.reranker.count_tokens(rerank)
+        watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
+        job = asyncio.ensure_future(slot.rerank_batcher.submit(rerank, tokens))
+        try:
+            return await self._wait(job, watch, 0)
+        finally:
+            if watch:
+                watch.cancel()
+
     async def _wait(self, job: asyncio.Future, watch: asyncio.Future | None, start: int
-                    ) -> EmbedResult:
+                    ) -> EmbedResult | RerankResult:
         """The result of one part, or: 499 if the client left, 503 after the request
         timeout without this part completing; errors about texts name whole-request
         indexes (``start`` is the part's first)."""
@@ -226,7 +248,8 @@ def offset_indices(exc: InputTooLongError | NonFiniteOutputError, start: int) ->
     if not start:
         return exc
     if isinstance(exc, InputTooLongError):
-        return InputTooLongError({i + start: n for i, n in exc.too_long.items()}, exc.limit)
+        return InputTooLongError({i + start: n for i, n in exc.too_long.items()}, exc.limit,
+                                 field=exc.field)
     return NonFiniteOutputError([i + start for i in exc.indices])
 
 

@@ -23,12 +23,18 @@ class ApiError(Exception):
 
 
 def protocol_of(path: str) -> str:
+    """The protocol whose error shape a path answers in. ``/rerank`` is TEI's unless its
+    route finds a vLLM body and says so (``request.state.protocol``)."""
     if path.startswith("/api/") or path == "/api":
         return "ollama"
     if path in ("/v1/embeddings", "/embeddings"):
         return "openai"
-    if path.startswith(("/embed", "/tokenize", "/info")) or path in ("/", "/invocations",
-                                                                         "/ping"):
+    if path in ("/v1/rerank", "/v2/rerank"):
+        return "cohere"
+    if path in ("/score", "/v1/score"):
+        return "vllm"
+    if path.startswith(("/embed", "/tokenize", "/info", "/rerank", "/similarity", "/decode")) \
+            or path in ("/", "/invocations", "/ping"):
         return "tei"
     return "native"
 
@@ -55,9 +61,9 @@ def from_exception(exc: Exception) -> ApiError:
         # The model failed, not the client: a 5xx, never a 200 carrying NaN.
         return ApiError(500, str(exc), "model_error", "input")
     if isinstance(exc, E.InputTooLongError):
-        return ApiError(400, str(exc), "too_long", "input")
+        return ApiError(400, str(exc), "too_long", getattr(exc, "field", "input"))
     if isinstance(exc, E.InvalidInputError):
-        return ApiError(400, str(exc), "invalid_request", "input")
+        return ApiError(400, str(exc), "invalid_request", exc.field or "input")
     if isinstance(exc, E.InvalidOptionError):
         return ApiError(400, str(exc), "invalid_request", exc.option)
     if isinstance(exc, E.ModelNotFoundError):
@@ -77,12 +83,23 @@ _TEI_TYPES = {"overloaded": "Overloaded", "timeout": "Overloaded", "not_ready": 
               "empty": "Empty", "not_found": "Validation", "model_error": "Backend"}
 
 
+_VLLM_TYPES = {401: "Unauthorized", 404: "NotFoundError", 413: "BadRequestError",
+               429: "TooManyRequests", 503: "ServiceUnavailable"}
+
+
 def render(protocol: str, err: ApiError) -> JSONResponse:
     status = err.status
     headers = dict(err.headers or {})
     if err.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(err.retry_after)))
-    if protocol == "ollama":
+    if protocol == "cohere":  # Cohere's (and Jina's, llama.cpp's clients read it too)
+        body = {"message": err.message}
+    elif protocol == "vllm":
+        body = {"object": "error", "message": err.message,
+                "type": _VLLM_TYPES.get(status, "BadRequestError" if status < 500
+                                        else "InternalServerError"),
+                "param": err.param, "code": status}
+    elif protocol == "ollama":
         message = err.message
         if err.kind == "overloaded":
             status, message = 503, f"{OLLAMA_BUSY} ({err.message})"

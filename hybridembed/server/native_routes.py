@@ -8,6 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import Field
 
+from .models import describe
 from .schemas import ModelList, NativeEmbedResponse, NativeTokenizeResponse, ok
 from .wire import NativeModel, as_list, schema_of, texts_schema, whole_number
 
@@ -43,14 +44,14 @@ class NativeTokenizeRequest(NativeModel):
 @router.post("/v1/embed", responses=ok(NativeEmbedResponse))
 async def embed(body: NativeEmbedRequest, request: Request):
     core = request.app.state.core
-    core.check_model(body.model)
     texts = as_list(body.inputs)
-    emb = core.ready()
-    result = await core.embed(request, emb.request(
-        texts, dense=body.dense, sparse=body.sparse, multivector=body.multivector,
-        kind=body.kind, prompt_name=body.prompt_name, truncate=body.truncate,
-        truncation_side=body.truncation_side, dimensions=body.dimensions,
-        normalize=body.normalize))
+    async with core.models.use(body.model, "embed") as slot:
+        emb = slot.embedder
+        result = await core.embed(request, emb.request(
+            texts, dense=body.dense, sparse=body.sparse, multivector=body.multivector,
+            kind=body.kind, prompt_name=body.prompt_name, truncate=body.truncate,
+            truncation_side=body.truncation_side, dimensions=body.dimensions,
+            normalize=body.normalize), slot=slot)
     data = []
     for i, item in enumerate(result):
         row: dict = {"index": i, "tokens": item.tokens}
@@ -80,11 +81,19 @@ async def tokenize(body: NativeTokenizeRequest, request: Request):
 
 @router.get("/v1/models", responses=ok(ModelList))
 async def models(request: Request):
+    """Every configured model (OpenAI's list shape, with more fields): loaded or not, its
+    task, memory and, when loaded, its dimensions and limits."""
     core = request.app.state.core
-    emb = core.ready()
-    spec = emb.spec
-    return {"object": "list", "data": [{
-        "id": emb.model, "object": "model", "created": int(core.started),
-        "owned_by": "hybridembed", "hf_id": spec.hf_id, "dim": spec.dim,
-        "max_length": spec.max_length, "pooling": spec.pooling, "sparse": spec.sparse_kind,
-        "multivector_dim": spec.multivector_dim, "device": emb.device, "dtype": emb.dtype}]}
+    data = []
+    for slot in core.models.listing():
+        row = {"id": slot.name, "object": "model", "created": int(core.started),
+               "owned_by": "hybridembed", **describe(slot)}
+        if slot.embedder is not None:
+            spec = slot.embedder.spec
+            row.update(hf_id=spec.hf_id, dim=spec.dim, max_length=spec.max_length,
+                       pooling=spec.pooling, sparse=spec.sparse_kind,
+                       multivector_dim=spec.multivector_dim)
+        elif slot.reranker is not None:
+            row.update(hf_id=slot.reranker.reranker.hf_id, max_length=slot.reranker.max_length)
+        data.append(row)
+    return {"object": "list", "data": data}

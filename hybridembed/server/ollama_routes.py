@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from .. import __version__
+from .models import FOREVER, weights_bytes
 from .schemas import (
     OllamaEmbeddingsResponse,
     OllamaEmbedResponse,
@@ -19,7 +19,7 @@ from .schemas import (
     OllamaVersionResponse,
     ok,
 )
-from .wire import WireModel, as_list, whole_number
+from .wire import KeepAlive, WireModel, as_list, whole_number
 
 router = APIRouter(tags=["Ollama"])
 OLLAMA_VERSION = "0.6.0"  # the Ollama API level these routes follow
@@ -30,14 +30,14 @@ class OllamaEmbedRequest(WireModel):
     input: str | list[str] = ""
     truncate: bool | None = True
     dimensions: whole_number(ge=1) | None = None
-    keep_alive: Any = None
+    keep_alive: KeepAlive = None
     options: dict | None = None
 
 
 class OllamaEmbeddingsRequest(WireModel):
     model: str
     prompt: str | None = None
-    keep_alive: Any = None
+    keep_alive: KeepAlive = None
     options: dict | None = None
 
 
@@ -49,16 +49,17 @@ class OllamaShowRequest(WireModel):
 @router.post("/api/embed", responses=ok(OllamaEmbedResponse))
 async def embed(body: OllamaEmbedRequest, request: Request):
     core = request.app.state.core
-    core.check_model(body.model)
     started = time.perf_counter_ns()
-    # As Ollama does: "" and [] (a preload) give no embeddings; [""] gives one.
+    # As Ollama does: "" and [] (a preload, or with keep_alive 0 an unload) give no
+    # embeddings; [""] gives one.
     texts = [] if body.input == "" else as_list(body.input)
-    if not texts:
-        core.ready().request([], dimensions=body.dimensions)  # options still checked
-        return {"model": body.model, "embeddings": []}
-    embed = core.ready().request(texts, dimensions=body.dimensions,
-                                 truncate=body.truncate is not False)
-    result = await core.embed(request, embed, "ollama")
+    async with core.models.use(body.model, "embed", body.keep_alive) as slot:
+        if not texts:
+            slot.embedder.request([], dimensions=body.dimensions)  # options still checked
+            return {"model": body.model, "embeddings": []}
+        embed = slot.embedder.request(texts, dimensions=body.dimensions,
+                                      truncate=body.truncate is not False)
+        result = await core.embed(request, embed, "ollama", slot=slot)
     return {"model": body.model, "embeddings": result.dense.tolist(),
             "total_duration": time.perf_counter_ns() - started,
             "prompt_eval_count": result.usage.total_tokens}
@@ -67,29 +68,52 @@ async def embed(body: OllamaEmbedRequest, request: Request):
 @router.post("/api/embeddings", responses=ok(OllamaEmbeddingsResponse))
 async def embeddings(body: OllamaEmbeddingsRequest, request: Request):
     core = request.app.state.core
-    core.check_model(body.model)
-    if not body.prompt:
-        return {"embedding": []}
-    # Ollama's legacy route returns the model's raw (unnormalised) vector.
-    embed = core.ready().request([body.prompt], normalize=False)
-    result = await core.embed(request, embed, "ollama")
+    async with core.models.use(body.model, "embed", body.keep_alive) as slot:
+        if not body.prompt:
+            return {"embedding": []}
+        # Ollama's legacy route returns the model's raw (unnormalised) vector.
+        embed = slot.embedder.request([body.prompt], normalize=False)
+        result = await core.embed(request, embed, "ollama", slot=slot)
     return {"embedding": result.dense[0].tolist()}
 
 
-def _model_entry(core) -> dict:
-    emb = core.ready()
-    name = emb.model if ":" in emb.model else emb.model + ":latest"
+def _model_entry(core, slot) -> dict:
+    name = slot.name if ":" in slot.name else slot.name + ":latest"
+    family, dtype = "", ""
+    if slot.embedder is not None:
+        family, dtype = slot.embedder.spec.model_type, slot.embedder.dtype
+    elif slot.reranker is not None:
+        family, dtype = slot.reranker.reranker.model.config.model_type, slot.reranker.dtype
     return {"name": name, "model": name,
             "modified_at": datetime.fromtimestamp(core.started, UTC).isoformat(),
-            "size": 0, "digest": "0" * 64,
-            "details": {"parent_model": "", "format": "safetensors", "family": emb.spec.model_type,
-                        "families": [emb.spec.model_type], "parameter_size": "",
-                        "quantization_level": emb.dtype.upper()}}
+            "size": slot.bytes or weights_bytes(slot.config.source), "digest": "0" * 64,
+            "details": {"parent_model": "", "format": "safetensors", "family": family,
+                        "families": [family] if family else [], "parameter_size": "",
+                        "quantization_level": dtype.upper()}}
 
 
 @router.get("/api/tags", responses=ok(OllamaTagsResponse))
 async def tags(request: Request):
-    return {"models": [_model_entry(request.app.state.core)]}
+    """Every configured model, loaded or not."""
+    core = request.app.state.core
+    return {"models": [_model_entry(core, s) for s in core.models.listing()]}
+
+
+@router.get("/api/ps")
+async def ps(request: Request):
+    """The models loaded now, with their memory and when keep_alive unloads them."""
+    core = request.app.state.core
+    out = []
+    for slot in core.models.listing():
+        if not slot.loaded:
+            continue
+        entry = _model_entry(core, slot)
+        on_gpu = str(getattr(slot.model, "device", "cpu")).startswith("cuda")
+        expires = ("0001-01-01T00:00:00Z" if slot.expires == FOREVER
+                   else datetime.fromtimestamp(slot.expires, UTC).isoformat())
+        out.append({**entry, "size": slot.bytes, "size_vram": slot.bytes if on_gpu else 0,
+                    "expires_at": expires})
+    return {"models": out}
 
 
 @router.get("/api/version", responses=ok(OllamaVersionResponse))
@@ -100,15 +124,17 @@ async def version():
 @router.post("/api/show", responses=ok(OllamaShowResponse))
 async def show(body: OllamaShowRequest, request: Request):
     core = request.app.state.core
-    core.check_model(body.model or body.name)
-    entry = _model_entry(core)
-    emb = core.ready()
-    arch = emb.spec.model_type
-    return {"details": entry["details"], "modified_at": entry["modified_at"],
-            "capabilities": ["embedding"], "license": "", "modelfile": "", "parameters": "",
-            "template": "",
-            "model_info": {"general.architecture": arch, f"{arch}.context_length": emb.max_length,
-                           f"{arch}.embedding_length": emb.dim}}
+    slot = core.models.resolve(body.model or body.name, "embed")
+    async with core.models.use(slot.name, "embed"):
+        entry = _model_entry(core, slot)
+        emb = slot.embedder
+        arch = emb.spec.model_type
+        return {"details": entry["details"], "modified_at": entry["modified_at"],
+                "capabilities": ["embedding"], "license": "", "modelfile": "", "parameters": "",
+                "template": "",
+                "model_info": {"general.architecture": arch,
+                               f"{arch}.context_length": emb.max_length,
+                               f"{arch}.embedding_length": emb.dim}}
 
 
 @router.get("/", response_class=PlainTextResponse, responses={

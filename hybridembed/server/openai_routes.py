@@ -66,9 +66,9 @@ def _encode(vector: np.ndarray, fmt: str):
 @router.post("/embeddings", include_in_schema=False)
 async def embeddings(body: OpenAIEmbeddingsRequest, request: Request):
     core = request.app.state.core
-    core.check_model(body.model)
-    embed = core.ready().request(_inputs(core, body.input), dimensions=body.dimensions)
-    result = await core.embed(request, embed, "openai")
+    async with core.models.use(body.model, "embed") as slot:
+        embed = slot.embedder.request(_inputs(core, body.input), dimensions=body.dimensions)
+        result = await core.embed(request, embed, "openai", slot=slot)
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}

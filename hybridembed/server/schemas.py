@@ -34,8 +34,23 @@ class TEIError(BaseModel):
     error_type: str
 
 
+class CohereError(BaseModel):
+    """Cohere's error body (Jina's and llama.cpp's clients read it too)."""
+
+    message: str
+
+
+class VLLMError(BaseModel):
+    object: str = "error"
+    message: str
+    type: str
+    param: str | None
+    code: int
+
+
 ERROR_MODELS: dict[str, type[BaseModel]] = {"openai": OpenAIError, "native": OpenAIError,
-                                            "ollama": OllamaError, "tei": TEIError}
+                                            "ollama": OllamaError, "tei": TEIError,
+                                            "cohere": CohereError, "vllm": VLLMError}
 # What each protocol answers besides 200: bad input (TEI: 422 for types, 413 for values, as
 # TEI), auth, unknown model/route/collection, body or input count too large, overload
 # (Ollama: 503 "server busy", as Ollama), a failed model, not ready / timed out.
@@ -44,6 +59,8 @@ ERROR_STATUSES: dict[str, tuple[int, ...]] = {
     "native": (400, 401, 404, 405, 409, 413, 429, 500, 503),
     "ollama": (400, 401, 404, 405, 413, 500, 503),
     "tei": (400, 401, 404, 405, 413, 422, 429, 500, 503),
+    "cohere": (400, 401, 404, 405, 413, 429, 500, 503),
+    "vllm": (400, 401, 404, 405, 413, 429, 500, 503),
 }
 
 
@@ -184,19 +201,35 @@ class NativeTokenizeResponse(BaseModel):
     tokens: list[NativeTokens]
 
 
-class ModelCard(BaseModel):
+class ModelState(BaseModel):
+    """One configured model's state (``/ready``, and part of each ``/v1/models`` card)."""
+
+    name: str
+    source: str
+    task: str = Field(description="embed or rerank")
+    can_rerank: bool
+    state: str = Field(description="loaded, lazy, unloaded or failed")
+    memory_bytes: int
+    device: str | None = None
+    dtype: str | None = None
+    load_seconds: float | None = None
+    expires_at: float | None = None
+    error: str | None = None
+
+
+class ModelCard(ModelState):
+    """One configured model; the embedding fields once an embedder is loaded."""
+
     id: str
     object: str
     created: int
     owned_by: str
-    hf_id: str | None
-    dim: int
-    max_length: int
-    pooling: str
-    sparse: str
-    multivector_dim: int | None
-    device: str
-    dtype: str
+    hf_id: str | None = None
+    dim: int | None = None
+    max_length: int | None = None
+    pooling: str | None = None
+    sparse: str | None = None
+    multivector_dim: int | None = None
 
 
 class ModelList(BaseModel):
@@ -207,8 +240,9 @@ class ModelList(BaseModel):
 class ReadyResponse(BaseModel):
     status: str
     model: str
-    device: str
+    device: str | None
     load_seconds: float
+    models: list[ModelState] = Field(description="every configured model")
 
 
 def ok(model) -> dict:
@@ -220,11 +254,12 @@ def ok(model) -> dict:
 def complete_openapi(schema: dict, protocol_of, embedder=None) -> dict:
     """Add to each operation the error statuses its protocol sends, with that protocol's
     error body (dropping FastAPI's default 422 body, which no route sends), and, once the
-    model is loaded, the constraints only it knows: ``dimensions`` at most its size and
-    ``prompt_name`` one of its prompts."""
+    model is loaded, the constraints only it knows: ``dimensions`` at most its size,
+    ``prompt_name`` one of its prompts and ``/decode``'s ids within its vocabulary."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for name, model in {"OpenAIError": OpenAIError, "OllamaError": OllamaError,
-                        "TEIError": TEIError}.items():
+                        "TEIError": TEIError, "CohereError": CohereError,
+                        "VLLMError": VLLMError}.items():
         body = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(body.pop("$defs", {}))
         components[name] = body
@@ -240,6 +275,11 @@ def complete_openapi(schema: dict, protocol_of, embedder=None) -> dict:
                 responses.setdefault(str(status), {
                     "description": _DESCRIPTIONS[status],
                     "content": {"application/json": {"schema": ref}}})
+    if embedder is not None and "TEIDecodeRequest" in components:
+        item = {"type": "integer", "minimum": 0, "maximum": embedder.tokenizer.vocab_size - 1}
+        ids = {"type": "array", "minItems": 1, "items": item}
+        components["TEIDecodeRequest"]["properties"]["ids"] = {
+            "anyOf": [ids, {"type": "array", "minItems": 1, "items": ids}], "title": "Ids"}
     if embedder is not None:
         prompts = sorted(set(embedder.spec.prompts) | {"query", "document"})
         for model in components.values():

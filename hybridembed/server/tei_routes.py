@@ -32,7 +32,7 @@ class TEITokenizeRequest(WireModel):
     add_special_tokens: bool = True
 
 
-def _request(core, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
+def _request(emb, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
     """The request value of a TEI body. As TEI does, an empty batch is 400 ``Empty``, an
     empty text 413 ``Validation``, and the request's ``truncation_direction`` (not the
     folder's tokenizer config) decides which end of an over-long text is kept."""
@@ -43,9 +43,17 @@ def _request(core, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
         raise ApiError(413, f"`inputs` cannot be empty (input {texts.index('')} is an empty "
                        "string)", "validation", "inputs")
     kind = "query" if body.prompt_name == "query" else "document"
-    return core.ready().request(
+    return emb.request(
         texts, kind=kind, prompt_name=body.prompt_name, truncate=body.truncate is not False,
         truncation_side=body.truncation_direction.lower(), **outputs)
+
+
+async def _embed(request: Request, body: TEIEmbedRequest, **outputs):
+    """TEI has no model field: the default embedding model answers."""
+    core = request.app.state.core
+    async with core.models.use(None, "embed") as slot:
+        return await core.embed(request, _request(slot.embedder, body, **outputs), "tei",
+                                slot=slot)
 
 
 @router.post("/embed", responses=ok(list[list[float]]))
@@ -54,27 +62,21 @@ def _request(core, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
 @router.post("/invocations", responses=ok(list[list[float]]),
              summary="Embed (TEI's SageMaker route)")
 async def embed(body: TEIEmbedRequest, request: Request):
-    core = request.app.state.core
-    result = await core.embed(request, _request(core, body, dimensions=body.dimensions,
-                                                normalize=body.normalize), "tei")
+    result = await _embed(request, body, dimensions=body.dimensions, normalize=body.normalize)
     return result.dense.tolist()
 
 
 @router.post("/embed_sparse", responses=ok(list[list[SparseEntry]]))
 async def embed_sparse(body: TEIEmbedRequest, request: Request):
-    core = request.app.state.core
-    embed = _request(core, body, dense=False, sparse=True, dimensions=body.dimensions)
-    result = await core.embed(request, embed, "tei")
+    result = await _embed(request, body, dense=False, sparse=True, dimensions=body.dimensions)
     return [[{"index": i, "value": v} for i, v in zip(s.indices.tolist(), s.values.tolist(),
                                                       strict=True)] for s in result.sparse]
 
 
 @router.post("/embed_all", responses=ok(list[list[list[float]]]))
 async def embed_all(body: TEIEmbedRequest, request: Request):
-    core = request.app.state.core
-    embed = _request(core, body, dense=False, multivector=True,
-                     dimensions=body.dimensions)
-    result = await core.embed(request, embed, "tei")
+    result = await _embed(request, body, dense=False, multivector=True,
+                          dimensions=body.dimensions)
     return [m.tolist() for m in result.multivector]
 
 
@@ -99,15 +101,30 @@ async def ping(request: Request):
 
 @router.get("/info", responses=ok(TEIInfo))
 async def info(request: Request):
+    """The default embedding model as TEI describes one; on a server with no embedding
+    model, the default reranker (TEI's ``model_type: reranker``)."""
     core = request.app.state.core
+    if core.models is not None and core.models.default("embed") is None:
+        async with core.models.use(None, "rerank") as slot:
+            model = slot.reranker
+            labels = {"0": "LABEL_0"}
+            return _info(core, model.reranker.hf_id or slot.name, model.dtype,
+                         {"reranker": {"id2label": labels, "label2id": {"LABEL_0": 0}}},
+                         model.max_length, model.max_batch_tokens)
     emb = core.ready()
+    return _info(core, emb.spec.hf_id or emb.model, emb.dtype,
+                 {"embedding": {"pooling": emb.spec.pooling.replace("lasttoken", "last_token")}},
+                 emb.max_length, emb.max_batch_tokens)
+
+
+def _info(core, model_id: str, dtype: str, model_type: dict, max_length: int,
+          max_batch_tokens: int) -> dict:
     s = core.settings
-    return {"model_id": emb.spec.hf_id or emb.model, "model_sha": None,
-            "model_dtype": {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[emb.dtype],
-            "model_type": {"embedding": {"pooling": emb.spec.pooling.replace("lasttoken",
-                                                                             "last_token")}},
-            "max_concurrent_requests": s.max_queued_requests, "max_input_length": emb.max_length,
-            "max_batch_tokens": emb.max_batch_tokens,
+    return {"model_id": model_id, "model_sha": None,
+            "model_dtype": {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dtype],
+            "model_type": model_type,
+            "max_concurrent_requests": s.max_queued_requests, "max_input_length": max_length,
+            "max_batch_tokens": max_batch_tokens,
             "max_batch_requests": s.max_batch_requests or None,
             "max_client_batch_size": core.input_limit("tei"), "auto_truncate": True,
             "tokenization_workers": 1, "version": __version__, "sha": None, "docker_label": None}

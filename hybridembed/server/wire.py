@@ -63,3 +63,12 @@ def texts_schema(min_length: int = 0, max_items: int | None = None) -> dict:
     if max_items:
         many["maxItems"] = max_items
     return {"anyOf": [text, many]}
+
+
+# Ollama's keep_alive: a duration ("5m", "10s", "1.5h", "-1") or a number of seconds.
+DURATION_PATTERN = r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$"
+KeepAlive = Annotated[str | float | None, Field(
+    description='how long the model stays loaded after the request: "5m", "10s", '
+    'seconds; 0 unloads at once, negative keeps it loaded', union_mode="left_to_right",
+    json_schema_extra=schema_of({"anyOf": [{"type": "string", "pattern": DURATION_PATTERN},
+                                           {"type": "number"}, {"type": "null"}]}))]

@@ -14,12 +14,13 @@ from hybridembed.server import create_app
 
 
 @contextmanager
-def running_server(embedder, **settings):
+def running_server(embedder, preloaded: dict | None = None, **settings):
+    """A server of ``embedder`` (and the ``preloaded`` models, by name) with ``settings``."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    app = create_app(Settings(port=port, **settings), embedder=embedder)
+    app = create_app(Settings(port=port, **settings), embedder=embedder, models=preloaded)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
