@@ -222,13 +222,13 @@ def create_app(settings: Settings | None = None, embedder=None,
 
 
 def _methods_of(app: FastAPI, scope) -> list[str]:
-    """Every method some route accepts on the request's path."""
-    from starlette.routing import Match
-
+    """Every method some route accepts on the request's path (the routers' own routes:
+    FastAPI wraps included routers in objects that do not expose theirs)."""
+    routes = [r for m in ROUTERS for r in m.router.routes] + list(app.router.routes)
     methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches(scope)  # PARTIAL: the path matches, the method does not
-        if match != Match.NONE:
+    for route in routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(scope["path"]):
             methods |= set(getattr(route, "methods", None) or ())
     return sorted(methods - {"HEAD"})
 
