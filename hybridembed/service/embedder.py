@@ -15,7 +15,7 @@ import numpy as np
 
 from ..engine import Encoder, Outputs, TextTokenizer
 from ..engine.bm25 import Bm25Sparse
-from ..engine.heads import finish_dense
+from ..engine.heads import StaticSparse, finish_dense
 from ..errors import InputTooLongError, InvalidInputError, InvalidOptionError
 from ..registry import DEFAULT_MODEL, ModelSpec, resolve
 from ..runtimes import load_runtime
@@ -80,6 +80,9 @@ class Embedder:
         self._encoder = Encoder(self._runtime, self.tokenizer.pad_id, self.tokenizer.special_ids,
                                 max_batch_tokens, max_batch_size, overlap=self.pipeline)
         self._bm25 = None if self.spec.has_learned_sparse else Bm25Sparse(**(bm25 or {}))
+        self._static_sparse = (StaticSparse(self.spec.static_sparse, self.tokenizer.special_ids,
+                                            self.spec.max_active_dims)
+                               if self.spec.static_sparse else None)  # inference-free queries
         self._cache = EmbeddingCache(cache_size)
         self._lock = threading.Lock()
         self._model_key = (str(self.spec.path), runtime, self.dtype,
@@ -199,7 +202,9 @@ class Embedder:
                  truncate, dimensions, normalize) -> tuple[dict[str, _Entry], dict[str, int]]:
         prompt = self.spec.prompts.get(kind, "")
         prompted = [prompt + t for t in texts] if prompt else texts
-        want = Outputs(dense=dense, sparse=sparse and self._bm25 is None, multivector=multivector)
+        static = self._static_sparse if kind == "query" else None
+        want = Outputs(dense=dense, sparse=sparse and self._bm25 is None and static is None,
+                       multivector=multivector, query=kind == "query")
         ids: list[list[int]] = []
         keep: list[int] = []
         rows = []
@@ -223,15 +228,16 @@ class Embedder:
                     rows += self._encoder.encode([ids[j] for j in chunk_keep], want,
                                                  [origin[j] for j in chunk_keep])
                 keep += chunk_keep
-        bm25 = (self._bm25.embed([texts[j] for j in keep], kind)
-                if sparse and self._bm25 is not None else None)
+        lexical = (self._bm25.embed([texts[j] for j in keep], kind)
+                   if sparse and self._bm25 is not None else
+                   static.embed([ids[j] for j in keep]) if sparse and static else None)
         dense_rows = (finish_dense(np.stack([r.dense for r in rows]), normalize, dimensions)
                       if dense and rows else None)
         out = {}
         for r, j in enumerate(keep):
             out[texts[j]] = _Entry(
                 dense=None if dense_rows is None else dense_rows[r],
-                sparse=(bm25[r] if bm25 is not None else rows[r].sparse) if sparse else None,
+                sparse=(lexical[r] if lexical is not None else rows[r].sparse) if sparse else None,
                 multivector=rows[r].multivector, tokens=len(ids[j]))
         return out, too_long
 
