@@ -579,7 +579,7 @@ def read_spec(folder: Path, name: str | None = None, hf_id: str | None = None) -
     late = _late_interaction(pipe, st) if family == "colbert" else None
 
     positions = int(config.get("max_position_embeddings") or 512)
-    if model_type in ("roberta", "xlm-roberta", "camembert", "xlm_roberta"):
+    if model_type in ("roberta", "xlm-roberta", "camembert", "xlm_roberta", "mpnet"):
         positions -= int(config.get("pad_token_id", 1)) + 1  # positions start after padding_idx
     limits = [positions]
     st_cfg = pipe.transformer or _read_json(folder / "sentence_bert_config.json") or {}

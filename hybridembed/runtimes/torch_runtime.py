@@ -57,10 +57,20 @@ def _is_oom(exc: BaseException) -> bool:
                                                or "not enough memory" in text)
 
 
+def _from_pretrained(auto_model, path, kwargs, **extra):
+    try:
+        return auto_model.from_pretrained(path, **kwargs, **extra)
+    except ValueError as exc:
+        if "scaled_dot_product_attention" not in str(exc):
+            raise
+        return auto_model.from_pretrained(path, **{**kwargs, "attn_implementation": None}, **extra)
+
+
 def _load_encoder(auto_model, spec: ModelSpec, torch_dtype: torch.dtype):
-    """The bare encoder with SDPA attention. BERT-family classes also build a pooler head
-    that embeddings never use; it is left out, and its weights' absence or presence is not
-    worth a warning. Any other missing weight is."""
+    """The bare encoder with SDPA attention (the architecture's own attention where it has
+    no SDPA, as MPNet). BERT-family classes also build a pooler head that embeddings never
+    use; it is left out, and its weights' absence or presence is not worth a warning. Any
+    other missing weight is."""
     from transformers.utils import logging as hf_logging
 
     kwargs = {"attn_implementation": "sdpa", "dtype": torch_dtype, "output_loading_info": True}
@@ -68,12 +78,13 @@ def _load_encoder(auto_model, spec: ModelSpec, torch_dtype: torch.dtype):
     hf_logging.set_verbosity_error()
     try:
         try:
-            encoder, info = auto_model.from_pretrained(spec.path, add_pooling_layer=False, **kwargs)
+            encoder, info = _from_pretrained(auto_model, spec.path, kwargs, add_pooling_layer=False)
         except TypeError:
-            encoder, info = auto_model.from_pretrained(spec.path, **kwargs)
+            encoder, info = _from_pretrained(auto_model, spec.path, kwargs)
     finally:
         hf_logging.set_verbosity(level)
-    missing = [k for k in info.get("missing_keys", ()) if not k.startswith("pooler.")]
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith("pooler.")
+               and not k.startswith("cls.predictions.decoder")]
     if missing:
         log.warning("%s: %d encoder weights missing from the checkpoint and randomly "
                     "initialised (first: %s); embeddings will be meaningless",
