@@ -76,6 +76,6 @@ async def models(request: Request):
     spec = emb.spec
     return {"object": "list", "data": [{
         "id": emb.model, "object": "model", "created": int(core.started),
-        "owned_by": "hybridembed", "hf_id": spec.hf_id, "dim": spec.dim,
+        "owned_by": "hybridembed", "hf_id": spec.hf_id, "family": spec.family, "dim": spec.dim,
         "max_length": spec.max_length, "pooling": spec.pooling, "sparse": spec.sparse_kind,
         "multivector_dim": spec.multivector_dim, "device": emb.device, "dtype": emb.dtype}]}
