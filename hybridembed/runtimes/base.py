@@ -32,6 +32,17 @@ class RuntimeOutput:
     vocab_weights: np.ndarray | None = None
 
 
+def keep_heaviest(weights: np.ndarray, k: int) -> np.ndarray:
+    """``(batch, vocab)`` weights with all but each row's ``k`` largest set to zero
+    (sentence-transformers' ``max_active_dims``)."""
+    if weights.shape[-1] <= k:
+        return weights
+    top = np.argpartition(-weights, k - 1, axis=-1)[:, :k]
+    out = np.zeros_like(weights)
+    np.put_along_axis(out, top, np.take_along_axis(weights, top, axis=-1), axis=-1)
+    return out
+
+
 class Runtime(Protocol):
     """``forward`` runs one padded batch. A runtime may also offer ``parallel_forwards``
     (how many batches the engine should run at once, one thread each; 1 when absent), and

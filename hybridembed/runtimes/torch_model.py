@@ -74,15 +74,6 @@ def split_masked_lm(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return encoder, head
 
 
-def keep_heaviest(weights: torch.Tensor, k: int) -> torch.Tensor:
-    """``(batch, vocab)`` weights with all but each row's ``k`` largest set to zero
-    (sentence-transformers' ``max_active_dims``)."""
-    if weights.shape[-1] <= k:
-        return weights
-    values, index = torch.topk(weights, k, dim=-1)
-    return torch.zeros_like(weights).scatter_(-1, index, values)
-
-
 class EncoderWithHeads(nn.Module):
     """Returns ``(pooled, weights, vectors)``; each ``None`` unless asked for and present.
 

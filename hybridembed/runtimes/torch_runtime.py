@@ -10,9 +10,9 @@ import torch
 
 from ..errors import InvalidOptionError
 from ..registry import ModelSpec
-from .base import RuntimeOutOfMemory, RuntimeOutput
+from .base import RuntimeOutOfMemory, RuntimeOutput, keep_heaviest
 from .late_interaction import LateInteractionTokens
-from .torch_model import build_module, keep_heaviest
+from .torch_model import build_module
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,9 @@ class TorchRuntime:
                 ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
                 mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
                 pooled, weights, vectors = self.module(ids, mask, dense, sparse, multivector)
+                weights = None if weights is None else weights.float().cpu().numpy()
                 if weights is not None and self.splade and self.max_active_dims:
                     weights = keep_heaviest(weights, self.max_active_dims)
-                weights = None if weights is None else weights.float().cpu().numpy()
                 return RuntimeOutput(
                     dense=None if pooled is None else pooled.float().cpu().numpy(),
                     token_weights=None if self.splade else weights,

@@ -3,6 +3,8 @@ the fixtures are saved by sentence-transformers itself (tests/models.py), loaded
 and compared output by output (dense cosine >= 0.9999, per-token cosine >= 0.9999, sparse
 weights within 1e-4 relative on the same non-zero set)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,20 @@ TEXTS = [
     "The river runs through the old city, past the museum (closed on Sundays), to the sea!",
     " ".join(["long document about vector databases and lexical matching"] * 30),
 ]
-RUNTIMES = ["torch"]
+# The ONNX export of the real SPLADE checkpoint (30,522-word MLM head over the export's
+# quality-gate texts) takes minutes on the 2-core test machine: run it with
+# HYBRIDEMBED_SLOW_TESTS=1. Every other family's ONNX parity runs always.
+SLOW = pytest.mark.skipif(not os.environ.get("HYBRIDEMBED_SLOW_TESTS"),
+                          reason="set HYBRIDEMBED_SLOW_TESTS=1 for the real SPLADE ONNX export")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def onnx_cache(tmp_path_factory):
+    from hybridembed.runtimes import onnx_runtime
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(onnx_runtime.CACHE_ENV, str(tmp_path_factory.mktemp("onnx-cache")))
+        yield
 
 
 def _embedder(folder, runtime="torch"):
@@ -31,8 +46,9 @@ def _assert_sparse_equal(got, ref_dense):
         np.testing.assert_allclose(vector.values, row[nz], rtol=1e-4, atol=1e-4 * row.max())
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
-@pytest.mark.parametrize("name", ["dense", "dense-legacy", "modernbert", "mpnet", "qwen3"])
+@pytest.mark.parametrize("name, runtime", [
+    ("dense", "torch"), ("dense-legacy", "torch"), ("modernbert", "torch"), ("mpnet", "torch"),
+    ("qwen3", "torch"), ("dense", "onnx"), ("qwen3", "onnx")])
 def test_dense_pipelines_match_sentence_transformers(family_dir, name, runtime):
     from sentence_transformers import SentenceTransformer
 
@@ -66,7 +82,7 @@ def test_matryoshka_cuts_the_final_vector(family_dir):
     assert got.shape == (len(TEXTS), 8) and (got * want).sum(axis=1).min() >= 0.9999
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", ["torch", pytest.param("onnx", marks=SLOW)])
 def test_real_splade_checkpoint_matches_sparse_encoder(family_dir, runtime):
     from sentence_transformers import SparseEncoder
 
@@ -104,7 +120,7 @@ def test_max_active_dims_saved_in_the_checkpoint_applies(family_dir, tmp_path):
     _assert_sparse_equal(got, want)
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
 def test_inference_free_splade_queries_skip_the_encoder(family_dir, runtime):
     from sentence_transformers import SparseEncoder
 
@@ -118,8 +134,7 @@ def test_inference_free_splade_queries_skip_the_encoder(family_dir, runtime):
                          ref.encode_document(TEXTS, convert_to_tensor=True).to_dense().numpy())
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
-@pytest.mark.parametrize("attend", [False, True])
+@pytest.mark.parametrize("runtime, attend", [("torch", False), ("torch", True), ("onnx", False)])
 def test_colbert_matches_multi_vector_encoder(family_dir, tmp_path, runtime, attend):
     from sentence_transformers import MultiVectorEncoder
 
