@@ -333,9 +333,7 @@ def cmd_search(args) -> int:
                         weights=tuple(args.weights))
     store.close()
     if args.json:
-        json.dump([h.to_dict() for h in hits], sys.stdout, indent=2)
-        print()
-        return 0
+        return _print_json([h.to_dict() for h in hits])
     if not hits:
         print("no hits")
         return 0
@@ -356,9 +354,7 @@ def cmd_collections(args) -> int:
         rows.append({"name": name, "count": backend.count(name), **schema})
     backend.close()
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        print()
-        return 0
+        return _print_json(rows)
     for row in rows:
         print(f"{row['name']:<24} {row['count']:>8} docs  {row['model']} ({row['dense_dim']}-d, "
               f"sparse {row['sparse_kind']}, multivector {row['multivector_dim'] or 'no'})")
@@ -514,6 +510,12 @@ def cmd_loadtest(args) -> int:
     return 0
 
 
+def _print_json(value) -> int:
+    json.dump(value, sys.stdout, indent=2)
+    print()
+    return 0
+
+
 def cmd_models(args) -> int:
     if args.families:
         for family in registry.FAMILIES.values():
@@ -522,9 +524,7 @@ def cmd_models(args) -> int:
     if args.model:
         specs = [registry.resolve(name).describe() for name in args.model]
         if args.json:
-            json.dump(specs, sys.stdout, indent=2)
-            print()
-            return 0
+            return _print_json(specs)
         for row in specs:
             print(f"{row['name']}  ({row['family']}, {row['type']}, max {row['max_length']} "
                   f"tokens)\n  path         {row['path']}")
@@ -533,9 +533,7 @@ def cmd_models(args) -> int:
         return 0
     rows = registry.available()
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        print()
-        return 0
+        return _print_json(rows)
     print(f"{'name':<22} {'family':<22} {'dim':>5} {'max_len':>7} {'pooling':<9} {'sparse':<8} "
           f"{'colbert':<7} where / why not")
     for row in rows:
