@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fail on texts over the model's limit instead of cutting them")
     embed.add_argument("--top", type=int, default=8, help="sparse tokens to show per text")
     embed.add_argument("--json", action="store_true", help="print JSON (full vectors)")
+    embed.add_argument("--encoding", default="utf-8",
+                       help="encoding of texts read from stdin (default utf-8)")
     _add_model_flags(embed)
 
     models = sub.add_parser("models", help="list the models resolvable on this machine, or "
@@ -72,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, help="request body size limit")
     serve.add_argument("--request-timeout", type=float, help="seconds before a 503")
     serve.add_argument("--served-model-name", help="another model name clients may send")
+    serve.add_argument("--token-ids", choices=["cl100k", "model", "refuse"],
+                       help="how OpenAI token-id inputs are read: cl100k (default; what "
+                            "OpenAI's clients and langchain-openai send), model (the served "
+                            "model's own ids, as sent) or refuse")
+    serve.add_argument("--cors-allow-origin",
+                       help="origins browsers may call from (comma-separated, or *); off "
+                            "by default")
     serve.add_argument("--log-level", default="info")
 
     index = sub.add_parser("index", help="chunk, embed and store files (.txt, .md, .jsonl)")
@@ -225,7 +234,7 @@ def cmd_serve(args) -> int:
 
     names = ("host", "port", "api_key", "max_queued_requests", "max_queued_tokens",
              "max_batch_requests", "max_inputs", "max_body_bytes", "request_timeout",
-             "served_model_name")
+             "served_model_name", "token_ids", "cors_allow_origin")
     settings = _settings(args, **{n: getattr(args, n) for n in names})
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     print(f"hybridembed serving {settings.model} on http://{settings.host}:{settings.port} "
@@ -237,8 +246,14 @@ def cmd_serve(args) -> int:
 
 def cmd_embed(args) -> int:
     from .service import Embedder
+    from .textcheck import check_texts, decode
 
-    texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
+    if args.texts == ["-"]:
+        data = decode(sys.stdin.buffer.read(), "<stdin>", args.encoding).replace("\r\n", "\n")
+        texts = data.removesuffix("\n").split("\n") if data else []
+    else:
+        texts = args.texts
+    check_texts(texts)  # before the model loads: a bad text costs nothing
     embedder = Embedder(**_settings(args).embedder_options())
     result = embedder.embed(texts, dense=not args.no_dense, sparse=args.sparse,
                             multivector=args.multivector,

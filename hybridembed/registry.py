@@ -598,7 +598,7 @@ def read_spec(folder: Path, name: str | None = None, hf_id: str | None = None) -
         query_max = late.expansion_length if late.expansion_strategy == "fixed" else \
             max(int(query_max or 0), late.expansion_length) or None
     prompts = st.get("prompts") or {}
-    prompts = {k: v for k, v in prompts.items() if isinstance(v, str) and v}
+    prompts = {k: v for k, v in prompts.items() if isinstance(k, str) and isinstance(v, str)}
     for key, kind in (("query_prefix", "query"), ("document_prefix", "document")):
         if st.get(key):  # PyLate <= 3 kept its markers apart from the prompts
             prompts[kind] = st[key] + prompts.get(kind, "").removeprefix(st[key])

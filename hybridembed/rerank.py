@@ -24,6 +24,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .scores import BGE_M3_WEIGHTS, combined, maxsim
+from .textcheck import check_text, check_texts
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,11 @@ def _ranked(scores: Sequence[float] | np.ndarray, top_k: int | None) -> list[tup
 
 
 def _check_texts(query: Any, texts: Any) -> list[str]:
-    if not isinstance(query, str):
-        raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
+    check_text(query, what="query")
     if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
         raise InvalidInputError("texts must be a list of strings, got "
                                 f"{type(texts).__name__}")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InvalidInputError(f"texts[{i}] must be a string, got {type(text).__name__}",
-                                    index=i)
-    return list(texts)
+    return check_texts(list(texts))
 
 
 class CrossEncoderReranker:

@@ -67,3 +67,19 @@ def nonfinite_rows(*outputs: np.ndarray | Sequence[np.ndarray] | Sequence[object
             if values is not None and not np.isfinite(np.asarray(values)).all():
                 bad.add(i)
     return sorted(bad)
+
+
+def decode(data: bytes, source: str, encoding: str = "utf-8") -> str:
+    """``data`` read from ``source`` (a file name, ``<stdin>``) as text in ``encoding``.
+    Raises :class:`InvalidInputError` naming the source, the byte offset of the first
+    byte that does not decode, and the ``--encoding`` way out."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"{source}: not valid {encoding} at byte {exc.start} "
+            f"(0x{data[exc.start]:02x}); pass --encoding NAME if it is another encoding "
+            "(e.g. latin-1, cp1252, utf-16)") from None
+    except LookupError:
+        raise InvalidInputError(f"unknown encoding {encoding!r}; use a Python codec name "
+                                "such as utf-8, latin-1, cp1252, utf-16") from None

@@ -79,3 +79,14 @@ def family_dir(tmp_path_factory):
         return built[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def nan_model(tmp_path_factory):
+    """An Embedder over a tiny model whose outputs are NaN for texts holding
+    ``tests.models.POISONED_WORD``."""
+    from hybridembed import Embedder
+    from tests.models import build_nan_model
+
+    return Embedder(str(build_nan_model(tmp_path_factory.mktemp("nan-model"))), device="cpu",
+                    cache_size=0)

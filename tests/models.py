@@ -230,4 +230,24 @@ def build_encoder_family(folder: Path, family: str) -> Path:
     t = Transformer(str(enc))
     SentenceTransformer(modules=[t, Pooling(32, pooling), Normalize()], prompts=prompts,
                         device="cpu").save(str(folder))
+
+
+POISONED_WORD = "colbert"
+
+
+def build_nan_model(folder: Path) -> Path:
+    """The tiny BGE-M3 layout with the input embedding of :data:`POISONED_WORD` set to NaN:
+    every output of a text holding that word is NaN (attention spreads it over the whole
+    text), as an fp16 overflow on a GPU does; other texts are unaffected."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    folder = build_tiny_bge_m3(Path(folder))
+    ids = AutoTokenizer.from_pretrained(str(folder))(POISONED_WORD,
+                                                    add_special_tokens=False)["input_ids"]
+    assert len(ids) == 1, f"{POISONED_WORD!r} must be one token of the tiny vocabulary: {ids}"
+    weights = load_file(str(folder / "model.safetensors"))
+    name = next(k for k in weights if k.endswith("word_embeddings.weight"))
+    weights[name][ids[0]] = float("nan")
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder

@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 
 from ..errors import HybridEmbedError, UnsupportedOutputError
-from ..service.embedder import _check_texts
 from ..sparse import SparseVector
+from ..textcheck import check_texts
 from ..types import Embedding, EmbedResult, Usage
 
 
@@ -72,7 +72,7 @@ class RemoteBackend(_HTTPBackend):
     def embed(self, texts: Sequence[str] | str, *, dense: bool = True, sparse: bool = False,
               multivector: bool = False, kind: str = "document", truncate: bool = True,
               dimensions: int | None = None, normalize: bool = True) -> EmbedResult:
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         body = {"inputs": texts, "dense": dense, "sparse": sparse, "multivector": multivector,
                 "kind": kind, "truncate": truncate, "dimensions": dimensions,
                 "normalize": normalize}
@@ -106,7 +106,7 @@ class _DenseOnlyBackend(_HTTPBackend):
               multivector: bool = False, kind: str = "document", truncate: bool = True,
               dimensions: int | None = None, normalize: bool = True) -> EmbedResult:
         self._dense_only(sparse, multivector)
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if not texts:
             return _result(self.model or "", [], dense, False, False, [])
         model, vectors, tokens = self._request(texts, self.model or self.default_model,

@@ -57,6 +57,7 @@ class RawRow:
     dense: np.ndarray | None = None  # pooled, not normalised
     sparse: SparseVector | None = None
     multivector: np.ndarray | None = None
+    finite: bool = True  # False: some output of this text was NaN or infinite
 
 
 @dataclass
@@ -213,6 +214,32 @@ def pad_batch(ids: Sequence[Sequence[int]], batch: list[int], pad_id: int
     return input_ids, mask
 
 
+def finite_rows(out: RuntimeOutput, vectors: np.ndarray | None, lengths: list[int]
+                ) -> np.ndarray:
+    """``(rows,)`` bool: whether every output of each text of a padded batch is finite,
+    looking only at its own ``lengths[r]`` tokens (padding may hold anything). Learned
+    sparse needs this check here: its extraction keeps weights > 0, which silently drops
+    NaN instead of reporting it."""
+    width = out.token_weights.shape[1] if out.token_weights is not None else (
+        vectors.shape[1] if vectors is not None else 0)
+    ok = np.ones(len(lengths), dtype=bool)
+    if out.dense is not None:
+        ok &= np.isfinite(out.dense).all(axis=1)
+    padding = np.arange(width) >= np.asarray(lengths)[:, None]
+    if out.token_weights is not None:
+        weights = out.token_weights.reshape(len(lengths), width)
+        ok &= (np.isfinite(weights) | padding).all(axis=1)
+    if out.vocab_weights is not None:  # SPLADE: one weight per vocabulary id
+        ok &= np.isfinite(out.vocab_weights).all(axis=1)
+    if vectors is not None:
+        # token_vectors start after the first token: row r keeps positions < lengths[r] - 1,
+        # or, with a token_mask (ColBERT layouts), the positions it marks
+        beyond = (~out.token_mask[:, :vectors.shape[1]] if out.token_mask is not None else
+                  np.arange(vectors.shape[1]) >= np.asarray(lengths)[:, None] - 1)
+        ok &= (np.isfinite(vectors).all(axis=2) | beyond).all(axis=1)
+    return ok
+
+
 def fill_rows(rows: list[RawRow], batch: list[int], lengths: list[int], input_ids: np.ndarray,
                out: RuntimeOutput, special_ids: np.ndarray) -> None:
     """Per-text results of one padded batch: row ``r`` of the outputs is text
@@ -221,8 +248,10 @@ def fill_rows(rows: list[RawRow], batch: list[int], lengths: list[int], input_id
     vectors = out.token_vectors
     if vectors is not None and vectors.dtype != np.float32:  # sent in half precision
         vectors = widen(vectors)  # one array per batch; rows are views into it
+    finite = finite_rows(out, vectors, lengths)
     for r, (i, n) in enumerate(zip(batch, lengths, strict=True)):
         row = rows[i]
+        row.finite = bool(finite[r])
         if out.dense is not None:
             row.dense = out.dense[r]
         if sparse is not None:

@@ -9,6 +9,7 @@ a batch is embedded)."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +42,7 @@ class TextTokenizer:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Full token ids (special tokens included), never truncated. A fast tokenizer's
         Rust backend is called directly: what transformers adds around it is Python work
-        per text (~30 us on the test CPU), which holds the GIL while the model's thread
+        per text (measured in docs/BENCHMARKS.md), holding the GIL while the model's thread
         wants it to launch the next batch."""
         if not texts:
             return []
@@ -55,12 +56,45 @@ class TextTokenizer:
             backend.no_padding()
             return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=True)]
 
-    def encode_truncated(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_truncated(self, texts: Sequence[str], side: str = "right") -> list[list[int]]:
+        """Token ids cut to :attr:`max_length` (special tokens kept) on ``side``:
+        ``"right"`` keeps the start of the text, ``"left"`` its end. The side is the
+        caller's, never the ``truncation_side`` of the folder's tokenizer config."""
         if not texts:
             return []
-        return self._call(list(texts), add_special_tokens=True, truncation=True,
-                          max_length=self.max_length, return_attention_mask=False,
-                          return_token_type_ids=False)["input_ids"]
+        with self._lock:
+            saved = self._tok.truncation_side
+            self._tok.truncation_side = side
+            try:
+                return self._tok(list(texts), add_special_tokens=True, truncation=True,
+                                 max_length=self.max_length, return_attention_mask=False,
+                                 return_token_type_ids=False)["input_ids"]
+            finally:
+                self._tok.truncation_side = saved
+
+    @functools.cached_property
+    def _template(self) -> tuple[list[int], list[int]]:
+        """The special tokens the model puts before and after one text's content, read
+        from how it encodes a one-word text (so any post-processor template works)."""
+        enc = self._call("a", add_special_tokens=True, return_special_tokens_mask=True)
+        ids, special = enc["input_ids"], enc["special_tokens_mask"]
+        content = [i for i, s in enumerate(special) if not s]
+        first, last = (content[0], content[-1]) if content else (len(ids), len(ids) - 1)
+        return list(ids[:first]), list(ids[last + 1:])
+
+    def with_special(self, ids: Sequence[int]) -> list[int]:
+        """Content token ids wrapped in the model's special tokens (``[CLS] ids [SEP]``)."""
+        before, after = self._template
+        return [*before, *ids, *after]
+
+    def truncate_ids(self, ids: Sequence[int], side: str = "right") -> list[int]:
+        """Content token ids cut so that, with special tokens, they fit :attr:`max_length`
+        (``"left"`` keeps the end), then wrapped in the special tokens."""
+        before, after = self._template
+        room = self.max_length - len(before) - len(after)
+        ids = list(ids)
+        kept = ids[:room] if side == "right" else ids[max(0, len(ids) - room):]
+        return self.with_special(kept)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of token ids (special tokens skipped); ids outside the vocabulary raise."""

@@ -15,38 +15,38 @@ router = APIRouter(tags=["collections"])
 
 
 class CreateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str
     multivector: bool = True
 
 
 class DocumentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     text: str
     id: str | int | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
 class UpsertRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     documents: list[DocumentIn]
 
 
 class DeleteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     ids: list[str | int]
 
 
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     query: str
     mode: Literal["dense", "sparse", "hybrid"] = "hybrid"
     fusion: Literal["rrf", "dbsf", "weighted"] = "rrf"
-    k: int = 10
+    k: int = Field(10, ge=1, le=10_000)
     filter: dict[str, Any] | None = None
     rerank: Literal["multivector", "cross-encoder"] | None = None
-    candidates: int | None = None
-    weights: tuple[float, float] = (1.0, 1.0)
+    candidates: int | None = Field(None, ge=1, le=100_000)
+    weights: list[float] = Field(default_factory=lambda: [1.0, 1.0], min_length=2, max_length=2)
 
 
 async def _call(request: Request, method: str, *args, **kwargs):
@@ -96,5 +96,5 @@ async def delete(name: str, body: DeleteRequest, request: Request):
 async def search(name: str, body: SearchRequest, request: Request):
     hits = await _call(request, "search", name, body.query, mode=body.mode, fusion=body.fusion,
                        k=body.k, filter=body.filter, rerank=body.rerank,
-                       candidates=body.candidates, weights=body.weights)
+                       candidates=body.candidates, weights=tuple(body.weights))
     return {"collection": name, "hits": [h.to_dict() for h in hits]}

@@ -6,42 +6,45 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 
-from ..service.batcher import EmbedOptions
+from .wire import NativeModel, as_list
 
 router = APIRouter(tags=["hybridembed"])
 
 
-class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NativeEmbedRequest(NativeModel):
     inputs: str | list[str]
     model: str | None = None
     dense: bool = True
     sparse: bool = False
     multivector: bool = False
     kind: Literal["document", "query"] = "document"
+    prompt_name: str | None = None
     truncate: bool = True
-    dimensions: int | None = None
+    truncation_side: Literal["right", "left"] = "right"
+    dimensions: int | None = Field(None, ge=1)
     normalize: bool = True
     sparse_tokens: bool = False
 
 
-class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NativeTokenizeRequest(NativeModel):
     inputs: str | list[str]
     truncate: bool = True
+    truncation_side: Literal["right", "left"] = "right"
 
 
 @router.post("/v1/embed")
-async def embed(body: EmbedRequest, request: Request):
+async def embed(body: NativeEmbedRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model)
-    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    options = EmbedOptions(dense=body.dense, sparse=body.sparse, multivector=body.multivector,
-                           kind=body.kind, dimensions=body.dimensions, normalize=body.normalize)
-    result = await core.embed(request, texts, options, body.truncate)
+    texts = as_list(body.inputs)
     emb = core.ready()
+    result = await core.embed(request, emb.request(
+        texts, dense=body.dense, sparse=body.sparse, multivector=body.multivector,
+        kind=body.kind, prompt_name=body.prompt_name, truncate=body.truncate,
+        truncation_side=body.truncation_side, dimensions=body.dimensions,
+        normalize=body.normalize))
     data = []
     for i, item in enumerate(result):
         row: dict = {"index": i, "tokens": item.tokens}
@@ -59,12 +62,12 @@ async def embed(body: EmbedRequest, request: Request):
 
 
 @router.post("/v1/tokenize")
-async def tokenize(body: TokenizeRequest, request: Request):
+async def tokenize(body: NativeTokenizeRequest, request: Request):
     core = request.app.state.core
-    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    texts = as_list(body.inputs)
     core.check_inputs(texts)
     emb = core.ready()
-    ids = emb.tokenize(texts, truncate=body.truncate)
+    ids = emb.tokenize(texts, truncate=body.truncate, truncation_side=body.truncation_side)
     return {"tokens": [{"ids": row, "strings": [emb.tokenizer.id_to_token(t) for t in row]}
                        for row in ids]}
 

@@ -9,63 +9,62 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 
 from .. import __version__
-from ..service.batcher import EmbedOptions
+from .wire import WireModel, as_list
 
 router = APIRouter(tags=["Ollama"])
 OLLAMA_VERSION = "0.6.0"  # the Ollama API level these routes follow
 
 
-class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class OllamaEmbedRequest(WireModel):
     model: str
     input: str | list[str] = ""
     truncate: bool | None = True
-    dimensions: int | None = None
+    dimensions: int | None = Field(None, ge=1)
     keep_alive: Any = None
     options: dict | None = None
 
 
-class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class OllamaEmbeddingsRequest(WireModel):
     model: str
     prompt: str | None = None
     keep_alive: Any = None
     options: dict | None = None
 
 
-class ShowRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class OllamaShowRequest(WireModel):
     model: str | None = None
     name: str | None = None
 
 
 @router.post("/api/embed")
-async def embed(body: EmbedRequest, request: Request):
+async def embed(body: OllamaEmbedRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model)
     started = time.perf_counter_ns()
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    texts = [t for t in texts] if texts != [""] else []
-    if not texts:  # Ollama answers an empty input (a preload) with no embeddings
+    # As Ollama does: "" and [] (a preload) give no embeddings; [""] gives one.
+    texts = [] if body.input == "" else as_list(body.input)
+    if not texts:
         return {"model": body.model, "embeddings": []}
-    result = await core.embed(request, texts, EmbedOptions(dimensions=body.dimensions),
-                              truncate=body.truncate is not False)
+    embed = core.ready().request(texts, dimensions=body.dimensions,
+                                 truncate=body.truncate is not False)
+    result = await core.embed(request, embed, "ollama")
     return {"model": body.model, "embeddings": result.dense.tolist(),
             "total_duration": time.perf_counter_ns() - started,
             "prompt_eval_count": result.usage.total_tokens}
 
 
 @router.post("/api/embeddings")
-async def embeddings(body: EmbeddingsRequest, request: Request):
+async def embeddings(body: OllamaEmbeddingsRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model)
     if not body.prompt:
         return {"embedding": []}
     # Ollama's legacy route returns the model's raw (unnormalised) vector.
-    result = await core.embed(request, [body.prompt], EmbedOptions(normalize=False))
+    embed = core.ready().request([body.prompt], normalize=False)
+    result = await core.embed(request, embed, "ollama")
     return {"embedding": result.dense[0].tolist()}
 
 
@@ -91,7 +90,7 @@ async def version():
 
 
 @router.post("/api/show")
-async def show(body: ShowRequest, request: Request):
+async def show(body: OllamaShowRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model or body.name)
     entry = _model_entry(core)

@@ -7,38 +7,43 @@ from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..service.batcher import EmbedOptions
 from .errors import ApiError
+from .token_ids import read_token_ids
+from .wire import WireModel
 
 router = APIRouter(tags=["OpenAI"])
 
 
-class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class OpenAIEmbeddingsRequest(WireModel):
     input: str | list[str] | list[int] | list[list[int]] = Field(
-        description="a string, a list of strings, a token-id list or a list of token-id lists")
+        description="a string, a list of strings, a token-id list or a list of token-id lists; "
+                    "none may be empty")
     model: str
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: int | None = Field(None, ge=1)
     user: str | None = None
 
 
-def _texts(core, value) -> list[str]:
+def _inputs(core, value) -> list[str] | list[list[int]]:
+    """The inputs of an ``input``: texts, or token-id lists read as the server's
+    ``--token-ids`` policy says. OpenAI refuses empty strings and lists (400)."""
     if isinstance(value, str):
-        return [value]
-    if value and isinstance(value[0], int):
         value = [value]
-    if value and isinstance(value[0], list):
-        tok = core.ready().tokenizer
-        out = []
+    if not value:
+        raise ApiError(400, "input is empty; send at least one text", "invalid_request", "input")
+    if isinstance(value[0], int):
+        value = [value]
+    if isinstance(value[0], list):
         for i, ids in enumerate(value):
-            try:
-                out.append(tok.decode(ids))
-            except ValueError as exc:
-                raise ApiError(400, f"input[{i}]: {exc}", param="input") from None
-        return out
+            if not ids:
+                raise ApiError(400, f"input[{i}] is an empty token list", param="input")
+        return read_token_ids(core.settings.token_ids, value)
+    for i, text in enumerate(value):
+        if text == "":
+            raise ApiError(400, f"input[{i}] is an empty string; OpenAI's API refuses empty "
+                           "inputs", param="input")
     return list(value)
 
 
@@ -50,11 +55,11 @@ def _encode(vector: np.ndarray, fmt: str):
 
 @router.post("/v1/embeddings")
 @router.post("/embeddings", include_in_schema=False)
-async def embeddings(body: EmbeddingsRequest, request: Request):
+async def embeddings(body: OpenAIEmbeddingsRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model)
-    texts = _texts(core, body.input)
-    result = await core.embed(request, texts, EmbedOptions(dimensions=body.dimensions))
+    embed = core.ready().request(_inputs(core, body.input), dimensions=body.dimensions)
+    result = await core.embed(request, embed, "openai")
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}

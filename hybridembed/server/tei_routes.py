@@ -3,79 +3,94 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 
 from .. import __version__
-from ..service.batcher import EmbedOptions
+from ..types import EmbedRequest
 from .errors import ApiError
+from .wire import WireModel, as_list
 
 router = APIRouter(tags=["text-embeddings-inference"])
-PROMPT_NAMES = ("query", "document")
 
 
-class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class TEIEmbedRequest(WireModel):
     inputs: str | list[str]
     normalize: bool = True
     truncate: bool | None = None
-    truncation_direction: str = "Right"
-    prompt_name: str | None = None
-    dimensions: int | None = None
+    truncation_direction: Literal["Right", "Left"] = "Right"
+    prompt_name: str | None = Field(None, description="a key of the model's prompts "
+                                    "(query and document always work)")
+    dimensions: int | None = Field(None, ge=1)
 
 
-class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class TEITokenizeRequest(WireModel):
     inputs: str | list[str]
     add_special_tokens: bool = True
 
 
-def _parse(body: EmbedRequest) -> tuple[list[str], str, bool]:
-    if body.truncation_direction.lower() != "right":
-        raise ApiError(400, f"truncation_direction {body.truncation_direction!r} is not "
-                       "supported; valid: Right", param="truncation_direction")
-    if body.prompt_name not in (None, *PROMPT_NAMES):
-        raise ApiError(400, f"unknown prompt_name {body.prompt_name!r}; valid: "
-                       + ", ".join(PROMPT_NAMES), param="prompt_name")
-    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    return texts, body.prompt_name or "document", body.truncate is not False
+def _request(core, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
+    """The request value of a TEI body. As TEI does, an empty batch is 400 ``Empty``, an
+    empty text 413 ``Validation``, and the request's ``truncation_direction`` (not the
+    folder's tokenizer config) decides which end of an over-long text is kept."""
+    texts = as_list(body.inputs)
+    if not texts:
+        raise ApiError(400, "`inputs` cannot be empty", "empty", "inputs")
+    if "" in texts:
+        raise ApiError(413, f"`inputs` cannot be empty (input {texts.index('')} is an empty "
+                       "string)", "validation", "inputs")
+    kind = "query" if body.prompt_name == "query" else "document"
+    return core.ready().request(
+        texts, kind=kind, prompt_name=body.prompt_name, truncate=body.truncate is not False,
+        truncation_side=body.truncation_direction.lower(), **outputs)
 
 
 @router.post("/embed")
-async def embed(body: EmbedRequest, request: Request):
-    texts, kind, truncate = _parse(body)
-    result = await request.app.state.core.embed(
-        request, texts, EmbedOptions(kind=kind, dimensions=body.dimensions,
-                                     normalize=body.normalize), truncate)
+@router.post("/", summary="Embed (TEI's root route; GET / is Ollama's liveness text)")
+@router.post("/invocations", summary="Embed (TEI's SageMaker route)")
+async def embed(body: TEIEmbedRequest, request: Request):
+    core = request.app.state.core
+    result = await core.embed(request, _request(core, body, dimensions=body.dimensions,
+                                                normalize=body.normalize), "tei")
     return result.dense.tolist()
 
 
 @router.post("/embed_sparse")
-async def embed_sparse(body: EmbedRequest, request: Request):
-    texts, kind, truncate = _parse(body)
-    result = await request.app.state.core.embed(
-        request, texts, EmbedOptions(dense=False, sparse=True, kind=kind), truncate)
+async def embed_sparse(body: TEIEmbedRequest, request: Request):
+    core = request.app.state.core
+    embed = _request(core, body, dense=False, sparse=True)
+    result = await core.embed(request, embed, "tei")
     return [[{"index": i, "value": v} for i, v in zip(s.indices.tolist(), s.values.tolist(),
                                                       strict=True)] for s in result.sparse]
 
 
 @router.post("/embed_all")
-async def embed_all(body: EmbedRequest, request: Request):
-    texts, kind, truncate = _parse(body)
-    result = await request.app.state.core.embed(
-        request, texts, EmbedOptions(dense=False, multivector=True, kind=kind), truncate)
+async def embed_all(body: TEIEmbedRequest, request: Request):
+    core = request.app.state.core
+    embed = _request(core, body, dense=False, multivector=True)
+    result = await core.embed(request, embed, "tei")
     return [m.tolist() for m in result.multivector]
 
 
 @router.post("/tokenize")
-async def tokenize(body: TokenizeRequest, request: Request):
+async def tokenize(body: TEITokenizeRequest, request: Request):
     core = request.app.state.core
-    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    core.check_inputs(texts)
+    texts = as_list(body.inputs)
+    core.check_inputs(texts, "tei")
+    core.ready().request(texts)  # the same text checks as embedding
     tok = core.ready().tokenizer
     return [[{"id": i, "text": t, "special": s, "start": a, "stop": b}
              for i, t, s, a, b in tok.offsets(text) if body.add_special_tokens or not s]
             for text in texts]
+
+
+@router.get("/ping")
+async def ping(request: Request):
+    """TEI's SageMaker health route: 200 once the model is loaded, 503 before."""
+    request.app.state.core.ready()
+    return {"status": "ok"}
 
 
 @router.get("/info")
@@ -90,5 +105,5 @@ async def info(request: Request):
             "max_concurrent_requests": s.max_queued_requests, "max_input_length": emb.max_length,
             "max_batch_tokens": emb.max_batch_tokens,
             "max_batch_requests": s.max_batch_requests or None,
-            "max_client_batch_size": s.max_inputs, "auto_truncate": True,
+            "max_client_batch_size": core.input_limit("tei"), "auto_truncate": True,
             "tokenization_workers": 1, "version": __version__, "sha": None, "docker_label": None}

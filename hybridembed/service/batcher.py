@@ -19,30 +19,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import OverloadedError
-from ..types import EmbedResult, Usage
+from ..errors import InputTooLongError, NonFiniteOutputError, OverloadedError
+from ..types import EmbedRequest, EmbedResult, Usage
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EmbedOptions:
-    dense: bool = True
-    sparse: bool = False
-    multivector: bool = False
-    kind: str = "document"
-    dimensions: int | None = None
-    normalize: bool = True
-
-    def kwargs(self) -> dict:
-        return {"dense": self.dense, "sparse": self.sparse, "multivector": self.multivector,
-                "kind": self.kind, "dimensions": self.dimensions, "normalize": self.normalize}
-
-
 @dataclass
 class _Job:
-    texts: list[str]
-    options: EmbedOptions
+    request: EmbedRequest
     tokens: int
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
@@ -101,12 +86,13 @@ class DynamicBatcher:
         self._fail_all(RuntimeError("the server is shutting down"))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, texts: list[str], options: EmbedOptions, tokens: int) -> EmbedResult:
-        """Queue ``texts`` (already validated; ``tokens`` counted after truncation) and wait
-        for their result. Cancelling the wait drops the texts before they are computed."""
+    async def submit(self, request: EmbedRequest, tokens: int) -> EmbedResult:
+        """Queue a validated ``request`` (``tokens``: its count after truncation, for
+        admission and packing) and wait for its result. Cancelling the wait drops the
+        texts before they are computed."""
         if self._worker is None or self._worker.done():
             raise RuntimeError("the batcher is not running")
-        n = len(texts)
+        n = len(request)
         if (self._queued_texts + n > self.max_queued_texts or (
                 self.max_queued_tokens and self._queued_tokens + tokens > self.max_queued_tokens)):
             raise OverloadedError(
@@ -114,7 +100,7 @@ class DynamicBatcher:
                 f"limits {self.max_queued_texts} texts"
                 + (f" / {self.max_queued_tokens} tokens" if self.max_queued_tokens else "")
                 + "); retry shortly")
-        job = _Job(texts, options, tokens, asyncio.get_running_loop().create_future())
+        job = _Job(request, tokens, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._queued_texts += n
         self._queued_tokens += tokens
@@ -127,7 +113,7 @@ class DynamicBatcher:
 
     # -- worker ---------------------------------------------------------------------------
     def _take(self, job: _Job) -> None:
-        self._queued_texts -= len(job.texts)
+        self._queued_texts -= len(job.request)
         self._queued_tokens -= job.tokens
 
     def _next_batch(self) -> list[_Job]:
@@ -141,7 +127,7 @@ class DynamicBatcher:
             if job.future.done():  # caller went away or timed out
                 self._take(job)
                 continue
-            fits = (not batch or (job.options == batch[0].options
+            fits = (not batch or (job.request.options == batch[0].request.options
                                   and tokens + job.tokens <= self.max_batch_tokens
                                   and (self.max_batch_requests is None
                                        or len(batch) < self.max_batch_requests)))
@@ -186,20 +172,32 @@ class DynamicBatcher:
 
     async def _run(self, batch: list[_Job]) -> None:
         try:
-            texts = [t for job in batch for t in job.texts]
+            texts = tuple(t for job in batch for t in job.request.texts)
+            merged = EmbedRequest(texts, batch[0].request.options)  # parts already validated
             started = time.perf_counter()
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(
-                self._pool, lambda: self.embedder.embed(texts, **batch[0].options.kwargs()))
+            try:
+                result = await loop.run_in_executor(self._pool, self.embedder.run, merged)
+                failed, failure = set(), None
+            except (InputTooLongError, NonFiniteOutputError) as exc:
+                # Some texts failed; the others were embedded. Each request gets its own
+                # rows, or the error re-addressed to its own indexes: a bad text of one
+                # client never fails the clients merged into the same batch.
+                result, failed, failure = _spread(exc, len(texts)), _failed_of(exc), exc
             if self.on_batch:
                 self.on_batch(BatchRecord(len(texts), result.usage.total_tokens, len(batch),
                                           time.perf_counter() - started))
             start = 0
             for job in batch:
-                part = _slice(result, start, start + len(job.texts))
-                start += len(job.texts)
+                stop = start + len(job.request)
+                mine = [i - start for i in sorted(failed) if start <= i < stop]
                 if not job.future.done():
-                    job.future.set_result(part)
+                    if mine:
+                        job.future.set_exception(_readdressed(failure, mine, result, start,
+                                                              stop))
+                    else:
+                        job.future.set_result(_slice(result, start, stop))
+                start = stop
         except BaseException as exc:  # every waiting request gets an answer
             log.exception("batch of %d requests failed", len(batch))
             for job in batch:
@@ -217,6 +215,52 @@ class DynamicBatcher:
             self._take(job)
             if not job.future.done():
                 job.future.set_exception(exc)
+
+
+def _failed_of(exc: InputTooLongError | NonFiniteOutputError) -> set[int]:
+    return set(exc.too_long) if isinstance(exc, InputTooLongError) else set(exc.indices)
+
+
+def _spread(exc: InputTooLongError | NonFiniteOutputError, n: int) -> EmbedResult:
+    """The partial result of ``exc`` laid out over all ``n`` rows (failed rows empty), so
+    each request's rows are a plain slice."""
+    part: EmbedResult = exc.partial
+    where = {i: r for r, i in enumerate(exc.partial_indices)}
+    width = part.dense.shape[1] if part.dense is not None else 0
+    dense = None
+    if part.dense is not None:
+        dense = np.zeros((n, width), np.float32)
+        if where:
+            dense[list(where)] = part.dense
+
+    def pick(rows):
+        return None if rows is None else [rows[where[i]] if i in where else None
+                                          for i in range(n)]
+
+    return EmbedResult(model=part.model, dense=dense, sparse=pick(part.sparse),
+                       multivector=pick(part.multivector),
+                       usage=Usage([part.usage.tokens[where[i]] if i in where else 0
+                                    for i in range(n)]))
+
+
+def _readdressed(exc, mine: list[int], spread: EmbedResult, a: int, b: int) -> Exception:
+    """``exc`` as one request of the batch (rows ``a:b``) would have seen it alone."""
+    own = _slice(spread, a, b)
+    ok = [i for i in range(b - a) if i not in set(mine)]
+    partial = _slice_rows(own, ok)
+    if isinstance(exc, InputTooLongError):
+        return InputTooLongError({i: exc.too_long[i + a] for i in mine}, exc.limit, partial, ok)
+    return NonFiniteOutputError(mine, partial, ok)
+
+
+def _slice_rows(result: EmbedResult, rows: list[int]) -> EmbedResult:
+    return EmbedResult(
+        model=result.model,
+        dense=None if result.dense is None else result.dense[rows],
+        sparse=None if result.sparse is None else [result.sparse[i] for i in rows],
+        multivector=None if result.multivector is None else [result.multivector[i] for i in rows],
+        usage=Usage([result.usage.tokens[i] for i in rows]),
+    )
 
 
 def _slice(result: EmbedResult, a: int, b: int) -> EmbedResult:

@@ -16,24 +16,21 @@ import numpy as np
 from ..engine import Encoder, Outputs, TextTokenizer
 from ..engine.bm25 import Bm25Sparse
 from ..engine.heads import StaticSparse, finish_dense
-from ..errors import InputTooLongError, InvalidInputError, InvalidOptionError
+from ..errors import InputTooLongError, InvalidOptionError, NonFiniteOutputError
 from ..registry import DEFAULT_MODEL, ModelSpec, resolve
 from ..runtimes import load_runtime
 from ..sparse import SparseVector
-from ..types import KINDS, Embedding, EmbedResult, Usage
+from ..textcheck import check_texts, nonfinite_rows
+from ..types import TRUNCATION_SIDES, Embedding, EmbedOptions, EmbedRequest, EmbedResult, Usage
 from .cache import EmbeddingCache, text_key
+from .request import build_request, prompt_of
 
-# Padded tokens per forward pass when the caller sets none, by device type. On CPUs
-# small batches stay in cache: three `hybridembed bench` runs (600 and 1000 short texts)
-# on the 2-core test machine (2026-11-24) put 1024 ahead of 2048 on average (torch 1.17x
-# vs 1.13x sentence-transformers, ONNX 1.32x vs 1.23x; single runs swing ±10% either
-# way) and level on long texts; 16384 was 1.4x slower than 2048 (docs/BENCHMARKS.md).
+# Padded tokens per forward pass when the caller sets none, by device type: on CPUs small
+# batches stay in cache (docs/BENCHMARKS.md, "CPU batch budget", has the measurements).
 DEFAULT_BATCH_TOKENS = {"cpu": 1_024, "cuda": 131_072, "mps": 32_768}
 # Texts in the first tokenisation chunk; chunks then double up to a sixteenth of the batch
-# budget (8,192 texts at the CUDA default, about three batches of ~50-token texts). With
-# the pipeline on, a call with more texts tokenises the next chunk while one is encoded.
-# (A quarter of the budget in every chunk, as first written, put 20,000 texts in one
-# chunk, so nothing overlapped: measured on an H100, tokenising was a fifth of the call.)
+# budget, so with the pipeline on a large call tokenises the next chunk while one is
+# encoded, and packing by length still sees several batches' worth of texts.
 TOKENIZE_CHUNK_TEXTS = 1_024
 
 
@@ -127,51 +124,91 @@ class Embedder:
         }
 
     # -- embedding ------------------------------------------------------------------------
+    def request(self, texts: Sequence[str] | str, *, dense: bool = True, sparse: bool = False,
+                multivector: bool = False, kind: str = "document",
+                prompt_name: str | None = None, truncate: bool = True,
+                truncation_side: str = "right", dimensions: int | None = None,
+                normalize: bool = True) -> EmbedRequest:
+        """Check ``texts`` and the options once and return the :class:`EmbedRequest` that
+        :meth:`run` answers (the server builds one per HTTP request this way). An item of
+        ``texts`` may be a list of this model's token ids (no special tokens): it is
+        embedded exactly as sent, without prompt. Raises :class:`InvalidInputError` or
+        :class:`InvalidOptionError` naming what was wrong."""
+        return build_request(self.spec, texts, dense=dense, sparse=sparse,
+                             multivector=multivector, kind=kind, prompt_name=prompt_name,
+                             truncate=truncate, truncation_side=truncation_side,
+                             dimensions=dimensions, normalize=normalize,
+                             vocab_size=self.tokenizer.vocab_size)
+
     def embed(self, texts: Sequence[str] | str, *, dense: bool = True, sparse: bool = False,
-              multivector: bool = False, kind: str = "document", truncate: bool = True,
+              multivector: bool = False, kind: str = "document", prompt_name: str | None = None,
+              truncate: bool = True, truncation_side: str = "right",
               dimensions: int | None = None, normalize: bool = True) -> EmbedResult:
         """Embed ``texts``; each output is optional. ``kind`` picks query or document mode
-        (prompts, BM25 weighting). With ``truncate=False`` a text over the model's limit
-        raises :class:`InputTooLongError` carrying the other texts' results."""
-        texts = _check_texts(texts)
-        self.check_options(dense, sparse, multivector, kind, dimensions)
+        (prompts, BM25 weighting); ``prompt_name`` another of the model's prompts.
+
+        Over-long texts are cut on ``truncation_side`` (``"left"`` keeps the end); with
+        ``truncate=False`` they raise :class:`InputTooLongError`. A text whose vectors come
+        out NaN or infinite raises :class:`NonFiniteOutputError`. Both carry the other
+        texts' results in ``.partial``. Bad texts or options raise
+        :class:`InvalidInputError` / :class:`InvalidOptionError` before any work."""
+        return self.run(self.request(
+            texts, dense=dense, sparse=sparse, multivector=multivector, kind=kind,
+            prompt_name=prompt_name, truncate=truncate, truncation_side=truncation_side,
+            dimensions=dimensions, normalize=normalize))
+
+    def run(self, request: EmbedRequest) -> EmbedResult:
+        """Answer a request made by :meth:`request`: serve what the cache holds (keyed by
+        the whole :class:`EmbedOptions` and the text's hash), encode the rest."""
+        texts, options = list(request.texts), request.options
         self._calls += 1
-        options = (self._model_key, dense, sparse, multivector, kind, dimensions, normalize)
+        key = (self._model_key, options)
         unique = list(dict.fromkeys(texts))
         entries: dict[str, _Entry] = {}
         missing: list[str] = []
         for text in unique:
-            hit = self._cache.get((options, text_key(text)))
+            hit = self._cache.get((key, _input_key(text)))
             if hit is None:
                 missing.append(text)
             else:
                 entries[text] = hit
-        too_long: dict[str, int] = {}
+        failed: dict[str, int] = {}
+        nonfinite: set[str] = set()
         if missing:
             first_index = {}
             for i, t in enumerate(texts):
                 first_index.setdefault(t, i)
-            computed, too_long = self._compute(missing, [first_index[t] for t in missing], dense,
-                                               sparse, multivector, kind, truncate, dimensions,
-                                               normalize)
+            computed, failed, nonfinite = self._compute(
+                missing, [first_index[t] for t in missing], options)
             for text, entry in computed.items():
-                self._cache.put((options, text_key(text)), entry)
+                self._cache.put((key, _input_key(text)), entry)
             entries.update(computed)
-        if too_long:
-            ok = [i for i, t in enumerate(texts) if t not in too_long]
-            partial = self._assemble([texts[i] for i in ok], entries, dense, sparse, multivector,
-                                     dimensions)
-            raise InputTooLongError({i: too_long[t] for i, t in enumerate(texts) if t in too_long},
-                                    self.max_length, partial, ok)
-        return self._assemble(texts, entries, dense, sparse, multivector, dimensions)
+        if failed or nonfinite:
+            ok = [i for i, t in enumerate(texts) if t in entries]
+            partial = self._assemble([texts[i] for i in ok], entries, options)
+            if failed:
+                raise InputTooLongError({i: failed[t] for i, t in enumerate(texts)
+                                         if t in failed}, self.max_length, partial, ok)
+            raise NonFiniteOutputError([i for i, t in enumerate(texts) if t in nonfinite],
+                                       partial, ok)
+        return self._assemble(texts, entries, options)
 
     def embed_query(self, text: str, **options) -> Embedding:
         """One query text, embedded in query mode; returns its :class:`Embedding`."""
         return self.embed([text], kind="query", **options)[0]
 
-    def tokenize(self, texts: Sequence[str] | str, truncate: bool = True) -> list[list[int]]:
-        texts = _check_texts(texts)
-        return (self.tokenizer.encode_truncated if truncate else self.tokenizer.encode)(texts)
+    def tokenize(self, texts: Sequence[str] | str, truncate: bool = True,
+                 truncation_side: str = "right") -> list[list[int]]:
+        """Token ids of each text, special tokens included; with ``truncate``, cut to the
+        model's limit on ``truncation_side``."""
+        texts = check_texts(texts)
+        if not truncate:
+            return self.tokenizer.encode(texts)
+        if truncation_side not in TRUNCATION_SIDES:
+            raise InvalidOptionError(f"truncation_side must be one of "
+                                     f"{', '.join(TRUNCATION_SIDES)}, got {truncation_side!r}",
+                                     "truncation_side")
+        return self.tokenizer.encode_truncated(texts, truncation_side)
 
     def sparse_tokens(self, vector: SparseVector, text: str | None = None) -> dict[str, float]:
         """``{token: weight}`` of a sparse vector, heaviest first. BM25 indices are hashes,
@@ -182,29 +219,16 @@ class Embedder:
         return vector.to_tokens(lambda i: names.get(i, f"#{i}"))
 
     # -- internals ------------------------------------------------------------------------
-    def check_options(self, dense, sparse, multivector, kind, dimensions) -> None:
-        """Raise :class:`InvalidOptionError` for options ``embed`` would refuse."""
-        for name, value in (("dense", dense), ("sparse", sparse), ("multivector", multivector)):
-            if not isinstance(value, bool):
-                raise InvalidOptionError(f"{name} must be True or False, got {value!r}", name)
-        if not (dense or sparse or multivector):
-            raise InvalidOptionError("ask for at least one output: dense, sparse or multivector",
-                                     "outputs")
-        if kind not in KINDS:
-            raise InvalidOptionError(f"unknown kind {kind!r}; valid: {', '.join(KINDS)}", "kind")
-        if dimensions is not None and (isinstance(dimensions, bool)
-                                       or not isinstance(dimensions, int)
-                                       or not 1 <= dimensions <= self.dim):
-            raise InvalidOptionError(f"dimensions must be a whole number from 1 to {self.dim} "
-                                     f"(this model's size), got {dimensions!r}", "dimensions")
-
-    def _compute(self, texts: list[str], origin: list[int], dense, sparse, multivector, kind,
-                 truncate, dimensions, normalize) -> tuple[dict[str, _Entry], dict[str, int]]:
-        prompt = self.spec.prompts.get(kind, "")
-        prompted = [prompt + t for t in texts] if prompt else texts
-        static = self._static_sparse if kind == "query" else None
-        want = Outputs(dense=dense, sparse=sparse and self._bm25 is None and static is None,
-                       multivector=multivector, query=kind == "query")
+    def _compute(self, texts: list[str], origin: list[int], options: EmbedOptions
+                 ) -> tuple[dict[str, _Entry], dict[str, int], set[str]]:
+        """Encode ``texts`` (unique, not cached). Returns their entries, the over-long ones
+        refused (``{text: tokens}``) and those whose outputs were not finite."""
+        o = options
+        prompt = prompt_of(self.spec, o)
+        prompted = [prompt + t if isinstance(t, str) else t for t in texts] if prompt else texts
+        static = self._static_sparse if o.kind == "query" else None  # inference-free SPLADE
+        want = Outputs(dense=o.dense, sparse=o.sparse and self._bm25 is None and static is None,
+                       multivector=o.multivector, query=o.kind == "query")
         ids: list[list[int]] = []
         keep: list[int] = []
         rows = []
@@ -214,32 +238,44 @@ class Embedder:
                 ids += chunk_ids
                 chunk_keep, cut = [], []
                 for j in range(start, start + len(chunk_ids)):
-                    if len(ids[j]) <= self.max_length or truncate:
+                    if len(ids[j]) <= self.max_length or o.truncate:
                         chunk_keep.append(j)
                         if len(ids[j]) > self.max_length:
                             cut.append(j)
                     else:
                         too_long[texts[j]] = len(ids[j])
-                # Cut exactly as the Hugging Face tokenizer truncates (not a slice of the ids).
-                for j, short in zip(cut, self.tokenizer.encode_truncated(
-                        [prompted[j] for j in cut]), strict=True):
+                # Cut exactly as the Hugging Face tokenizer truncates (not a slice of the ids),
+                # on the side the request names, whatever the folder's tokenizer config says.
+                cut_texts = [j for j in cut if isinstance(prompted[j], str)]
+                for j, short in zip(cut_texts, self.tokenizer.encode_truncated(
+                        [prompted[j] for j in cut_texts], o.truncation_side), strict=True):
                     ids[j] = short
+                for j in cut:
+                    if not isinstance(prompted[j], str):
+                        ids[j] = self.tokenizer.truncate_ids(prompted[j], o.truncation_side)
                 with self._lock:
                     rows += self._encoder.encode([ids[j] for j in chunk_keep], want,
                                                  [origin[j] for j in chunk_keep])
                 keep += chunk_keep
-        lexical = (self._bm25.embed([texts[j] for j in keep], kind)
-                   if sparse and self._bm25 is not None else
-                   static.embed([ids[j] for j in keep]) if sparse and static else None)
-        dense_rows = (finish_dense(np.stack([r.dense for r in rows]), normalize, dimensions)
-                      if dense and rows else None)
+        lexical = (self._bm25.embed([_text_of(texts[j], self.tokenizer) for j in keep], o.kind)
+                   if o.sparse and self._bm25 is not None else
+                   static.embed([ids[j] for j in keep]) if o.sparse and static else None)
+        dense_rows = (finish_dense(np.stack([r.dense for r in rows]), o.normalize, o.dimensions)
+                      if o.dense and rows else None)
+        # Never cache, return or serve a non-finite vector (fp16 overflow, a broken model).
+        bad = {r for r, row in enumerate(rows) if not row.finite} | set(nonfinite_rows(dense_rows))
         out = {}
+        nonfinite = set()
         for r, j in enumerate(keep):
+            if r in bad:
+                nonfinite.add(texts[j])
+                continue
             out[texts[j]] = _Entry(
                 dense=None if dense_rows is None else dense_rows[r],
-                sparse=(lexical[r] if lexical is not None else rows[r].sparse) if sparse else None,
+                sparse=(lexical[r] if lexical is not None else rows[r].sparse) if o.sparse
+                else None,
                 multivector=rows[r].multivector, tokens=len(ids[j]))
-        return out, too_long
+        return out, too_long, nonfinite
 
     def _tokenized_chunks(self, texts: list[str]) -> Iterator[tuple[int, list[list[int]]]]:
         """``(start, token ids)``: with :attr:`pipeline`, consecutive chunks of ``texts``,
@@ -247,6 +283,12 @@ class Embedder:
         the caller encodes one, so a large call keeps the model busy. Chunks start small,
         so the model starts early, and double up to a size that holds several batches, so
         packing by length still sees a wide choice. Without, one chunk of everything."""
+        if any(not isinstance(t, str) for t in texts):  # token ids as sent: no tokenising
+            strings = [t for t in texts if isinstance(t, str)]
+            encoded = iter(self.tokenizer.encode(strings))
+            yield 0, [next(encoded) if isinstance(t, str) else self.tokenizer.with_special(t)
+                      for t in texts]
+            return
         bounds = _chunk_bounds(len(texts), TOKENIZE_CHUNK_TEXTS,
                                max(TOKENIZE_CHUNK_TEXTS, self.max_batch_tokens // 16))
         if not self.pipeline or len(bounds) <= 1:
@@ -260,10 +302,11 @@ class Embedder:
                     upcoming = pool.submit(self.tokenizer.encode, texts[slice(*bounds[k + 1])])
                 yield start, chunk
 
-    def _assemble(self, texts: list[str], entries: dict[str, _Entry], dense, sparse,
-                  multivector, dimensions) -> EmbedResult:
+    def _assemble(self, texts: list[str], entries: dict[str, _Entry], options: EmbedOptions
+                  ) -> EmbedResult:
         rows = [entries[t] for t in texts]
-        width = dimensions or self.dim
+        dense, sparse, multivector = options.dense, options.sparse, options.multivector
+        width = options.dimensions or self.dim
         return EmbedResult(
             model=self.model,
             dense=(np.stack([e.dense for e in rows]) if rows else np.empty((0, width), np.float32))
@@ -280,6 +323,16 @@ class Embedder:
             self._encoder.stats.__init__()
 
 
+def _input_key(item: str | tuple[int, ...]):
+    """The cache's key of one input: a text's hash, or the token-id tuple itself."""
+    return text_key(item) if isinstance(item, str) else ("ids", item)
+
+
+def _text_of(item: str | tuple[int, ...], tokenizer: TextTokenizer) -> str:
+    """The text of an input (token ids decoded), for BM25."""
+    return item if isinstance(item, str) else tokenizer.decode(item)
+
+
 def _chunk_bounds(n: int, first: int, most: int) -> list[tuple[int, int]]:
     """(start, stop) of consecutive chunks covering ``n`` items: ``first`` items, then
     twice as many each time, up to ``most``."""
@@ -289,16 +342,3 @@ def _chunk_bounds(n: int, first: int, most: int) -> list[tuple[int, int]]:
         start += size
         size = min(2 * size, most)
     return bounds
-
-
-def _check_texts(texts) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    if not isinstance(texts, list | tuple):
-        raise InvalidInputError(f"texts must be a string or a list of strings, got "
-                                f"{type(texts).__name__}")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            what = "None" if t is None else type(t).__name__
-            raise InvalidInputError(f"text #{i} is {what}; every item must be a string", i)
-    return list(texts)

@@ -135,7 +135,7 @@ BAD = [
     ("/embed", {"inputs": LONG, "truncate": False}, 413, "tei"),
     ("/embed", {"inputs": ["x"] * 65}, 413, "tei"),
     ("/embed", {"inputs": "x", "prompt_name": "passage"}, 422, "tei"),
-    ("/embed", {"inputs": "x", "truncation_direction": "Left"}, 422, "tei"),
+    ("/embed", {"inputs": "x", "truncation_direction": "left"}, 422, "tei"),
     # native
     ("/v1/embed", {"inputs": "x", "kind": "passage"}, 400, "native"),
     ("/v1/embed", {"inputs": "x", "colour": "red"}, 400, "native"),

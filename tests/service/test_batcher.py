@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from hybridembed.errors import OverloadedError
-from hybridembed.service.batcher import DynamicBatcher, EmbedOptions
-from hybridembed.types import EmbedResult, Usage
+from hybridembed.service.batcher import DynamicBatcher
+from hybridembed.types import EmbedOptions, EmbedRequest, EmbedResult, Usage
 
 
 class RecordingEmbedder:
@@ -21,13 +21,18 @@ class RecordingEmbedder:
         self.gate.set()
         self.fail = fail
 
-    def embed(self, texts, **options):
+    def run(self, request):
+        texts = request.texts
         self.gate.wait(10)
         self.calls.append(list(texts))
         if self.fail:
             raise RuntimeError("device on fire")
         dense = np.array([[len(t)] for t in texts], np.float32)
         return EmbedResult("fake", dense, None, None, Usage([1] * len(texts)))
+
+
+def req(texts) -> EmbedRequest:
+    return EmbedRequest(tuple(texts), EmbedOptions())
 
 
 def run(coro):
@@ -40,9 +45,9 @@ def test_waiting_requests_merge_and_each_gets_its_rows():
         b = DynamicBatcher(emb, max_batch_tokens=1000, prefetch=0)
         await b.start()
         emb.gate.clear()
-        first = asyncio.create_task(b.submit(["a"], EmbedOptions(), 1))
+        first = asyncio.create_task(b.submit(req(["a"]), 1))
         await asyncio.sleep(0.05)  # the first batch now holds the model
-        rest = [asyncio.create_task(b.submit(["x" * i, "y" * i], EmbedOptions(), 2))
+        rest = [asyncio.create_task(b.submit(req(["x" * i, "y" * i]), 2))
                 for i in range(2, 6)]
         await asyncio.sleep(0.05)
         emb.gate.set()
@@ -62,10 +67,10 @@ def test_callers_who_left_are_dropped_before_compute():
         b = DynamicBatcher(emb, max_batch_tokens=1000, prefetch=0)
         await b.start()
         emb.gate.clear()
-        busy = asyncio.create_task(b.submit(["busy"], EmbedOptions(), 1))
+        busy = asyncio.create_task(b.submit(req(["busy"]), 1))
         await asyncio.sleep(0.05)
-        gone = asyncio.create_task(b.submit(["gone"], EmbedOptions(), 1))
-        stays = asyncio.create_task(b.submit(["stays"], EmbedOptions(), 1))
+        gone = asyncio.create_task(b.submit(req(["gone"]), 1))
+        stays = asyncio.create_task(b.submit(req(["stays"]), 1))
         await asyncio.sleep(0.05)
         gone.cancel()
         emb.gate.set()
@@ -83,12 +88,12 @@ def test_admission_counts_texts_not_requests():
         b = DynamicBatcher(emb, max_batch_tokens=1000, max_queued_texts=3, prefetch=0)
         await b.start()
         emb.gate.clear()
-        hold = asyncio.create_task(b.submit(["hold"], EmbedOptions(), 1))
+        hold = asyncio.create_task(b.submit(req(["hold"]), 1))
         await asyncio.sleep(0.05)
-        queued = asyncio.create_task(b.submit(["a", "b"], EmbedOptions(), 2))
+        queued = asyncio.create_task(b.submit(req(["a", "b"]), 2))
         await asyncio.sleep(0.01)
         with pytest.raises(OverloadedError):
-            await b.submit(["c", "d"], EmbedOptions(), 2)
+            await b.submit(req(["c", "d"]), 2)
         emb.gate.set()
         await asyncio.gather(hold, queued)
         await b.stop()
@@ -101,10 +106,10 @@ def test_a_failed_batch_fails_every_waiting_request():
         emb = RecordingEmbedder(fail=True)
         b = DynamicBatcher(emb, max_batch_tokens=1000)
         await b.start()
-        results = await asyncio.gather(*(b.submit([f"t{i}"], EmbedOptions(), 1)
+        results = await asyncio.gather(*(b.submit(req([f"t{i}"]), 1)
                                          for i in range(10)), return_exceptions=True)
         # the worker survives: a later request is still answered (with the same error)
-        later = await asyncio.gather(b.submit(["later"], EmbedOptions(), 1),
+        later = await asyncio.gather(b.submit(req(["later"]), 1),
                                      return_exceptions=True)
         await b.stop()
         return results + later

@@ -77,7 +77,7 @@ def test_non_list_input(minilm):
     ({"dimensions": 0}, "1 to 384"),
     ({"dimensions": 385}, "1 to 384"),
     ({"dense": False}, "at least one output"),
-    ({"sparse": "yes"}, "True or False"),
+    ({"sparse": "yes"}, "true or false"),
 ])
 def test_bad_options_list_what_is_valid(minilm, options, valid):
     with pytest.raises(InvalidOptionError, match=valid):
