@@ -248,7 +248,7 @@ def test_evaluate_beir_folder(minilm, tmp_path):
 
 def test_evaluate_refuses_bad_input(minilm):
     with pytest.raises(InvalidOptionError, match="unknown mode"):
-        evaluate(minilm, modes=("dense", "bm25"), progress=None)
+        evaluate(minilm, modes=("dense", "colour"), progress=None)
     with pytest.raises(InvalidOptionError, match="recall_k"):
         evaluate(minilm, recall_k=5000, progress=None)
     with pytest.raises(InvalidOptionError, match="in-process Embedder"):
