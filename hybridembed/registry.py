@@ -344,7 +344,7 @@ def _pooling_mode(cfg: dict[str, Any], where: Path) -> str:
     return modes[0]
 
 
-def _dense_layer(sub: Path, folder: Path) -> tuple[DenseLayer, str]:
+def _dense_layer(sub: Path) -> tuple[DenseLayer, str]:
     """A Dense module's layer and the features it reads (``sentence_embedding`` or
     ``token_embeddings``)."""
     cfg = _read_json(sub / "config.json") or {}
@@ -427,7 +427,7 @@ def _read_pipeline(folder: Path) -> _Pipeline:
             pipe.pooling = _pooling_mode(_read_json(sub / "config.json") or {},
                                          sub / "config.json")
         elif kind == "Dense":
-            layer, reads = _dense_layer(sub, folder)
+            layer, reads = _dense_layer(sub)
             token_level = reads == "token_embeddings" or (not reads and pipe.pooling is None)
             (pipe.token_dense if token_level else pipe.dense).append(layer)
         elif kind == "Normalize":
@@ -506,8 +506,7 @@ def _check_chain(layers: list[DenseLayer], width: int, where: str) -> int:
     return width
 
 
-def _family(pipe: _Pipeline, st: dict[str, Any], architectures: list[str], bge_m3: bool,
-            pooling: str) -> str:
+def _family(pipe: _Pipeline, st: dict[str, Any], bge_m3: bool, pooling: str) -> str:
     if bge_m3:
         return "bge-m3"
     if pipe.static_sparse is not None:
@@ -569,7 +568,7 @@ def read_spec(folder: Path, name: str | None = None, hf_id: str | None = None) -
     if pooling is None:  # no Pooling module: BGE-M3 layout means CLS
         pooling = "cls" if (sparse_head or colbert_head) else "mean"
         normalize = True
-    family = _family(pipe, st, architectures, bool(sparse_head or colbert_head), pooling)
+    family = _family(pipe, st, bool(sparse_head or colbert_head), pooling)
     if family == "colbert" and not pipe.token_dense:
         raise UnsupportedModelError(f"{folder}: a multi-vector checkpoint without a token-level "
                                     "Dense projection; hybridembed runs ColBERT/PyLate layouts")
