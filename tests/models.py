@@ -230,6 +230,7 @@ def build_encoder_family(folder: Path, family: str) -> Path:
     t = Transformer(str(enc))
     SentenceTransformer(modules=[t, Pooling(32, pooling), Normalize()], prompts=prompts,
                         device="cpu").save(str(folder))
+    return folder
 
 
 POISONED_WORD = "colbert"
