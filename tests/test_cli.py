@@ -42,3 +42,16 @@ def test_models_lists_minilm():
     out = run("models", "--json")
     assert out.returncode == 0
     assert any(row["name"] == "minilm" and row["dim"] == 384 for row in json.loads(out.stdout))
+
+
+def test_models_shows_how_each_output_of_a_family_is_computed(family_dir):
+    out = run("models", str(family_dir("colbert")), str(family_dir("splade")), "--json")
+    assert out.returncode == 0, out.stderr
+    colbert, splade = json.loads(out.stdout)
+    assert colbert["family"] == "colbert" and "Dense 32->8" in colbert["outputs"]["multivector"]
+    assert "expansion token to 12 tokens" in colbert["outputs"]["query"]
+    assert splade["family"] == "splade" and "SPLADE" in splade["outputs"]["sparse"]
+    out = run("embed", "Hello, sparse world.", "--sparse", "--multivector", "--device", "cpu",
+              "--model", str(family_dir("splade")))
+    assert out.returncode == 0, out.stderr
+    assert "sparse learned" in out.stdout and "world:" in out.stdout

@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import OutOfMemoryError
 from ..runtimes.base import Runtime, RuntimeOutOfMemory, RuntimeOutput
 from ..sparse import SparseVector
-from .heads import learned_sparse
+from .heads import multivector_row, sparse_rows
 from .packing import pack_by_token_budget
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class Outputs:
     dense: bool = True
     sparse: bool = False  # learned sparse weights (only for models with the head)
     multivector: bool = False
+    query: bool = False  # a batch of queries (ColBERT runtimes expand them)
 
     @property
     def any(self) -> bool:
@@ -149,6 +150,8 @@ class Encoder:
         longest = input_ids.shape[1]
         started = time.perf_counter()
         options = {"threads": threads} if threads else {}
+        if want.query:
+            options["query"] = True
         try:
             out = self.runtime.forward(input_ids, mask, dense=want.dense, sparse=want.sparse,
                                        multivector=want.multivector, **options)
@@ -226,9 +229,13 @@ def finite_rows(out: RuntimeOutput, vectors: np.ndarray | None, lengths: list[in
     if out.token_weights is not None:
         weights = out.token_weights.reshape(len(lengths), width)
         ok &= (np.isfinite(weights) | padding).all(axis=1)
+    if out.vocab_weights is not None:  # SPLADE: one weight per vocabulary id
+        ok &= np.isfinite(out.vocab_weights).all(axis=1)
     if vectors is not None:
-        # token_vectors start after the first token: row r keeps positions < lengths[r] - 1
-        beyond = np.arange(vectors.shape[1]) >= np.asarray(lengths)[:, None] - 1
+        # token_vectors start after the first token: row r keeps positions < lengths[r] - 1,
+        # or, with a token_mask (ColBERT layouts), the positions it marks
+        beyond = (~out.token_mask[:, :vectors.shape[1]] if out.token_mask is not None else
+                  np.arange(vectors.shape[1]) >= np.asarray(lengths)[:, None] - 1)
         ok &= (np.isfinite(vectors).all(axis=2) | beyond).all(axis=1)
     return ok
 
@@ -237,8 +244,7 @@ def fill_rows(rows: list[RawRow], batch: list[int], lengths: list[int], input_id
                out: RuntimeOutput, special_ids: np.ndarray) -> None:
     """Per-text results of one padded batch: row ``r`` of the outputs is text
     ``batch[r]``, ``lengths[r]`` tokens long before padding."""
-    sparse = (learned_sparse(input_ids, out.token_weights, lengths, special_ids)
-              if out.token_weights is not None else None)
+    sparse = sparse_rows(input_ids, out, lengths, special_ids)
     vectors = out.token_vectors
     if vectors is not None and vectors.dtype != np.float32:  # sent in half precision
         vectors = widen(vectors)  # one array per batch; rows are views into it
@@ -251,4 +257,4 @@ def fill_rows(rows: list[RawRow], batch: list[int], lengths: list[int], input_id
         if sparse is not None:
             row.sparse = sparse[r]
         if vectors is not None:
-            row.multivector = np.ascontiguousarray(vectors[r, :max(n - 1, 0)])
+            row.multivector = multivector_row(vectors, out.token_mask, r, n)

@@ -6,6 +6,9 @@ runs every judged query in each mode with ``recall_k`` (100) hits retrieved, and
 nDCG@k, MRR@k (k = 10) and Recall@100 per mode, as BEIR does, plus timings. Modes are
 ``dense``, ``sparse``, ``hybrid`` (fusion ``rrf`` by default) and ``hybrid+rerank``
 (hybrid, then the ColBERT MaxSim rerank in the store); ``<mode>+cross-encoder`` also works.
+For a model with learned sparse vectors (SPLADE, BGE-M3), ``bm25`` searches a second
+collection of the same documents whose sparse vectors are BM25's: the learned sparse
+retriever measured next to BM25 on the same data and store.
 
 :func:`compare` embeds the same texts with two embedders (say the in-process model and
 a server, or fp32 and bf16) and reports the distribution of the per-text cosine between
@@ -40,6 +43,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +54,7 @@ from .datasets import Dataset, generated, load_beir, stdlib_docstrings, stdlib_v
 from .metrics import has_relevant, per_query
 
 MODES: tuple[str, ...] = ("dense", "sparse", "hybrid", "hybrid+rerank")
-_BASES = ("dense", "sparse", "hybrid")
+_BASES = ("dense", "sparse", "hybrid", "bm25")
 _RERANKS = {"": None, "rerank": "multivector", "multivector": "multivector",
             "cross-encoder": "cross-encoder"}
 BATCH = 256
@@ -62,7 +66,8 @@ def parse_mode(mode: str) -> tuple[str, str | None]:
     if base not in _BASES or rerank not in _RERANKS:
         raise InvalidOptionError(f"unknown mode {mode!r}; valid: dense, sparse, hybrid, each "
                                  "optionally followed by +rerank (multivector MaxSim) or "
-                                 "+cross-encoder", "modes")
+                                 "+cross-encoder; bm25 (next to a learned sparse model)",
+                                 "modes")
     return base, _RERANKS[rerank]
 
 
@@ -183,23 +188,34 @@ def evaluate(embedder, dataset: str | os.PathLike | Dataset = "generated",
         "metrics": [f"ndcg@{k}", f"mrr@{k}", f"recall@{recall_k}"],
         "timings": {}, "modes": {},
     }
+    with_bm25 = any(base == "bm25" for base, _ in parsed.values())
+    if with_bm25 and embedder.spec.sparse_kind != "learned":
+        raise InvalidOptionError(f"mode bm25 compares learned sparse vectors with BM25; "
+                                 f"{_describe(embedder)}'s sparse vectors already are BM25 "
+                                 "(its 'sparse' mode)", "modes")
     collection = "eval_" + uuid.uuid4().hex[:12]
     if data_dir is not None:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hybridembed-eval-", dir=data_dir) as tmp:
-        store = open_store(embedder, "edge", data_dir=tmp)
+        stores = {"": open_store(embedder, "edge", data_dir=os.path.join(tmp, "model"))}
+        if with_bm25:
+            stores["bm25"] = open_store(WithBm25(embedder), "edge",
+                                        data_dir=os.path.join(tmp, "bm25"))
         try:
-            store.create_collection(collection, multivector=multivector)
-            progress(f"[{name}] indexing {len(docs)} documents with {report['model']}")
-            t0 = time.perf_counter()
-            done = 0
-            for chunk in _chunks(docs, 1024):
-                done += store.upsert(collection, chunk)
-                progress(f"[{name}] indexed {done}/{len(docs)} "
-                         f"({time.perf_counter() - t0:.1f} s)")
-            index_s = time.perf_counter() - t0
-            report["timings"] = {"index_s": index_s,
-                                 "docs_per_s": len(docs) / index_s if index_s else 0.0}
+            for role, store in stores.items():
+                store.create_collection(collection, multivector=multivector)
+                progress(f"[{name}] indexing {len(docs)} documents with {report['model']}"
+                         + (" (BM25 sparse)" if role else ""))
+                t0 = time.perf_counter()
+                done = 0
+                for chunk in _chunks(docs, 1024):
+                    done += store.upsert(collection, chunk)
+                    progress(f"[{name}] indexed {done}/{len(docs)} "
+                             f"({time.perf_counter() - t0:.1f} s)")
+                if not role:
+                    index_s = time.perf_counter() - t0
+                    report["timings"] = {"index_s": index_s,
+                                         "docs_per_s": len(docs) / index_s if index_s else 0.0}
 
             # Embed the queries once, up front, when the embedder's cache can hold them:
             # then every mode's latency is the search itself, not "first mode embeds".
@@ -217,6 +233,8 @@ def evaluate(embedder, dataset: str | os.PathLike | Dataset = "generated",
 
             judged_qrels = {q["id"]: qrels[q["id"]] for q in judged}
             for mode, (base, rerank) in parsed.items():
+                store = stores["bm25" if base == "bm25" else ""]
+                base = "sparse" if base == "bm25" else base
                 run: dict[str, list[str]] = {}
                 times = []
                 store.search(collection, judged[0]["text"], mode=base, fusion=fusion,
@@ -241,8 +259,39 @@ def evaluate(embedder, dataset: str | os.PathLike | Dataset = "generated",
                 progress(f"[{name}] {mode}: " + ", ".join(
                     f"{m} {row[m]:.3f}" for m in report["metrics"]) + f" ({row['search_s']:.1f} s)")
         finally:
-            store.close()
+            for store in stores.values():
+                store.close()
     return report
+
+
+class WithBm25:
+    """An embedder seen with BM25 sparse vectors in place of its learned ones (dense and
+    per-token vectors unchanged): what the ``bm25`` mode indexes and searches."""
+
+    def __init__(self, embedder):
+        from ..engine.bm25 import Bm25Sparse
+
+        self._inner = embedder
+        self._bm25 = Bm25Sparse()
+        self.spec = replace(embedder.spec, sparse_head=None, splade=None, static_sparse=None)
+        self.model = embedder.model
+
+    def embed(self, texts, *, dense: bool = True, sparse: bool = False,
+              multivector: bool = False, kind: str = "document", **options):
+        from ..types import EmbedResult, Usage
+
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if dense or multivector:
+            result = self._inner.embed(texts, dense=dense, sparse=False,
+                                       multivector=multivector, kind=kind, **options)
+        else:
+            result = EmbedResult(self.model, None, None, None, Usage([0] * len(texts)))
+        if not sparse:
+            return result
+        return replace(result, sparse=self._bm25.embed(texts, kind))
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
 
 
 def _mean(rows: Iterable[dict[str, float]], names: Sequence[str]) -> dict[str, float]:

@@ -20,12 +20,27 @@ class RuntimeOutput:
     token_weights: ``(batch, length)`` learned sparse weight of every position
     (``relu(W_s h_t + b)``), special tokens not yet removed.
     token_vectors: ``(batch, length - 1, dim)`` per-token vectors of every position after
-    the first (CLS), L2-normalised, zero where padded.
+    the first (CLS), L2-normalised, zero where padded; or, with ``token_mask``, ``(batch,
+    width, dim)`` vectors of which row ``r`` keeps those where ``token_mask[r]`` is true.
+    vocab_weights: ``(batch, vocab)`` SPLADE weight of every vocabulary id (zero: absent).
     """
 
     dense: np.ndarray | None = None
     token_weights: np.ndarray | None = None
     token_vectors: np.ndarray | None = None
+    token_mask: np.ndarray | None = None
+    vocab_weights: np.ndarray | None = None
+
+
+def keep_heaviest(weights: np.ndarray, k: int) -> np.ndarray:
+    """``(batch, vocab)`` weights with all but each row's ``k`` largest set to zero
+    (sentence-transformers' ``max_active_dims``)."""
+    if weights.shape[-1] <= k:
+        return weights
+    top = np.argpartition(-weights, k - 1, axis=-1)[:, :k]
+    out = np.zeros_like(weights)
+    np.put_along_axis(out, top, np.take_along_axis(weights, top, axis=-1), axis=-1)
+    return out
 
 
 class Runtime(Protocol):
@@ -38,3 +53,6 @@ class Runtime(Protocol):
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, dense: bool,
                 sparse: bool, multivector: bool) -> RuntimeOutput: ...
+
+    # A runtime for models whose queries run differently (ColBERT query expansion) also
+    # takes ``query=True`` for a batch of queries; the engine passes it only then.

@@ -40,7 +40,8 @@ import numpy as np
 
 from ..errors import InvalidOptionError, UnsupportedModelError
 from ..registry import ModelSpec
-from .base import RuntimeOutOfMemory, RuntimeOutput
+from .base import RuntimeOutOfMemory, RuntimeOutput, keep_heaviest
+from .late_interaction import LateInteractionTokens
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def needs_reduce_range() -> bool:
 
 
 _LAYER = re.compile(r"(?:^|/)(?:layer|layers)\.(\d+)(?:/|$)")
-_HEADS = ("sparse_linear", "colbert_linear")
+_HEADS = ("sparse_linear", "colbert_linear", "mlm_head", "dense_layers")
 
 
 # -- gate sample --------------------------------------------------------------------------
@@ -232,11 +233,13 @@ def model_hash(spec: ModelSpec, root: Path | None = None) -> str:
     for role, head in (("sparse", spec.sparse_head), ("colbert", spec.colbert_head)):
         if head is not None:
             files.append((f"head/{role}", Path(head)))
+    for role, layers in (("dense", spec.dense_layers), ("token", spec.token_projection)):
+        files += [(f"{role}/{i}", layer.weights) for i, layer in enumerate(layers)]
     memo_path = root / _MEMO_FILE if root is not None else None
     memo = (_read_json(memo_path) or {}) if memo_path is not None else {}
     before = dict(memo)
     digest = hashlib.sha256(f"hybridembed-onnx/{FORMAT_VERSION}/opset{OPSET}/"
-                            f"pooling={spec.pooling}\n".encode())
+                            f"pooling={spec.pooling}/{_heads_key(spec)}\n".encode())
     for name, path in files:
         if not path.is_file():
             raise UnsupportedModelError(f"{path} is missing; cannot export {spec.name}")
@@ -260,24 +263,35 @@ def default_cache_root() -> Path:
 
 # -- export -------------------------------------------------------------------------------
 
+def _heads_key(spec: ModelSpec) -> str:
+    """The head settings an export bakes in, for the cache key."""
+    layers = [(d.in_features, d.out_features, d.bias, d.activation)
+              for d in spec.dense_layers + spec.token_projection]
+    return f"{spec.family}/{spec.splade}/{layers}/all_tokens={spec.late_interaction is not None}"
+
+
 def _load_torch_module(spec: ModelSpec):
     """The torch module exactly as the torch runtime builds it, fp32 on CPU."""
     import torch
-    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    from .torch_model import EncoderWithHeads, load_linear_head
+    from .torch_model import build_module
     from .torch_runtime import _load_encoder
 
     hf_logging.disable_progress_bar()
-    encoder = _load_encoder(AutoModel, spec, torch.float32)
-    sparse = load_linear_head(spec.sparse_head, torch.float32) if spec.sparse_head else None
-    colbert = load_linear_head(spec.colbert_head, torch.float32) if spec.colbert_head else None
-    return EncoderWithHeads(encoder, spec.pooling, sparse, colbert).to("cpu").eval()
+    return build_module(spec, torch.float32, _load_encoder).to("cpu").eval()
 
 
-def _output_names(has_sparse: bool) -> list[str]:
-    return ["dense"] + (["token_weights"] if has_sparse else []) + ["token_vectors"]
+def _sparse_output(module) -> str | None:
+    """Name of the module's sparse output: SPLADE's vocabulary weights, BGE-M3's token
+    weights, or None."""
+    if module.mlm_head is not None:
+        return "vocab_weights"
+    return "token_weights" if module.sparse_linear is not None else None
+
+
+def _output_names(sparse: str | None) -> list[str]:
+    return ["dense"] + ([sparse] if sparse else []) + ["token_vectors"]
 
 
 def _torch_outputs(module, batches) -> list[list[np.ndarray]]:
@@ -299,7 +313,8 @@ def _export(module, path: Path, sample: tuple[np.ndarray, np.ndarray]) -> str:
     import torch
     from torch import nn
 
-    has_sparse = module.sparse_linear is not None
+    sparse = _sparse_output(module)
+    has_sparse = sparse is not None
 
     class Exportable(nn.Module):
         def __init__(self, inner):
@@ -312,11 +327,14 @@ def _export(module, path: Path, sample: tuple[np.ndarray, np.ndarray]) -> str:
 
     wrapper = Exportable(module).eval()
     args = tuple(torch.from_numpy(a) for a in sample)
-    names = _output_names(has_sparse)
+    names = _output_names(sparse)
     axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
-            "dense": {0: "batch"}, "token_vectors": {0: "batch", 1: "length_after_cls"}}
-    if has_sparse:
+            "dense": {0: "batch"},
+            "token_vectors": {0: "batch", 1: "length" if module.all_tokens else "length_after_cls"}}
+    if sparse == "token_weights":
         axes["token_weights"] = {0: "batch", 1: "length"}
+    elif sparse:
+        axes[sparse] = {0: "batch"}
     errors = []
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -412,7 +430,8 @@ def export_fp32(spec: ModelSpec, folder: Path) -> dict[str, Any]:
     batches, texts = _gate_batches(spec)
     module = _load_torch_module(spec)
     reference = _torch_outputs(module, batches)  # before the export: see _export
-    has_sparse = module.sparse_linear is not None
+    sparse = _sparse_output(module)
+    first = 0 if module.all_tokens else 1
     with _staging(folder) as tmp:
         raw = tmp / "raw" / "model.onnx"
         raw.parent.mkdir()
@@ -425,17 +444,20 @@ def export_fp32(spec: ModelSpec, folder: Path) -> dict[str, Any]:
         del session
         ref_dense = np.concatenate([r[0] for r in reference])
         quality = _dense_quality(got, ref_dense, texts)
-        valid = [m[:, 1:].astype(bool) for _, m in batches]
+        valid = [m[:, first:].astype(bool) for _, m in batches]
         vec_cos = np.concatenate([
             np.sum(g[-1] * r[-1], axis=-1)[v] for g, r, v in zip(got, reference, valid,
                                                                strict=True)])
         quality["token_vectors_min_cosine"] = float(vec_cos.min())
-        if has_sparse:
+        if sparse == "token_weights":
             quality["token_weights_max_abs_error"] = float(max(
                 np.abs(g[1] - r[1])[m.astype(bool)].max()
                 for g, r, (_, m) in zip(got, reference, batches, strict=True)))
+        elif sparse:
+            quality["vocab_weights_max_abs_error"] = float(max(
+                np.abs(g[1] - r[1]).max() for g, r in zip(got, reference, strict=True)))
         record = {"variant": "fp32", "model": spec.name, "source": str(spec.path),
-                  "outputs": _output_names(has_sparse), "exporter": exporter, "opset": OPSET,
+                  "outputs": _output_names(sparse), "exporter": exporter, "opset": OPSET,
                   "reference": "torch fp32 CPU (the torch runtime's module)",
                   "texts": int(ref_dense.shape[0]), **quality, **_versions(),
                   "export_seconds": round(time.perf_counter() - started, 2),
@@ -712,14 +734,21 @@ class OnnxRuntime:
                 raise RuntimeOutOfMemory(str(exc)) from exc
             raise
         self.outputs = {o.name for o in self.session.get_outputs()}
+        self.late = (LateInteractionTokens(spec.late_interaction, spec.path)
+                     if spec.late_interaction is not None else None)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, dense: bool,
-                sparse: bool, multivector: bool) -> RuntimeOutput:
+                sparse: bool, multivector: bool, query: bool = False) -> RuntimeOutput:
+        """One batch (of queries with ``query``: ColBERT query expansion)."""
         wanted = [name for name, on in (("dense", dense), ("token_weights", sparse),
+                                        ("vocab_weights", sparse),
                                         ("token_vectors", multivector))
                   if on and name in self.outputs]
         if not wanted:
             return RuntimeOutput()
+        plan = self.late.plan(input_ids, attention_mask, query) if self.late else None
+        if plan is not None:
+            input_ids, attention_mask = plan.input_ids, plan.attention_mask
         feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                  "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
         try:
@@ -730,5 +759,10 @@ class OnnxRuntime:
             raise
         got = {name: np.asarray(value, dtype=np.float32)
                for name, value in zip(wanted, results, strict=True)}
+        vocab = got.get("vocab_weights")
+        if vocab is not None and self.spec.max_active_dims:
+            vocab = keep_heaviest(vocab, self.spec.max_active_dims)
         return RuntimeOutput(dense=got.get("dense"), token_weights=got.get("token_weights"),
-                             token_vectors=got.get("token_vectors"))
+                             token_vectors=got.get("token_vectors"), vocab_weights=vocab,
+                             token_mask=None if plan is None or "token_vectors" not in got
+                             else plan.keep)

@@ -10,8 +10,9 @@ import torch
 
 from ..errors import InvalidOptionError
 from ..registry import ModelSpec
-from .base import RuntimeOutOfMemory, RuntimeOutput
-from .torch_model import EncoderWithHeads, load_linear_head
+from .base import RuntimeOutOfMemory, RuntimeOutput, keep_heaviest
+from .late_interaction import LateInteractionTokens
+from .torch_model import build_module
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,20 @@ def _is_oom(exc: BaseException) -> bool:
                                                or "not enough memory" in text)
 
 
+def _from_pretrained(auto_model, path, kwargs, **extra):
+    try:
+        return auto_model.from_pretrained(path, **kwargs, **extra)
+    except ValueError as exc:
+        if "scaled_dot_product_attention" not in str(exc):
+            raise
+        return auto_model.from_pretrained(path, **{**kwargs, "attn_implementation": None}, **extra)
+
+
 def _load_encoder(auto_model, spec: ModelSpec, torch_dtype: torch.dtype):
-    """The bare encoder with SDPA attention. BERT-family classes also build a pooler head
-    that embeddings never use; it is left out, and its weights' absence or presence is not
-    worth a warning. Any other missing weight is."""
+    """The bare encoder with SDPA attention (the architecture's own attention where it has
+    no SDPA, as MPNet). BERT-family classes also build a pooler head that embeddings never
+    use; it is left out, and its weights' absence or presence is not worth a warning. Any
+    other missing weight is."""
     from transformers.utils import logging as hf_logging
 
     kwargs = {"attn_implementation": "sdpa", "dtype": torch_dtype, "output_loading_info": True}
@@ -67,12 +78,13 @@ def _load_encoder(auto_model, spec: ModelSpec, torch_dtype: torch.dtype):
     hf_logging.set_verbosity_error()
     try:
         try:
-            encoder, info = auto_model.from_pretrained(spec.path, add_pooling_layer=False, **kwargs)
+            encoder, info = _from_pretrained(auto_model, spec.path, kwargs, add_pooling_layer=False)
         except TypeError:
-            encoder, info = auto_model.from_pretrained(spec.path, **kwargs)
+            encoder, info = _from_pretrained(auto_model, spec.path, kwargs)
     finally:
         hf_logging.set_verbosity(level)
-    missing = [k for k in info.get("missing_keys", ()) if not k.startswith("pooler.")]
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith("pooler.")
+               and not k.startswith("cls.predictions.decoder")]
     if missing:
         log.warning("%s: %d encoder weights missing from the checkpoint and randomly "
                     "initialised (first: %s); embeddings will be meaningless",
@@ -83,7 +95,6 @@ def _load_encoder(auto_model, spec: ModelSpec, torch_dtype: torch.dtype):
 class TorchRuntime:
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str | None = None,
                  threads: int | None = None):
-        from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -96,12 +107,12 @@ class TorchRuntime:
         # On a multi-core CPU the engine runs one batch per core, side by side (see the
         # encoder); an accelerator takes one batch at a time.
         self.parallel_forwards = self.threads if self.device == "cpu" else 1
-        torch_dtype = DTYPES[self.dtype]
-        encoder = _load_encoder(AutoModel, spec, torch_dtype)
-        sparse = load_linear_head(spec.sparse_head, torch_dtype) if spec.sparse_head else None
-        colbert = load_linear_head(spec.colbert_head, torch_dtype) if spec.colbert_head else None
-        self.module = EncoderWithHeads(encoder, spec.pooling, sparse, colbert)
+        self.module = build_module(spec, DTYPES[self.dtype], _load_encoder)
         self.module.to(self.device).eval()
+        self.splade = spec.splade is not None
+        self.max_active_dims = spec.max_active_dims
+        self.late = (LateInteractionTokens(spec.late_interaction, spec.path)
+                     if spec.late_interaction is not None else None)
 
     def _vectors_to_host(self, vectors: torch.Tensor) -> np.ndarray:
         """Per-token vectors (unit length, float32) to host memory: the largest output by
@@ -119,30 +130,40 @@ class TorchRuntime:
         return host.numpy()
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, dense: bool,
-                sparse: bool, multivector: bool, threads: int | None = None) -> RuntimeOutput:
-        """One batch; on a CPU with ``threads`` compute threads (default: the runtime's).
+                sparse: bool, multivector: bool, threads: int | None = None,
+                query: bool = False) -> RuntimeOutput:
+        """One batch (of queries with ``query``: ColBERT query expansion); on a CPU with
+        ``threads`` compute threads (default: the runtime's).
         torch keeps the count per thread but seeds new threads from a process-wide value,
         so it is set at every call (~0.3 us) and that value put back after a call that
         asked for fewer."""
         if self.device == "cpu":
             torch.set_num_threads(threads or self.threads)
         try:
-            return self._forward(input_ids, attention_mask, dense, sparse, multivector)
+            return self._forward(input_ids, attention_mask, dense, sparse, multivector, query)
         finally:
             if self.device == "cpu" and threads and threads != self.threads:
                 torch.set_num_threads(self.threads)
 
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, dense: bool,
-                 sparse: bool, multivector: bool) -> RuntimeOutput:
+                 sparse: bool, multivector: bool, query: bool = False) -> RuntimeOutput:
+        plan = self.late.plan(input_ids, attention_mask, query) if self.late else None
+        if plan is not None:
+            input_ids, attention_mask = plan.input_ids, plan.attention_mask
         try:
             with torch.inference_mode():
                 ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
                 mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
                 pooled, weights, vectors = self.module(ids, mask, dense, sparse, multivector)
+                weights = None if weights is None else weights.float().cpu().numpy()
+                if weights is not None and self.splade and self.max_active_dims:
+                    weights = keep_heaviest(weights, self.max_active_dims)
                 return RuntimeOutput(
                     dense=None if pooled is None else pooled.float().cpu().numpy(),
-                    token_weights=None if weights is None else weights.float().cpu().numpy(),
+                    token_weights=None if self.splade else weights,
+                    vocab_weights=weights if self.splade else None,
                     token_vectors=None if vectors is None else self._vectors_to_host(vectors),
+                    token_mask=None if plan is None or vectors is None else plan.keep,
                 )
         except Exception as exc:
             if _is_oom(exc):

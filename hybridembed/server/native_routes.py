@@ -90,8 +90,8 @@ async def models(request: Request):
                "owned_by": "hybridembed", **describe(slot)}
         if slot.embedder is not None:
             spec = slot.embedder.spec
-            row.update(hf_id=spec.hf_id, dim=spec.dim, max_length=spec.max_length,
-                       pooling=spec.pooling, sparse=spec.sparse_kind,
+            row.update(hf_id=spec.hf_id, family=spec.family, dim=spec.dim,
+                       max_length=spec.max_length, pooling=spec.pooling, sparse=spec.sparse_kind,
                        multivector_dim=spec.multivector_dim)
         elif slot.reranker is not None:
             row.update(hf_id=slot.reranker.reranker.hf_id, max_length=slot.reranker.max_length)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..engine import Encoder, Outputs, TextTokenizer
 from ..engine.bm25 import Bm25Sparse
-from ..engine.heads import finish_dense
+from ..engine.heads import StaticSparse, finish_dense
 from ..errors import InputTooLongError, InvalidOptionError, NonFiniteOutputError
 from ..registry import DEFAULT_MODEL, ModelSpec, resolve
 from ..runtimes import load_runtime
@@ -77,6 +77,9 @@ class Embedder:
         self._encoder = Encoder(self._runtime, self.tokenizer.pad_id, self.tokenizer.special_ids,
                                 max_batch_tokens, max_batch_size, overlap=self.pipeline)
         self._bm25 = None if self.spec.has_learned_sparse else Bm25Sparse(**(bm25 or {}))
+        self._static_sparse = (StaticSparse(self.spec.static_sparse, self.tokenizer.special_ids,
+                                            self.spec.max_active_dims)
+                               if self.spec.static_sparse else None)  # inference-free queries
         self._cache = EmbeddingCache(cache_size)
         self._lock = threading.Lock()
         self._model_key = (str(self.spec.path), runtime, self.dtype,
@@ -223,8 +226,9 @@ class Embedder:
         o = options
         prompt = prompt_of(self.spec, o)
         prompted = [prompt + t if isinstance(t, str) else t for t in texts] if prompt else texts
-        want = Outputs(dense=o.dense, sparse=o.sparse and self._bm25 is None,
-                       multivector=o.multivector)
+        static = self._static_sparse if o.kind == "query" else None  # inference-free SPLADE
+        want = Outputs(dense=o.dense, sparse=o.sparse and self._bm25 is None and static is None,
+                       multivector=o.multivector, query=o.kind == "query")
         ids: list[list[int]] = []
         keep: list[int] = []
         rows = []
@@ -253,8 +257,9 @@ class Embedder:
                     rows += self._encoder.encode([ids[j] for j in chunk_keep], want,
                                                  [origin[j] for j in chunk_keep])
                 keep += chunk_keep
-        bm25 = (self._bm25.embed([_text_of(texts[j], self.tokenizer) for j in keep], o.kind)
-                if o.sparse and self._bm25 is not None else None)
+        lexical = (self._bm25.embed([_text_of(texts[j], self.tokenizer) for j in keep], o.kind)
+                   if o.sparse and self._bm25 is not None else
+                   static.embed([ids[j] for j in keep]) if o.sparse and static else None)
         dense_rows = (finish_dense(np.stack([r.dense for r in rows]), o.normalize, o.dimensions)
                       if o.dense and rows else None)
         # Never cache, return or serve a non-finite vector (fp16 overflow, a broken model).
@@ -267,7 +272,8 @@ class Embedder:
                 continue
             out[texts[j]] = _Entry(
                 dense=None if dense_rows is None else dense_rows[r],
-                sparse=(bm25[r] if bm25 is not None else rows[r].sparse) if o.sparse else None,
+                sparse=(lexical[r] if lexical is not None else rows[r].sparse) if o.sparse
+                else None,
                 multivector=rows[r].multivector, tokens=len(ids[j]))
         return out, too_long, nonfinite
 

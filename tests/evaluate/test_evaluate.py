@@ -248,7 +248,7 @@ def test_evaluate_beir_folder(minilm, tmp_path):
 
 def test_evaluate_refuses_bad_input(minilm):
     with pytest.raises(InvalidOptionError, match="unknown mode"):
-        evaluate(minilm, modes=("dense", "bm25"), progress=None)
+        evaluate(minilm, modes=("dense", "colour"), progress=None)
     with pytest.raises(InvalidOptionError, match="recall_k"):
         evaluate(minilm, recall_k=5000, progress=None)
     with pytest.raises(InvalidOptionError, match="in-process Embedder"):
@@ -324,3 +324,36 @@ def test_engine_specs_open_local_runtimes(tiny_m3_dir, tmp_path, monkeypatch):
     assert (torch_.runtime_name, onnx.runtime_name) == ("torch", "onnx")
     report = compare(torch_, onnx, texts=["a short text", "another, somewhat longer text"])
     assert report["ok"] and report["cosine"]["min"] > 0.9999
+
+
+def test_evaluate_reports_splade_next_to_bm25(family_dir, tmp_path):
+    """The real SPLADE checkpoint's sparse retrieval and BM25's, same data, same store."""
+    from hybridembed import Embedder
+
+    splade = Embedder(str(family_dir("splade")), device="cpu")
+    report = evaluate(splade, "generated", modes=["sparse", "bm25"], data_dir=tmp_path,
+                      progress=None)
+    assert list(report["modes"]) == ["sparse", "bm25"]
+    sparse, bm25 = report["modes"]["sparse"], report["modes"]["bm25"]
+    assert sparse["queries"] == bm25["queries"] == 32
+    assert sparse["ndcg@10"] != bm25["ndcg@10"]  # two retrievers, not one searched twice
+    # BM25 finds the random codes of the lexical queries; the SPLADE vocabulary splits them
+    assert bm25["by_kind"]["lexical"]["recall@100"] == 1.0
+    assert "bm25" in format_report(report)
+    with pytest.raises(InvalidOptionError, match="already are BM25"):
+        evaluate(Embedder("minilm", device="cpu"), "generated", modes=["bm25"],
+                 data_dir=tmp_path, progress=None)
+
+
+def test_store_rerank_with_a_colbert_checkpoint(family_dir, tmp_path):
+    """The store's multi-vector rerank runs on a ColBERT layout's 8-d per-token vectors
+    (the tiny model is random: only that it runs end to end is checked here; its MaxSim
+    equals the reference in tests/runtimes/test_families.py)."""
+    from hybridembed import Embedder
+
+    colbert = Embedder(str(family_dir("colbert")), device="cpu")
+    report = evaluate(colbert, "generated", modes=["hybrid", "hybrid+rerank"],
+                      data_dir=tmp_path, progress=None)
+    rerank = report["modes"]["hybrid+rerank"]
+    assert rerank["queries"] == 32 and 0.0 <= rerank["ndcg@10"] <= 1.0
+    assert rerank["ndcg@10"] != report["modes"]["hybrid"]["ndcg@10"]
