@@ -36,7 +36,7 @@ Filter = Annotated[dict[PayloadField, FilterValue | Annotated[list[FilterValue],
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     text: str = Field(pattern=r"^[^\x00]*$", description="no NUL characters (stores refuse them)")
-    id: Annotated[str, Field(min_length=1)] | WholeNumber | None = None
+    id: Annotated[str, Field(pattern=r"^[^\x00]+$")] | WholeNumber | None = None
     payload: dict[PayloadField, Any] = Field(default_factory=dict, json_schema_extra={
         "additionalProperties": False})
 
