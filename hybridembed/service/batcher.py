@@ -199,13 +199,7 @@ class DynamicBatcher:
                         job.future.set_result(_slice(result, start, stop))
                 start = stop
         except BaseException as exc:  # every waiting request gets an answer
-            log.exception("batch of %d requests failed", len(batch))
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(exc if isinstance(exc, Exception)
-                                             else RuntimeError("batch cancelled"))
-            if not isinstance(exc, Exception):
-                raise
+            fail_batch(batch, exc, "batch")
         finally:
             self._slots.release()
 
@@ -215,6 +209,18 @@ class DynamicBatcher:
             self._take(job)
             if not job.future.done():
                 job.future.set_exception(exc)
+
+
+def fail_batch(batch, exc: BaseException, what: str) -> None:
+    """Answer every still-waiting job of a failed ``batch`` with ``exc`` (cancellation
+    becomes a RuntimeError for the callers), then re-raise it if it was not an Exception."""
+    log.exception("%s of %d requests failed", what, len(batch))
+    for job in batch:
+        if not job.future.done():
+            job.future.set_exception(exc if isinstance(exc, Exception)
+                                     else RuntimeError("batch cancelled"))
+    if not isinstance(exc, Exception):
+        raise exc
 
 
 def _failed_of(exc: InputTooLongError | NonFiniteOutputError) -> set[int]:

@@ -11,7 +11,7 @@ import logging
 import time
 
 from ..types import RerankResult
-from .batcher import BatchRecord, DynamicBatcher
+from .batcher import BatchRecord, DynamicBatcher, fail_batch
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,6 @@ class RerankBatcher(DynamicBatcher):
                 else:
                     job.future.set_result(result)
         except BaseException as exc:  # every waiting request gets an answer
-            log.exception("rerank batch of %d requests failed", len(batch))
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(exc if isinstance(exc, Exception)
-                                             else RuntimeError("batch cancelled"))
-            if not isinstance(exc, Exception):
-                raise
+            fail_batch(batch, exc, "rerank batch")
         finally:
             self._slots.release()
