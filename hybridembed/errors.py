@@ -50,7 +50,8 @@ class InputTooLongError(HybridEmbedError, ValueError):
         more = f" (and {len(too_long) - 10} more)" if len(too_long) > 10 else ""
         super().__init__(
             f"{len(too_long)} text(s) exceed the model limit of {limit} tokens: {shown}{more}. "
-            "Pass truncate=True to cut them to the limit, or split them."
+            "Pass overflow='truncate' to cut them to the limit, or overflow='chunk' to embed "
+            "them in windows of the limit."
         )
         self.too_long = too_long
         self.limit = limit

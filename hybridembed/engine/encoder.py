@@ -45,10 +45,13 @@ class Outputs:
     dense: bool = True
     sparse: bool = False  # learned sparse weights (only for models with the head)
     multivector: bool = False
+    # per-position outputs for late chunking: last hidden states, and the learned sparse
+    # weight of every position when ``sparse`` (runtimes with ``token_states`` only)
+    states: bool = False
 
     @property
     def any(self) -> bool:
-        return self.dense or self.sparse or self.multivector
+        return self.dense or self.sparse or self.multivector or self.states
 
 
 @dataclass
@@ -57,6 +60,8 @@ class RawRow:
     sparse: SparseVector | None = None
     multivector: np.ndarray | None = None
     finite: bool = True  # False: some output of this text was NaN or infinite
+    states: np.ndarray | None = None  # (tokens, hidden) last hidden states, CLS first
+    weights: np.ndarray | None = None  # (tokens,) learned sparse weight of each position
 
 
 @dataclass
@@ -149,6 +154,8 @@ class Encoder:
         longest = input_ids.shape[1]
         started = time.perf_counter()
         options = {"threads": threads} if threads else {}
+        if want.states:
+            options["states"] = True
         try:
             out = self.runtime.forward(input_ids, mask, dense=want.dense, sparse=want.sparse,
                                        multivector=want.multivector, **options)
@@ -222,6 +229,9 @@ def finite_rows(out: RuntimeOutput, vectors: np.ndarray | None, lengths: list[in
     ok = np.ones(len(lengths), dtype=bool)
     if out.dense is not None:
         ok &= np.isfinite(out.dense).all(axis=1)
+    if out.token_states is not None:
+        real = np.arange(out.token_states.shape[1]) < np.asarray(lengths)[:, None]
+        ok &= (np.isfinite(out.token_states).all(axis=2) | ~real).all(axis=1)
     padding = np.arange(width) >= np.asarray(lengths)[:, None]
     if out.token_weights is not None:
         weights = out.token_weights.reshape(len(lengths), width)
@@ -252,3 +262,7 @@ def fill_rows(rows: list[RawRow], batch: list[int], lengths: list[int], input_id
             row.sparse = sparse[r]
         if vectors is not None:
             row.multivector = np.ascontiguousarray(vectors[r, :max(n - 1, 0)])
+        if out.token_states is not None:
+            row.states = out.token_states[r, :n]
+            if out.token_weights is not None:
+                row.weights = out.token_weights.reshape(len(lengths), -1)[r, :n]

@@ -40,7 +40,17 @@ class EncoderWithHeads(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 dense: bool = True, sparse: bool = True, multivector: bool = True):
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.encode(input_ids, attention_mask)
+        return self.heads(hidden, attention_mask, dense, sparse, multivector)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(batch, length, hidden)`` last hidden states, the input of every head."""
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def heads(self, hidden: torch.Tensor, attention_mask: torch.Tensor, dense: bool = True,
+              sparse: bool = True, multivector: bool = True):
+        """``(pooled, sparse weights, ColBERT vectors)`` of the hidden states; ``None``
+        for an output not asked for."""
         pooled = self.pool(hidden, attention_mask) if dense else None
         weights = None
         if sparse and self.sparse_linear is not None:

@@ -81,6 +81,8 @@ def _load_encoder(auto_model, spec: ModelSpec, torch_dtype: torch.dtype):
 
 
 class TorchRuntime:
+    token_states = True  # forward(states=True) returns the last hidden states too
+
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str | None = None,
                  threads: int | None = None):
         from transformers import AutoModel
@@ -119,27 +121,32 @@ class TorchRuntime:
         return host.numpy()
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, dense: bool,
-                sparse: bool, multivector: bool, threads: int | None = None) -> RuntimeOutput:
+                sparse: bool, multivector: bool, threads: int | None = None,
+                states: bool = False) -> RuntimeOutput:
         """One batch; on a CPU with ``threads`` compute threads (default: the runtime's).
+        With ``states``, the last hidden states too (late chunking pools spans of them).
         torch keeps the count per thread but seeds new threads from a process-wide value,
         so it is set at every call (~0.3 us) and that value put back after a call that
         asked for fewer."""
         if self.device == "cpu":
             torch.set_num_threads(threads or self.threads)
         try:
-            return self._forward(input_ids, attention_mask, dense, sparse, multivector)
+            return self._forward(input_ids, attention_mask, dense, sparse, multivector, states)
         finally:
             if self.device == "cpu" and threads and threads != self.threads:
                 torch.set_num_threads(self.threads)
 
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, dense: bool,
-                 sparse: bool, multivector: bool) -> RuntimeOutput:
+                 sparse: bool, multivector: bool, states: bool = False) -> RuntimeOutput:
         try:
             with torch.inference_mode():
                 ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
                 mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
-                pooled, weights, vectors = self.module(ids, mask, dense, sparse, multivector)
+                hidden = self.module.encode(ids, mask)
+                pooled, weights, vectors = self.module.heads(hidden, mask, dense, sparse,
+                                                             multivector)
                 return RuntimeOutput(
+                    token_states=hidden.float().cpu().numpy() if states else None,
                     dense=None if pooled is None else pooled.float().cpu().numpy(),
                     token_weights=None if weights is None else weights.float().cpu().numpy(),
                     token_vectors=None if vectors is None else self._vectors_to_host(vectors),

@@ -108,6 +108,8 @@ class ServerCore:
             ids = await asyncio.to_thread(emb.tokenize, texts, False)
         else:
             ids = emb.tokenize(texts, truncate=False)
+        if request.options.overflow == "chunk":  # every token goes through the model
+            return sum(len(x) for x in ids)
         limit = emb.max_length
         return sum(min(len(x), limit) for x in ids)
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
-from .wire import NativeModel, as_list
+from .wire import NativeModel, OverflowFields, accounting_headers, as_list, usage_lists
 
 router = APIRouter(tags=["hybridembed"])
 
 
-class NativeEmbedRequest(NativeModel):
+class NativeEmbedRequest(NativeModel, OverflowFields):
     inputs: str | list[str]
     model: str | None = None
     dense: bool = True
@@ -21,7 +21,7 @@ class NativeEmbedRequest(NativeModel):
     multivector: bool = False
     kind: Literal["document", "query"] = "document"
     prompt_name: str | None = None
-    truncate: bool = True
+    truncate: bool | None = None
     truncation_side: Literal["right", "left"] = "right"
     dimensions: int | None = Field(None, ge=1)
     normalize: bool = True
@@ -35,7 +35,7 @@ class NativeTokenizeRequest(NativeModel):
 
 
 @router.post("/v1/embed")
-async def embed(body: NativeEmbedRequest, request: Request):
+async def embed(body: NativeEmbedRequest, request: Request, response: Response):
     core = request.app.state.core
     core.check_model(body.model)
     texts = as_list(body.inputs)
@@ -44,10 +44,11 @@ async def embed(body: NativeEmbedRequest, request: Request):
         texts, dense=body.dense, sparse=body.sparse, multivector=body.multivector,
         kind=body.kind, prompt_name=body.prompt_name, truncate=body.truncate,
         truncation_side=body.truncation_side, dimensions=body.dimensions,
-        normalize=body.normalize))
+        normalize=body.normalize, **body.overflow_options()))
+    accounting_headers(response, result.usage)
     data = []
     for i, item in enumerate(result):
-        row: dict = {"index": i, "tokens": item.tokens}
+        row: dict = {"index": i, **result.usage.row(i)}
         if item.dense is not None:
             row["dense"] = item.dense.tolist()
         if item.sparse is not None:
@@ -58,7 +59,7 @@ async def embed(body: NativeEmbedRequest, request: Request):
             row["multivector"] = item.multivector.tolist()
         data.append(row)
     return {"model": emb.model, "data": data,
-            "usage": {"tokens": result.usage.tokens, "total_tokens": result.usage.total_tokens}}
+            "usage": {**usage_lists(result.usage), "total_tokens": result.usage.total_tokens}}
 
 
 @router.post("/v1/tokenize")

@@ -5,26 +5,30 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
 from .. import __version__
-from .wire import WireModel, as_list
+from .wire import OverflowFields, WireModel, accounting_headers, as_list, usage_lists
 
 router = APIRouter(tags=["Ollama"])
 OLLAMA_VERSION = "0.6.0"  # the Ollama API level these routes follow
 
 
-class OllamaEmbedRequest(WireModel):
+class OllamaEmbedRequest(WireModel, OverflowFields):
+    """Ollama's fields, plus hybridembed's overflow fields and ``truncation_side`` as
+    extensions (Ollama's ``truncate: false`` is overflow ``error``)."""
+
     model: str
     input: str | list[str] = ""
-    truncate: bool | None = True
+    truncate: bool | None = None
     dimensions: int | None = Field(None, ge=1)
     keep_alive: Any = None
     options: dict | None = None
+    truncation_side: Literal["right", "left"] = "right"
 
 
 class OllamaEmbeddingsRequest(WireModel):
@@ -40,7 +44,7 @@ class OllamaShowRequest(WireModel):
 
 
 @router.post("/api/embed")
-async def embed(body: OllamaEmbedRequest, request: Request):
+async def embed(body: OllamaEmbedRequest, request: Request, response: Response):
     core = request.app.state.core
     core.check_model(body.model)
     started = time.perf_counter_ns()
@@ -48,12 +52,15 @@ async def embed(body: OllamaEmbedRequest, request: Request):
     texts = [] if body.input == "" else as_list(body.input)
     if not texts:
         return {"model": body.model, "embeddings": []}
-    embed = core.ready().request(texts, dimensions=body.dimensions,
-                                 truncate=body.truncate is not False)
+    embed = core.ready().request(texts, dimensions=body.dimensions, truncate=body.truncate,
+                                 truncation_side=body.truncation_side,
+                                 **body.overflow_options())
     result = await core.embed(request, embed)
+    accounting_headers(response, result.usage)
     return {"model": body.model, "embeddings": result.dense.tolist(),
             "total_duration": time.perf_counter_ns() - started,
-            "prompt_eval_count": result.usage.total_tokens}
+            "prompt_eval_count": result.usage.total_tokens,
+            "usage": usage_lists(result.usage)}
 
 
 @router.post("/api/embeddings")

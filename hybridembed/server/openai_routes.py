@@ -6,16 +6,19 @@ import base64
 from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from .errors import ApiError
-from .wire import WireModel
+from .wire import OverflowFields, WireModel, accounting_headers, usage_lists
 
 router = APIRouter(tags=["OpenAI"])
 
 
-class OpenAIEmbeddingsRequest(WireModel):
+class OpenAIEmbeddingsRequest(WireModel, OverflowFields):
+    """OpenAI's fields, plus hybridembed's overflow fields and ``truncation_side`` as
+    extensions (over-long inputs are cut on the right unless they say otherwise)."""
+
     input: str | list[str] | list[int] | list[list[int]] = Field(
         description="a string, a list of strings, a token-id list or a list of token-id lists; "
                     "none may be empty")
@@ -23,6 +26,7 @@ class OpenAIEmbeddingsRequest(WireModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
+    truncation_side: Literal["right", "left"] = "right"
 
 
 def _texts(core, value) -> list[str]:
@@ -59,16 +63,20 @@ def _encode(vector: np.ndarray, fmt: str):
 
 @router.post("/v1/embeddings")
 @router.post("/embeddings", include_in_schema=False)
-async def embeddings(body: OpenAIEmbeddingsRequest, request: Request):
+async def embeddings(body: OpenAIEmbeddingsRequest, request: Request, response: Response):
     core = request.app.state.core
     core.check_model(body.model)
-    embed = core.ready().request(_texts(core, body.input), dimensions=body.dimensions)
+    embed = core.ready().request(_texts(core, body.input), dimensions=body.dimensions,
+                                 truncation_side=body.truncation_side,
+                                 **body.overflow_options())
     result = await core.embed(request, embed)
+    accounting_headers(response, result.usage)
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
                  for i, v in enumerate(result.dense)],
         "model": body.model,
         "usage": {"prompt_tokens": result.usage.total_tokens,
-                  "total_tokens": result.usage.total_tokens},
+                  "total_tokens": result.usage.total_tokens,
+                  **usage_lists(result.usage)},
     }

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from .. import __version__
 from ..types import EmbedRequest
 from .errors import ApiError
-from .wire import WireModel, as_list
+from .wire import OverflowFields, WireModel, accounting_headers, as_list
 
 router = APIRouter(tags=["text-embeddings-inference"])
 
 
-class TEIEmbedRequest(WireModel):
+class TEIEmbedRequest(WireModel, OverflowFields):
+    """TEI's fields, plus hybridembed's overflow fields as extensions; TEI's bodies are
+    bare lists, so the token accounting comes back in ``x-hybridembed-*`` headers."""
+
     inputs: str | list[str]
     normalize: bool = True
     truncate: bool | None = None
@@ -43,30 +46,34 @@ def _request(core, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
                        "string)", "validation", "inputs")
     kind = "query" if body.prompt_name == "query" else "document"
     return core.ready().request(
-        texts, kind=kind, prompt_name=body.prompt_name, truncate=body.truncate is not False,
-        truncation_side=body.truncation_direction.lower(), **outputs)
+        texts, kind=kind, prompt_name=body.prompt_name, truncate=body.truncate,
+        truncation_side=body.truncation_direction.lower(), **body.overflow_options(),
+        **outputs)
 
 
 @router.post("/embed")
-async def embed(body: TEIEmbedRequest, request: Request):
+async def embed(body: TEIEmbedRequest, request: Request, response: Response):
     core = request.app.state.core
     result = await core.embed(request, _request(core, body, dimensions=body.dimensions,
                                                 normalize=body.normalize))
+    accounting_headers(response, result.usage)
     return result.dense.tolist()
 
 
 @router.post("/embed_sparse")
-async def embed_sparse(body: TEIEmbedRequest, request: Request):
+async def embed_sparse(body: TEIEmbedRequest, request: Request, response: Response):
     core = request.app.state.core
     result = await core.embed(request, _request(core, body, dense=False, sparse=True))
+    accounting_headers(response, result.usage)
     return [[{"index": i, "value": v} for i, v in zip(s.indices.tolist(), s.values.tolist(),
                                                       strict=True)] for s in result.sparse]
 
 
 @router.post("/embed_all")
-async def embed_all(body: TEIEmbedRequest, request: Request):
+async def embed_all(body: TEIEmbedRequest, request: Request, response: Response):
     core = request.app.state.core
     result = await core.embed(request, _request(core, body, dense=False, multivector=True))
+    accounting_headers(response, result.usage)
     return [m.tolist() for m in result.multivector]
 
 
