@@ -42,7 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--query", action="store_true", help="embed as queries, not documents")
     embed.add_argument("--dimensions", type=int, help="truncate dense vectors (Matryoshka)")
     embed.add_argument("--no-truncate", action="store_true",
-                       help="fail on texts over the model's limit instead of cutting them")
+                       help="fail on texts over the model's limit (same as --overflow error)")
+    embed.add_argument("--overflow", help="texts over the model's limit: error, truncate "
+                       "(default) or chunk (windows of the limit, pooled into one result)")
+    embed.add_argument("--truncation-side", default="right",
+                       help="right (keep the start, default) or left (keep the end)")
+    embed.add_argument("--chunk-pooling", default="mean", help="mean (default) or max")
+    embed.add_argument("--chunk-overlap", type=int, default=0,
+                       help="tokens shared by neighbouring windows of --overflow chunk")
     embed.add_argument("--top", type=int, default=8, help="sparse tokens to show per text")
     embed.add_argument("--json", action="store_true", help="print JSON (full vectors)")
     embed.add_argument("--encoding", default="utf-8",
@@ -246,11 +253,14 @@ def cmd_embed(args) -> int:
     result = embedder.embed(texts, dense=not args.no_dense, sparse=args.sparse,
                             multivector=args.multivector,
                             kind="query" if args.query else "document",
-                            truncate=not args.no_truncate, dimensions=args.dimensions)
+                            truncate=False if args.no_truncate else None,
+                            dimensions=args.dimensions, overflow=args.overflow,
+                            truncation_side=args.truncation_side,
+                            chunk_pooling=args.chunk_pooling, chunk_overlap=args.chunk_overlap)
     if args.json:
         rows = []
-        for text, item in zip(texts, result, strict=True):
-            row = {"text": text, "tokens": item.tokens}
+        for i, (text, item) in enumerate(zip(texts, result, strict=True)):
+            row = {"text": text, **result.usage.row(i)}
             if item.dense is not None:
                 row["dense"] = item.dense.tolist()
             if item.sparse is not None:
@@ -267,7 +277,12 @@ def cmd_embed(args) -> int:
           f"dense {result.dense.shape[1] if result.dense is not None else '-'}-d, "
           f"sparse {spec.sparse_kind}, multivector {spec.multivector_dim}-d")
     for i, (text, item) in enumerate(zip(texts, result, strict=True)):
-        print(f"\n[{i}] {text[:70]!r} ({item.tokens} tokens)")
+        done = result.usage.row(i)
+        how = (f", {done['dropped_tokens']} of {done['input_tokens']} cut off"
+               if done["dropped_tokens"] else
+               f", {done['input_tokens']} in {done['chunks']} windows" if done["chunks"] > 1
+               else "")
+        print(f"\n[{i}] {text[:70]!r} ({item.tokens} tokens{how})")
         if item.dense is not None:
             head = ", ".join(f"{v:+.4f}" for v in item.dense[:6])
             print(f"  dense       {len(item.dense)}-d  [{head}, ...]")
