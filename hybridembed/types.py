@@ -157,3 +157,41 @@ class EmbedResult:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a late-chunked document: its text, its characters ``[start, end)``
+    in the document and its tokens ``[token_start, token_end)`` among the document's
+    tokens (special tokens not counted)."""
+
+    text: str
+    start: int
+    end: int
+    token_start: int
+    token_end: int
+
+    @property
+    def tokens(self) -> int:
+        return self.token_end - self.token_start
+
+
+@dataclass(frozen=True)
+class LateChunks:
+    """The result of :meth:`Embedder.embed_chunks`: row ``i`` of :attr:`result` embeds
+    :attr:`chunks` ``[i]``, each vector pooled from token states computed with the whole
+    document (or its macro-window) in view. ``result.usage.tokens`` counts each chunk's
+    own tokens; :attr:`tokens` what went through the model (every window, with its
+    special tokens, prompt and overlap); :attr:`windows` how many windows that was."""
+
+    chunks: list[Chunk]
+    result: EmbedResult
+    document_tokens: int
+    windows: int
+    tokens: int
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __iter__(self):
+        return iter(zip(self.chunks, self.result, strict=True))

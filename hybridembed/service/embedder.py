@@ -23,7 +23,15 @@ from ..registry import DEFAULT_MODEL, ModelSpec, resolve
 from ..runtimes import load_runtime
 from ..sparse import SparseVector
 from ..textcheck import check_texts, nonfinite_rows
-from ..types import TRUNCATION_SIDES, Embedding, EmbedOptions, EmbedRequest, EmbedResult, Usage
+from ..types import (
+    TRUNCATION_SIDES,
+    Embedding,
+    EmbedOptions,
+    EmbedRequest,
+    EmbedResult,
+    LateChunks,
+    Usage,
+)
 from .cache import EmbeddingCache, text_key
 from .request import build_request, prompt_of
 
@@ -199,6 +207,35 @@ class Embedder:
             raise NonFiniteOutputError([i for i, t in enumerate(texts) if t in nonfinite],
                                        partial, ok)
         return self._assemble(texts, entries, options)
+
+    def embed_chunks(self, document: str, *, spans=None, every: int | None = None,
+                     overlap: int = 0, chunks: Sequence[str] | None = None, dense: bool = True,
+                     sparse: bool = False, multivector: bool = False, kind: str = "document",
+                     prompt_name: str | None = None, dimensions: int | None = None,
+                     normalize: bool = True, window_overlap: int | None = None) -> LateChunks:
+        """Late chunking: one result per chunk of ``document``, each pooled from token
+        states computed with the whole document in view (arXiv:2409.04701).
+
+        Give the chunks as exactly one of ``spans`` (character ``(start, end)`` pairs),
+        ``every`` (tokens per chunk, neighbours sharing ``overlap``) or ``chunks`` (texts
+        that concatenate to ``document``). Per chunk: dense = the model's pooling over its
+        token span (mean for CLS models), learned sparse = max per token over the span
+        (BM25 of the chunk's text for models without a sparse head), multi-vector = the
+        span's ``(tokens, dim)`` vectors. A document over the model's limit goes through
+        windows of the limit overlapping by ``window_overlap`` tokens (default a quarter
+        window); each token's state comes from the window where it has most context.
+
+        Returns :class:`~hybridembed.types.LateChunks` (``.chunks``, ``.result``). Raises
+        :class:`InvalidOptionError` (bad chunks or options), :class:`InvalidInputError`
+        (the document), :class:`UnsupportedOutputError` (a runtime without token states:
+        ONNX) or :class:`NonFiniteOutputError` (the model produced NaN/inf)."""
+        from .late_chunking import embed_chunks
+
+        self._calls += 1
+        return embed_chunks(self, document, spans=spans, every=every, overlap=overlap,
+                            chunks=chunks, dense=dense, sparse=sparse, multivector=multivector,
+                            kind=kind, prompt_name=prompt_name, dimensions=dimensions,
+                            normalize=normalize, window_overlap=window_overlap)
 
     def embed_query(self, text: str, **options) -> Embedding:
         """One query text, embedded in query mode; returns its :class:`Embedding`."""
