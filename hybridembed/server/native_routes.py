@@ -1,8 +1,10 @@
-"""hybridembed's own API: every representation in one call (``/v1/embed``), tokenisation
-and the model list (OpenAI-compatible ``/v1/models`` with more fields)."""
+"""hybridembed's own API: every representation in one call (``/v1/embed``), late
+chunking of one document (``/v1/embed_chunks``), tokenisation and the model list
+(OpenAI-compatible ``/v1/models`` with more fields)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
@@ -28,6 +30,28 @@ class NativeEmbedRequest(NativeModel, OverflowFields):
     sparse_tokens: bool = False
 
 
+class NativeChunksRequest(NativeModel):
+    """One document and its chunks: exactly one of ``spans`` (character ``[start, end]``
+    pairs), ``every`` (tokens per chunk, with ``overlap``) or ``chunks`` (texts that
+    concatenate to the document)."""
+
+    document: str
+    model: str | None = None
+    spans: list[list[int]] | None = None
+    every: int | None = None
+    overlap: int = 0
+    chunks: list[str] | None = None
+    dense: bool = True
+    sparse: bool = False
+    multivector: bool = False
+    kind: Literal["document", "query"] = "document"
+    prompt_name: str | None = None
+    dimensions: int | None = Field(None, ge=1)
+    normalize: bool = True
+    window_overlap: int | None = None
+    sparse_tokens: bool = False
+
+
 class NativeTokenizeRequest(NativeModel):
     inputs: str | list[str]
     truncate: bool = True
@@ -48,18 +72,45 @@ async def embed(body: NativeEmbedRequest, request: Request, response: Response):
     accounting_headers(response, result.usage)
     data = []
     for i, item in enumerate(result):
-        row: dict = {"index": i, **result.usage.row(i)}
-        if item.dense is not None:
-            row["dense"] = item.dense.tolist()
-        if item.sparse is not None:
-            row["sparse"] = item.sparse.to_json()
-            if body.sparse_tokens:
-                row["sparse"]["tokens"] = emb.sparse_tokens(item.sparse, texts[i])
-        if item.multivector is not None:
-            row["multivector"] = item.multivector.tolist()
-        data.append(row)
+        data.append({"index": i, **result.usage.row(i),
+                     **_row(emb, item, texts[i], body.sparse_tokens)})
     return {"model": emb.model, "data": data,
             "usage": {**usage_lists(result.usage), "total_tokens": result.usage.total_tokens}}
+
+
+def _row(emb, item, text: str, sparse_tokens: bool) -> dict:
+    """The vectors of one embedded text (or chunk) as the native API writes them."""
+    row: dict = {}
+    if item.dense is not None:
+        row["dense"] = item.dense.tolist()
+    if item.sparse is not None:
+        row["sparse"] = item.sparse.to_json()
+        if sparse_tokens:
+            row["sparse"]["tokens"] = emb.sparse_tokens(item.sparse, text)
+    if item.multivector is not None:
+        row["multivector"] = item.multivector.tolist()
+    return row
+
+
+@router.post("/v1/embed_chunks")
+async def embed_chunks(body: NativeChunksRequest, request: Request):
+    """Late chunking: one result per chunk, pooled from token states of the whole
+    document. Runs beside the batcher (the model is shared under the Embedder's lock)."""
+    core = request.app.state.core
+    core.check_model(body.model)
+    emb = core.ready()
+    spans = None if body.spans is None else [tuple(s) for s in body.spans]
+    got = await asyncio.to_thread(
+        emb.embed_chunks, body.document, spans=spans, every=body.every, overlap=body.overlap,
+        chunks=body.chunks, dense=body.dense, sparse=body.sparse, multivector=body.multivector,
+        kind=body.kind, prompt_name=body.prompt_name, dimensions=body.dimensions,
+        normalize=body.normalize, window_overlap=body.window_overlap)
+    data = [{"index": i, "text": c.text, "start": c.start, "end": c.end, "tokens": c.tokens,
+             **_row(emb, item, c.text, body.sparse_tokens)}
+            for i, (c, item) in enumerate(got)]
+    return {"model": emb.model, "data": data,
+            "usage": {"document_tokens": got.document_tokens, "windows": got.windows,
+                      "total_tokens": got.tokens}}
 
 
 @router.post("/v1/tokenize")
