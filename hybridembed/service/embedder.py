@@ -237,6 +237,16 @@ class Embedder:
                             kind=kind, prompt_name=prompt_name, dimensions=dimensions,
                             normalize=normalize, window_overlap=window_overlap)
 
+    def iter_chunks(self, document: str, **options) -> Iterator[LateChunks]:
+        """:meth:`embed_chunks` in parts, each yielded as soon as all of its chunks' tokens
+        are final (parts ordered by where their chunks end), so a caller that writes them
+        away holds one part's vectors at a time, whatever the document's length. Options
+        and errors as :meth:`embed_chunks`, raised at the first ``next()``."""
+        from .late_chunking import iter_chunks
+
+        self._calls += 1
+        return iter_chunks(self, document, **options)
+
     def embed_query(self, text: str, **options) -> Embedding:
         """One query text, embedded in query mode; returns its :class:`Embedding`."""
         return self.embed([text], kind="query", **options)[0]

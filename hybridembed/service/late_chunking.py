@@ -21,7 +21,7 @@ same pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -110,12 +110,43 @@ def plan_chunks(document: str, offsets: np.ndarray, *, spans=None, every: int | 
     return out
 
 
-def embed_chunks(embedder, document: str, *, spans=None, every: int | None = None,
-                 overlap: int = 0, chunks: Sequence[str] | None = None, dense: bool = True,
-                 sparse: bool = False, multivector: bool = False, kind: str = "document",
-                 prompt_name: str | None = None, dimensions: int | None = None,
-                 normalize: bool = True, window_overlap: int | None = None) -> LateChunks:
-    """See :meth:`hybridembed.Embedder.embed_chunks`."""
+def embed_chunks(embedder, document: str, **options) -> LateChunks:
+    """See :meth:`hybridembed.Embedder.embed_chunks`: every chunk at once, in the order
+    they were given."""
+    found = list(_pooled_parts(embedder, document, **options))  # never empty: chunks hold tokens
+    plan = found[0][1]
+    parts = [(indices, part) for indices, _, part in found]
+    rows: dict[int, tuple[int, EmbedResult]] = {}
+    for indices, part in parts:
+        rows.update({i: (r, part.result) for r, i in enumerate(indices)})
+    pick = [rows[i] for i in range(len(plan))]
+    last = parts[-1][1]
+    o = last.result
+    result = EmbedResult(
+        model=o.model,
+        dense=None if o.dense is None else np.stack([res.dense[r] for r, res in pick]),
+        sparse=None if o.sparse is None else [res.sparse[r] for r, res in pick],
+        multivector=None if o.multivector is None else [res.multivector[r] for r, res in pick],
+        usage=Usage([c.tokens for c in plan]))
+    return LateChunks(plan, result, last.document_tokens, last.windows,
+                      sum(p.tokens for _, p in parts))
+
+
+def iter_chunks(embedder, document: str, **options) -> Iterator[LateChunks]:
+    """See :meth:`hybridembed.Embedder.iter_chunks`: the chunks in groups, each as soon as
+    all of its tokens are final (ordered by where they end)."""
+    for _, _, part in _pooled_parts(embedder, document, **options):
+        yield part
+
+
+def _pooled_parts(embedder, document: str, *, spans=None, every: int | None = None,
+                  overlap: int = 0, chunks: Sequence[str] | None = None, dense: bool = True,
+                  sparse: bool = False, multivector: bool = False, kind: str = "document",
+                  prompt_name: str | None = None, dimensions: int | None = None,
+                  normalize: bool = True, window_overlap: int | None = None
+                  ) -> Iterator[tuple[list[int], list[Chunk], LateChunks]]:
+    """``(plan indices, plan, part)`` per group of windows that finished some chunks;
+    every option is checked before the model runs."""
     o = embedder.request([document], dense=dense, sparse=sparse, multivector=multivector,
                          kind=kind, prompt_name=prompt_name, dimensions=dimensions,
                          normalize=normalize).options
@@ -140,19 +171,19 @@ def embed_chunks(embedder, document: str, *, spans=None, every: int | None = Non
     want = Outputs(dense=False, sparse=o.sparse and embedder._bm25 is None,
                    multivector=o.multivector, states=True)
     group = max(1, min(GROUP_WINDOWS, GROUP_TOKENS // embedder.max_length))
-    model_tokens = 0
     for g in range(0, len(spans_), group):
         part = spans_[g:g + group]
         inputs = [[*head, *ids[a:b].tolist(), *tail] for a, b in part]
-        model_tokens += sum(map(len, inputs))
         with embedder._lock:
             rows = embedder._encoder.encode(inputs, want)
         for k, (a, b), row in zip(range(g, g + len(part)), part, rows, strict=True):
             mine = np.flatnonzero(own[a:b] == k)
             if mine.size:
                 pooler.add(a + int(mine[0]), a + int(mine[-1]) + 1, a, row)
-        pooler.emit()
-    return LateChunks(plan, pooler.result(), len(ids), len(spans_), model_tokens)
+        done = pooler.emit()
+        if done:
+            yield done, plan, LateChunks([plan[i] for i in done], pooler.result(done),
+                                         len(ids), len(spans_), sum(map(len, inputs)))
 
 
 class _Pooler:
@@ -190,9 +221,10 @@ class _Pooler:
             self.bad.append((lo, hi))
         self.final = hi
 
-    def emit(self) -> None:
-        """Pool every chunk whose tokens are all final, then drop the states no chunk left
-        needs."""
+    def emit(self) -> list[int]:
+        """Pool every chunk whose tokens are all final (their indices are returned), then
+        drop the states no chunk left needs."""
+        done = []
         joined = {k: np.concatenate(v) if v else None for k, v in self.parts.items()}
         o, pooling = self.o, self.embedder.spec.pooling
         while self.next < len(self.order) and self.plan[self.order[self.next]].token_end \
@@ -211,26 +243,35 @@ class _Pooler:
                     self.embedder.tokenizer.special_ids)
             if joined["vectors"] is not None:
                 self.vectors[i] = np.ascontiguousarray(joined["vectors"][a:b])
+            done.append(i)
             self.next += 1
         keep_from = min(self.min_start[self.next], self.final)
         cut = keep_from - self.buf_start
         self.parts = {k: [] if v is None else [v[cut:]] for k, v in joined.items()}
         self.buf_start = keep_from
+        return done
 
-    def result(self) -> EmbedResult:
-        o, plan = self.o, self.plan
-        bad = {i for i, c in enumerate(plan)
+    def result(self, indices: list[int]) -> EmbedResult:
+        """The result of the pooled chunks ``indices`` (rows in that order); their vectors
+        are handed over, not kept."""
+        o = self.o
+        plan = [self.plan[i] for i in indices]
+        bad = {r for r, c in enumerate(plan)
                if any(lo < c.token_end and c.token_start < hi for lo, hi in self.bad)}
         dense = None
         if o.dense:
-            dense = finish_dense(np.stack(self.dense), o.normalize, o.dimensions)
+            dense = finish_dense(np.stack([self.dense[i] for i in indices]), o.normalize,
+                                 o.dimensions)
             bad |= set(nonfinite_rows(dense))
-        if bad:  # never return a non-finite vector; the document failed, not one chunk
-            raise NonFiniteOutputError(sorted(bad))
+        if bad:  # never return a non-finite vector
+            raise NonFiniteOutputError(sorted(indices[r] for r in bad))
         sparse = None
         if o.sparse:
             bm25 = self.embedder._bm25
-            sparse = bm25.embed([c.text for c in plan], o.kind) if bm25 else self.sparse
+            sparse = (bm25.embed([c.text for c in plan], o.kind) if bm25
+                      else [self.sparse[i] for i in indices])
+        vectors = [self.vectors[i] for i in indices] if o.multivector else None
+        for i in indices:
+            self.dense[i] = self.sparse[i] = self.vectors[i] = None
         return EmbedResult(model=self.embedder.model, dense=dense, sparse=sparse,
-                           multivector=self.vectors if o.multivector else None,
-                           usage=Usage([c.tokens for c in plan]))
+                           multivector=vectors, usage=Usage([c.tokens for c in plan]))
