@@ -61,9 +61,11 @@ class EmbedOptions:
 class EmbedRequest:
     """A validated embedding request: the texts and their :class:`EmbedOptions`. Make one
     with :meth:`Embedder.request`, which checks every text and option once; whoever holds
-    one (batcher, server) does not check again."""
+    one (batcher, server) does not check again. An item of ``texts`` is a string, or a
+    tuple of the model's token ids (special tokens not included) embedded exactly as sent.
+    """
 
-    texts: tuple[str, ...]
+    texts: tuple[str | tuple[int, ...], ...]
     options: EmbedOptions
 
     def __len__(self) -> int:
@@ -102,6 +104,14 @@ class Usage:
         """Per text, the tokens truncation cut off (0 when nothing was cut)."""
         return [max(0, n - t) if c == 1 else 0
                 for t, n, c in zip(self.tokens, self.input_tokens, self.chunks, strict=True)]
+
+    @staticmethod
+    def concat(usages) -> Usage:
+        """One usage of consecutive parts' usages, rows in order."""
+        usages = list(usages)
+        return Usage([t for u in usages for t in u.tokens],
+                     [t for u in usages for t in u.input_tokens],
+                     [c for u in usages for c in u.chunks])
 
     def take(self, rows) -> Usage:
         """The usage of ``rows`` (indexes into this one; ``None``: an empty row)."""

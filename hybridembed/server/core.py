@@ -9,14 +9,26 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..config import Settings
-from ..errors import RequestTimeoutError
+from ..errors import (
+    InputTooLongError,
+    NonFiniteOutputError,
+    OverloadedError,
+    RequestTimeoutError,
+)
 from ..service.batcher import DynamicBatcher
-from ..types import EmbedRequest, EmbedResult
+from ..types import EmbedRequest, EmbedResult, Usage
 from .errors import ApiError
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+# Texts per part of a large request in the queue: several batches' worth at the CPU budget,
+# small enough that two parts in flight keep memory bounded on a 20,000-text request.
+PART_TEXTS = 512
+# Inputs per request by protocol when --max-inputs is not set (None: no cap).
+PROTOCOL_INPUT_LIMITS = {"openai": 2048}
 
 
 @dataclass
@@ -90,53 +102,123 @@ class ServerCore:
                            f"{', '.join(sorted(self.model_names() - {self.ready().model}))})",
                            "not_found", "model")
 
-    def check_inputs(self, texts, allow_empty: bool = False) -> None:
+    def input_limit(self, protocol: str) -> int | None:
+        """Inputs one request may hold: ``--max-inputs`` if set, else the protocol's own
+        default (OpenAI caps at 2048 as OpenAI does; Ollama, TEI and native have none:
+        a whole corpus in one request is split into parts internally)."""
+        if self.settings.max_inputs:
+            return self.settings.max_inputs
+        return PROTOCOL_INPUT_LIMITS.get(protocol)
+
+    def check_inputs(self, texts, protocol: str = "native") -> None:
         """Admission limits of this server (not validity): at least one input, at most
-        ``max_inputs``."""
-        if not texts and not allow_empty:
+        :meth:`input_limit`."""
+        if not texts:
             raise ApiError(400, "input is empty; send at least one text", "empty", "input")
-        if len(texts) > self.settings.max_inputs:
-            raise ApiError(413, f"{len(texts)} inputs in one request; the limit is "
-                           f"{self.settings.max_inputs}", "too_large", "input")
+        limit = self.input_limit(protocol)
+        if limit is not None and len(texts) > limit:
+            raise ApiError(413, f"{len(texts)} inputs in one request; the limit is {limit}",
+                           "too_large", "input")
 
     async def count_tokens(self, request: EmbedRequest) -> int:
         """Tokens the request will occupy (each text at most the model's limit), for
         admission and batch packing; whether a text may be cut is the Embedder's call."""
         emb = self.ready()
-        texts = list(request.texts)
+        texts = [t for t in request.texts if isinstance(t, str)]
+        ids = [t for t in request.texts if not isinstance(t, str)]
         if len(texts) > 64:
-            ids = await asyncio.to_thread(emb.tokenize, texts, False)
-        else:
-            ids = emb.tokenize(texts, truncate=False)
+            ids += await asyncio.to_thread(emb.tokenize, texts, False)
+        elif texts:
+            ids += emb.tokenize(texts, truncate=False)
         if request.options.overflow == "chunk":  # every token goes through the model
             return sum(len(x) for x in ids)
         limit = emb.max_length
         return sum(min(len(x), limit) for x in ids)
 
     # -- the one embedding path -----------------------------------------------------------
-    async def embed(self, request, embed: EmbedRequest) -> EmbedResult:
+    async def embed(self, request, embed: EmbedRequest, protocol: str = "native") -> EmbedResult:
         """Queue a request value built by :meth:`Embedder.request` (validated there, not
-        here) and wait for it, at most the request timeout, while watching whether the
-        HTTP client (``request``) leaves."""
+        here) and wait for it while watching whether the HTTP client (``request``) leaves.
+
+        A request of more than :data:`PART_TEXTS` texts (a whole corpus, as
+        langchain-ollama sends) goes through the queue in parts, at most two in flight, so
+        memory stays bounded and other clients' requests interleave. Only the first part
+        can be refused as overload (429); later parts wait for room. The request timeout
+        bounds waiting without progress: it restarts whenever a part completes."""
         self.ready()
-        self.check_inputs(embed.texts)
-        tokens = await self.count_tokens(embed)
-        job = asyncio.ensure_future(self.batcher.submit(embed, tokens))
+        self.check_inputs(embed.texts, protocol)
         watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
-        waiting = {job} | ({watch} if watch else set())
+        parts = [EmbedRequest(embed.texts[a:a + PART_TEXTS], embed.options)
+                 for a in range(0, len(embed), PART_TEXTS)]
+        pending: list[asyncio.Future] = []
+        results: list[EmbedResult] = []
         try:
-            done, _ = await asyncio.wait(waiting, timeout=self.settings.request_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            for k, part in enumerate(parts):
+                pending.append(asyncio.ensure_future(self._submit(part, first=k == 0)))
+                if len(pending) >= 2 or k == len(parts) - 1:
+                    while len(pending) > (0 if k == len(parts) - 1 else 1):
+                        start = len(results) * PART_TEXTS
+                        results.append(await self._wait(pending.pop(0), watch, start))
         finally:
             if watch:
                 watch.cancel()
+            for job in pending:
+                job.cancel()
+        return results[0] if len(results) == 1 else concat_results(results)
+
+    async def _submit(self, part: EmbedRequest, first: bool) -> EmbedResult:
+        tokens = await self.count_tokens(part)
+        while True:
+            try:
+                return await self.batcher.submit(part, tokens)
+            except OverloadedError as exc:
+                if first:
+                    raise
+                await asyncio.sleep(min(0.05, exc.retry_after))
+
+    async def _wait(self, job: asyncio.Future, watch: asyncio.Future | None, start: int
+                    ) -> EmbedResult:
+        """The result of one part, or: 499 if the client left, 503 after the request
+        timeout without this part completing; errors about texts name whole-request
+        indexes (``start`` is the part's first)."""
+        waiting = {job} | ({watch} if watch else set())
+        done, _ = await asyncio.wait(waiting, timeout=self.settings.request_timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
         if job in done:
-            return job.result()
+            try:
+                return job.result()
+            except (InputTooLongError, NonFiniteOutputError) as exc:
+                raise offset_indices(exc, start) from None
         job.cancel()
         if watch is not None and watch in done:
             raise ApiError(499, "client closed the request", "invalid_request")
         raise RequestTimeoutError(f"request waited more than {self.settings.request_timeout:g} s "
-                                  "and was dropped; retry later or raise the timeout")
+                                  "without progress and was dropped; retry later or raise "
+                                  "the timeout")
+
+
+def concat_results(results: list[EmbedResult]) -> EmbedResult:
+    """One result of consecutive parts' results, rows in order."""
+    first = results[0]
+
+    def joined(rows):
+        return None if rows is None else [r for res in results for r in getattr(res, rows)]
+
+    return EmbedResult(
+        model=first.model,
+        dense=None if first.dense is None else np.concatenate([r.dense for r in results]),
+        sparse=joined("sparse") if first.sparse is not None else None,
+        multivector=joined("multivector") if first.multivector is not None else None,
+        usage=Usage.concat(r.usage for r in results))
+
+
+def offset_indices(exc: InputTooLongError | NonFiniteOutputError, start: int) -> Exception:
+    """``exc`` of a part starting at text ``start``, its indexes made the request's."""
+    if not start:
+        return exc
+    if isinstance(exc, InputTooLongError):
+        return InputTooLongError({i + start: n for i, n in exc.too_long.items()}, exc.limit)
+    return NonFiniteOutputError([i + start for i in exc.indices])
 
 
 async def _client_left(request) -> None:

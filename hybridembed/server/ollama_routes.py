@@ -55,7 +55,7 @@ async def embed(body: OllamaEmbedRequest, request: Request, response: Response):
     embed = core.ready().request(texts, dimensions=body.dimensions, truncate=body.truncate,
                                  truncation_side=body.truncation_side,
                                  **body.overflow_options())
-    result = await core.embed(request, embed)
+    result = await core.embed(request, embed, "ollama")
     accounting_headers(response, result.usage)
     return {"model": body.model, "embeddings": result.dense.tolist(),
             "total_duration": time.perf_counter_ns() - started,
@@ -70,7 +70,8 @@ async def embeddings(body: OllamaEmbeddingsRequest, request: Request):
     if not body.prompt:
         return {"embedding": []}
     # Ollama's legacy route returns the model's raw (unnormalised) vector.
-    result = await core.embed(request, core.ready().request([body.prompt], normalize=False))
+    embed = core.ready().request([body.prompt], normalize=False)
+    result = await core.embed(request, embed, "ollama")
     return {"embedding": result.dense[0].tolist()}
 
 

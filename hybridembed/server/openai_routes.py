@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from .errors import ApiError
+from .token_ids import read_token_ids
 from .wire import OverflowFields, WireModel, accounting_headers, usage_lists
 
 router = APIRouter(tags=["OpenAI"])
@@ -29,8 +30,9 @@ class OpenAIEmbeddingsRequest(WireModel, OverflowFields):
     truncation_side: Literal["right", "left"] = "right"
 
 
-def _texts(core, value) -> list[str]:
-    """The texts of an ``input``; OpenAI refuses empty strings and empty lists (400)."""
+def _inputs(core, value) -> list[str] | list[list[int]]:
+    """The inputs of an ``input``: texts, or token-id lists read as the server's
+    ``--token-ids`` policy says. OpenAI refuses empty strings and lists (400)."""
     if isinstance(value, str):
         value = [value]
     if not value:
@@ -38,16 +40,10 @@ def _texts(core, value) -> list[str]:
     if isinstance(value[0], int):
         value = [value]
     if isinstance(value[0], list):
-        tok = core.ready().tokenizer
-        out = []
         for i, ids in enumerate(value):
             if not ids:
                 raise ApiError(400, f"input[{i}] is an empty token list", param="input")
-            try:
-                out.append(tok.decode(ids))
-            except ValueError as exc:
-                raise ApiError(400, f"input[{i}]: {exc}", param="input") from None
-        return out
+        return read_token_ids(core.settings.token_ids, value)
     for i, text in enumerate(value):
         if text == "":
             raise ApiError(400, f"input[{i}] is an empty string; OpenAI's API refuses empty "
@@ -66,10 +62,10 @@ def _encode(vector: np.ndarray, fmt: str):
 async def embeddings(body: OpenAIEmbeddingsRequest, request: Request, response: Response):
     core = request.app.state.core
     core.check_model(body.model)
-    embed = core.ready().request(_texts(core, body.input), dimensions=body.dimensions,
+    embed = core.ready().request(_inputs(core, body.input), dimensions=body.dimensions,
                                  truncation_side=body.truncation_side,
                                  **body.overflow_options())
-    result = await core.embed(request, embed)
+    result = await core.embed(request, embed, "openai")
     accounting_headers(response, result.usage)
     return {
         "object": "list",
