@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--no-multivector", action="store_true",
                        help="store no per-token vectors (smaller; no multivector rerank)")
     index.add_argument("--batch", type=int, default=256, help="documents per write")
+    index.add_argument("--late-chunking", action="store_true",
+                       help="embed each file whole (in windows of the model's limit) and pool "
+                       "each chunk from token states that saw its context")
     _add_model_flags(index)
 
     search = sub.add_parser("search", help="search a collection")
@@ -325,12 +328,24 @@ def cmd_index(args) -> int:
     store = _store(args)
     store.batch_size = args.batch
     store.ensure_collection(args.collection, multivector=not args.no_multivector)
-    docs = list(read_documents(args.paths, store.embedder.tokenizer, args.chunk_tokens,
-                               args.overlap))
     began = time.perf_counter()
-    with tqdm(total=len(docs), unit="doc", desc=f"indexing into {args.collection}",
-              disable=None) as bar:
-        store.upsert(args.collection, docs, progress=bar.update)
+    if args.late_chunking:
+        from .ingest import late_chunked
+
+        count = 0
+        with tqdm(unit="chunk", desc=f"late chunking into {args.collection}",
+                  disable=None) as bar:
+            for docs, result in late_chunked(args.paths, store.embedder, args.chunk_tokens,
+                                             args.overlap, not args.no_multivector):
+                count += store.upsert_embedded(args.collection, docs, result)
+                bar.update(len(docs))
+        docs = range(count)
+    else:
+        docs = list(read_documents(args.paths, store.embedder.tokenizer, args.chunk_tokens,
+                                   args.overlap))
+        with tqdm(total=len(docs), unit="doc", desc=f"indexing into {args.collection}",
+                  disable=None) as bar:
+            store.upsert(args.collection, docs, progress=bar.update)
     store.optimize(args.collection)  # new segments (Edge), indexes a killed run left out (pg)
     took = time.perf_counter() - began
     print(f"{len(docs)} chunks from {len(args.paths)} path(s) in {took:.1f} s "

@@ -5,6 +5,10 @@ content updates in place instead of duplicating.
 Ids: a file's chunks are ``<path>#<n>``; a JSONL record's are its ``id`` (or ``<id>#<n>``
 when it is cut into several chunks). Payload: ``source``, ``chunk`` and, for JSONL, every
 field other than ``id`` and ``text`` (or the record's ``payload`` object).
+
+:func:`late_chunked` cuts the same chunks (same ids, texts and payloads) but embeds them by
+late chunking: each record goes through the model whole, in windows of the model's limit,
+and each chunk's vectors are pooled from token states that saw the text around it.
 """
 
 from __future__ import annotations
@@ -91,6 +95,36 @@ def read_documents(paths: Sequence[str | Path], tokenizer, chunk_tokens: int = 2
                 continue
             chunks = chunk_text(text, tokenizer.spans(text), chunk_tokens, overlap)
             for n, chunk in enumerate(chunks):
-                key = doc_id if len(chunks) == 1 and path.suffix.lower() in JSONL_SUFFIXES \
-                    else f"{doc_id}#{n}"
-                yield Document(text=chunk, id=key, payload={**payload, "chunk": n})
+                yield Document(text=chunk, id=_chunk_key(path, doc_id, n, len(chunks)),
+                               payload={**payload, "chunk": n})
+
+
+def _chunk_key(path: Path, doc_id: str, n: int, count: int) -> str:
+    return doc_id if count == 1 and path.suffix.lower() in JSONL_SUFFIXES else f"{doc_id}#{n}"
+
+
+def late_chunked(paths: Sequence[str | Path], embedder, chunk_tokens: int = 256,
+                 overlap: int = 32, multivector: bool = True
+                 ) -> Iterator[tuple[list[Document], object]]:
+    """``(documents, result)`` parts ready for ``VectorStore.upsert_embedded``: the chunks
+    :func:`read_documents` would cut (``chunk_tokens`` tokens, ``overlap`` shared), with
+    dense, sparse (and ``multivector``) vectors from ``embedder.iter_chunks``, a part at a
+    time so memory follows the model's window, not the document."""
+    from .engine.windows import windows
+
+    chunk_text("", [], chunk_tokens, overlap)  # the same checks of size and overlap
+    for path in _files(paths):
+        for doc_id, text, payload in _records(path):
+            if not text.strip():
+                continue
+            count = None
+            for part in embedder.iter_chunks(text, every=chunk_tokens, overlap=overlap,
+                                             sparse=True, multivector=multivector):
+                if count is None:
+                    count = len(windows(part.document_tokens, chunk_tokens, overlap))
+                step = chunk_tokens - overlap
+                docs = [Document(text=c.text, id=_chunk_key(path, doc_id, c.token_start // step,
+                                                            count),
+                                 payload={**payload, "chunk": c.token_start // step})
+                        for c in part.chunks]
+                yield docs, part.result

@@ -86,11 +86,7 @@ class VectorStore:
         Validation happens before anything is written."""
         meta, schema = self._checked_meta(name)
         docs = check_documents(docs)
-        fields = set(meta.get("fields", []))
-        new_fields = {k for d in docs for k in d.payload} - fields
-        if new_fields:  # record fields first: a filter on them must never be refused
-            meta["fields"] = sorted(fields | new_fields)
-            self.backend.update_meta(name, meta)
+        self._note_fields(name, meta, docs)
         bulk = getattr(self.backend, "bulk", None)
         if bulk is None or len(docs) < BULK_MIN_DOCS or len(docs) < self.backend.count(name):
             bulk = None
@@ -99,15 +95,35 @@ class VectorStore:
                 chunk = docs[start:start + self.batch_size]
                 result = self.embedder.embed([d.text for d in chunk], dense=True, sparse=True,
                                              multivector=bool(schema.multivector_dim))
-                records = [Record(key=d.key, text=d.text, payload=dict(d.payload),
-                                  dense=result.dense[i], sparse=result.sparse[i],
-                                  multivector=result.multivector[i] if result.multivector
-                                  else None)
-                           for i, d in enumerate(chunk)]
-                self.backend.write(name, records)
+                self.backend.write(name, _records(chunk, result))
                 if progress:
                     progress(len(chunk))
         return len(docs)
+
+    def upsert_embedded(self, name: str, docs: Sequence[Document | Mapping], result) -> int:
+        """Write ``docs`` with vectors computed elsewhere (late chunking: see
+        ``Embedder.embed_chunks``): row ``i`` of ``result`` (an ``EmbedResult`` from this
+        collection's model) is ``docs[i]``, with dense and sparse vectors, and multi-vectors
+        when the collection keeps them. Everything is checked before anything is written."""
+        meta, schema = self._checked_meta(name)
+        docs = check_documents(docs)
+        if (len(result) != len(docs) or result.dense is None or result.sparse is None
+                or (schema.multivector_dim and result.multivector is None)):
+            raise InvalidOptionError(
+                f"upsert_embedded needs one row of dense and sparse vectors per document"
+                f"{' and multi-vectors' if schema.multivector_dim else ''}: got "
+                f"{len(result)} rows for {len(docs)} documents", "documents")
+        self._note_fields(name, meta, docs)
+        self.backend.write(name, _records(docs, result))
+        return len(docs)
+
+    def _note_fields(self, name: str, meta: dict[str, Any], docs: list[Document]) -> None:
+        """Record new payload fields first: a filter on them must never be refused."""
+        fields = set(meta.get("fields", []))
+        new_fields = {k for d in docs for k in d.payload} - fields
+        if new_fields:
+            meta["fields"] = sorted(fields | new_fields)
+            self.backend.update_meta(name, meta)
 
     def optimize(self, name: str) -> bool:
         """Let the store build what indexes it lacks: Qdrant Edge merges and indexes new
@@ -162,6 +178,14 @@ class VectorStore:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _records(docs: Sequence[Document], result) -> list[Record]:
+    """One record per document, row ``i`` of ``result`` holding ``docs[i]``'s vectors."""
+    return [Record(key=d.key, text=d.text, payload=dict(d.payload), dense=result.dense[i],
+                   sparse=result.sparse[i],
+                   multivector=result.multivector[i] if result.multivector else None)
+            for i, d in enumerate(docs)]
 
 
 def _with(candidate, retriever: str, rank: int, score: float):
