@@ -149,8 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(or, with --compare, the parity of two embedders)")
     ev.add_argument("--dataset", default="generated",
                     help="'generated' (the built-in labelled corpus), 'stdlib' (docstring "
-                    "summaries -> explanations of Python's standard library: larger, natural) "
-                    "or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)")
+                    "summaries -> explanations of Python's standard library: larger, natural), "
+                    "'stdlib-longdocs' (one long document per stdlib module: compares naive, "
+                    "overlap and late chunking) or a BEIR folder (corpus.jsonl, queries.jsonl, "
+                    "qrels/SPLIT.tsv)")
+    ev.add_argument("--chunk-tokens", type=int, default=128,
+                    help="tokens per chunk (--dataset stdlib-longdocs)")
+    ev.add_argument("--chunk-overlap", type=int, default=32,
+                    help="tokens shared by neighbours in the overlap method (stdlib-longdocs)")
+    ev.add_argument("--methods", default="naive,overlap,late",
+                    help="chunking methods to compare (stdlib-longdocs)")
     ev.add_argument("--split", default="test", help="qrels file of a BEIR folder")
     ev.add_argument("--modes", default="dense,sparse,hybrid,hybrid+rerank",
                     help="comma-separated: dense, sparse, hybrid, each optionally +rerank "
@@ -494,6 +502,16 @@ def cmd_evaluate(args) -> int:
     if args.compare:
         a, b = (ev.open_embedder(spec, model=args.model, **local) for spec in args.compare)
         report = ev.compare(a, b)
+    elif args.dataset == "stdlib-longdocs":
+        from .evaluate.longdocs import compare_chunking, format_chunking
+
+        embedder = ev.open_embedder("local", model=args.model, **local)
+        report = compare_chunking(embedder, args.methods.split(","), args.modes.split(","),
+                                  chunk_tokens=args.chunk_tokens, overlap=args.chunk_overlap,
+                                  k=args.k, recall_k=args.recall_k, fusion=args.fusion,
+                                  data_dir=args.data_dir, progress=progress)
+        print(json.dumps(report, indent=2) if args.json else format_chunking(report))
+        return 0
     else:
         embedder = ev.open_embedder("local", model=args.model, **local)
         report = ev.evaluate(embedder, args.dataset, modes=args.modes.split(","), k=args.k,
