@@ -503,8 +503,9 @@ def cmd_evaluate(args) -> int:
         a, b = (ev.open_embedder(spec, model=args.model, **local) for spec in args.compare)
         report = ev.compare(a, b)
     elif args.dataset == "stdlib-longdocs":
-        from .evaluate.longdocs import compare_chunking, format_chunking
+        from .evaluate.longdocs import check_methods, compare_chunking, format_chunking
 
+        check_methods(args.methods.split(","))  # before the model loads
         embedder = ev.open_embedder("local", model=args.model, **local)
         report = compare_chunking(embedder, args.methods.split(","), args.modes.split(","),
                                   chunk_tokens=args.chunk_tokens, overlap=args.chunk_overlap,

@@ -46,7 +46,7 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s")
 def stdlib_long_documents(min_paragraphs: int = 4) -> tuple[list[dict], list[dict]]:
     """``(documents, queries)``: documents ``{"id", "text"}`` (one per standard-library
     module with at least ``min_paragraphs`` explanations), queries ``{"id", "text",
-    "doc", "start", "end"}`` whose answer is characters ``[start, end)`` of document
+    "topic", "doc", "start", "end"}`` whose answer is characters ``[start, end)`` of document
     ``doc``. Deterministic for a Python version."""
     docs, queries = [], []
     seen: set[str] = set()
@@ -74,7 +74,8 @@ def stdlib_long_documents(min_paragraphs: int = 4) -> tuple[list[dict], list[dic
                 text = f"{text}\n\n{body}"
                 if 4 <= len(summary.split()) <= 40:
                     found.append({"id": f"q:{module_name}.{name}", "text": f"{summary} ({topic})",
-                                  "doc": module_name, "start": start, "end": len(text)})
+                                  "topic": topic, "doc": module_name, "start": start,
+                                  "end": len(text)})
             if len(found) >= min_paragraphs:
                 docs.append({"id": module_name, "text": text})
                 queries += found
@@ -102,10 +103,7 @@ def compare_chunking(embedder, methods: Sequence[str] = METHODS,
     from .run import _mean, parse_mode
 
     progress = progress or (lambda _m: None)
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise InvalidOptionError(f"unknown chunking method(s) {bad}; valid: "
-                                 f"{', '.join(METHODS)}", "methods")
+    check_methods(methods)
     parsed = {m: parse_mode(m) for m in modes}
     windows(chunk_tokens + 1, chunk_tokens, overlap)  # checks size and overlap
     multivector = any(rr == "multivector" for _, rr in parsed.values())
@@ -165,6 +163,15 @@ def compare_chunking(embedder, methods: Sequence[str] = METHODS,
             finally:
                 store.close()
     return report
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Raise :class:`InvalidOptionError` unless ``methods`` is a non-empty list of
+    :data:`METHODS`."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise InvalidOptionError(f"unknown chunking method(s) {bad}; valid: "
+                                 f"{', '.join(METHODS)}", "methods")
 
 
 def format_chunking(report: dict[str, Any]) -> str:
