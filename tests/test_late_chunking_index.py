@@ -29,7 +29,7 @@ def test_late_chunked_documents_are_the_plain_chunks(minilm, tmp_path):
         sorted((d.key, d.text, d.payload["chunk"]) for d in plain)
     whole = minilm.embed_chunks(TEXT, every=64, overlap=8, sparse=True, multivector=True)
     by_key = {d.key: (r, result) for docs, result in parts for r, d in enumerate(docs)}
-    for n, chunk in enumerate(whole.chunks):
+    for n in range(len(whole)):
         r, result = by_key[f"{tmp_path / 'river.txt'}#{n}"]
         np.testing.assert_allclose(result.dense[r], whole.result.dense[n], atol=1e-6)
         assert result.sparse[r] == whole.result.sparse[n]

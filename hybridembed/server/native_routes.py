@@ -10,13 +10,36 @@ from typing import Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
-from .wire import NativeModel, OverflowFields, accounting_headers, as_list, usage_lists
+from .schemas import (
+    ModelList,
+    NativeChunksResponse,
+    NativeEmbedResponse,
+    NativeTokenizeResponse,
+    ok,
+)
+from .wire import (
+    NO_CONTRADICTION,
+    NativeModel,
+    OverflowFields,
+    accounting_headers,
+    as_list,
+    schema_of,
+    texts_schema,
+    usage_lists,
+    whole_number,
+)
 
 router = APIRouter(tags=["hybridembed"])
 
 
 class NativeEmbedRequest(NativeModel, OverflowFields):
-    inputs: str | list[str]
+    # At least one output: dense (default true), sparse or multivector.
+    model_config = {**NativeModel.model_config, "json_schema_extra": {"anyOf": [
+        {"properties": {"dense": {"const": True}}},
+        {"properties": {"sparse": {"const": True}}, "required": ["sparse"]},
+        {"properties": {"multivector": {"const": True}}, "required": ["multivector"]}],
+        **NO_CONTRADICTION}}
+    inputs: str | list[str] = Field(json_schema_extra=schema_of(texts_schema()))
     model: str | None = None
     dense: bool = True
     sparse: bool = False
@@ -25,7 +48,7 @@ class NativeEmbedRequest(NativeModel, OverflowFields):
     prompt_name: str | None = None
     truncate: bool | None = None
     truncation_side: Literal["right", "left"] = "right"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: whole_number(ge=1) | None = None
     normalize: bool = True
     sparse_tokens: bool = False
 
@@ -37,28 +60,28 @@ class NativeChunksRequest(NativeModel):
 
     document: str
     model: str | None = None
-    spans: list[list[int]] | None = None
-    every: int | None = None
-    overlap: int = 0
+    spans: list[list[whole_number(ge=0)]] | None = None
+    every: whole_number(ge=1) | None = None
+    overlap: whole_number(ge=0) = 0
     chunks: list[str] | None = None
     dense: bool = True
     sparse: bool = False
     multivector: bool = False
     kind: Literal["document", "query"] = "document"
     prompt_name: str | None = None
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: whole_number(ge=1) | None = None
     normalize: bool = True
-    window_overlap: int | None = None
+    window_overlap: whole_number(ge=0) | None = None
     sparse_tokens: bool = False
 
 
 class NativeTokenizeRequest(NativeModel):
-    inputs: str | list[str]
+    inputs: str | list[str] = Field(json_schema_extra=schema_of(texts_schema()))
     truncate: bool = True
     truncation_side: Literal["right", "left"] = "right"
 
 
-@router.post("/v1/embed")
+@router.post("/v1/embed", responses=ok(NativeEmbedResponse))
 async def embed(body: NativeEmbedRequest, request: Request, response: Response):
     core = request.app.state.core
     core.check_model(body.model)
@@ -92,7 +115,7 @@ def _row(emb, item, text: str, sparse_tokens: bool) -> dict:
     return row
 
 
-@router.post("/v1/embed_chunks")
+@router.post("/v1/embed_chunks", responses=ok(NativeChunksResponse))
 async def embed_chunks(body: NativeChunksRequest, request: Request):
     """Late chunking: one result per chunk, pooled from token states of the whole
     document. Runs beside the batcher (the model is shared under the Embedder's lock)."""
@@ -113,7 +136,7 @@ async def embed_chunks(body: NativeChunksRequest, request: Request):
                       "total_tokens": got.tokens}}
 
 
-@router.post("/v1/tokenize")
+@router.post("/v1/tokenize", responses=ok(NativeTokenizeResponse))
 async def tokenize(body: NativeTokenizeRequest, request: Request):
     core = request.app.state.core
     texts = as_list(body.inputs)
@@ -124,7 +147,7 @@ async def tokenize(body: NativeTokenizeRequest, request: Request):
                        for row in ids]}
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=ok(ModelList))
 async def models(request: Request):
     core = request.app.state.core
     emb = core.ready()

@@ -11,7 +11,17 @@ from pydantic import Field
 from .. import __version__
 from ..types import EmbedRequest
 from .errors import ApiError
-from .wire import OverflowFields, WireModel, accounting_headers, as_list
+from .schemas import SparseEntry, Status, TEIInfo, TEIToken, ok
+from .wire import (
+    NO_CONTRADICTION,
+    OverflowFields,
+    WireModel,
+    accounting_headers,
+    as_list,
+    schema_of,
+    texts_schema,
+    whole_number,
+)
 
 router = APIRouter(tags=["text-embeddings-inference"])
 
@@ -20,17 +30,19 @@ class TEIEmbedRequest(WireModel, OverflowFields):
     """TEI's fields, plus hybridembed's overflow fields as extensions; TEI's bodies are
     bare lists, so the token accounting comes back in ``x-hybridembed-*`` headers."""
 
-    inputs: str | list[str]
+    model_config = {**WireModel.model_config, "json_schema_extra": NO_CONTRADICTION}
+
+    inputs: str | list[str] = Field(json_schema_extra=schema_of(texts_schema(min_length=1)))
     normalize: bool = True
     truncate: bool | None = None
     truncation_direction: Literal["Right", "Left"] = "Right"
     prompt_name: str | None = Field(None, description="a key of the model's prompts "
                                     "(query and document always work)")
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: whole_number(ge=1) | None = None
 
 
 class TEITokenizeRequest(WireModel):
-    inputs: str | list[str]
+    inputs: str | list[str] = Field(json_schema_extra=schema_of(texts_schema()))
     add_special_tokens: bool = True
 
 
@@ -51,9 +63,11 @@ def _request(core, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
         **outputs)
 
 
-@router.post("/embed")
-@router.post("/", summary="Embed (TEI's root route; GET / is Ollama's liveness text)")
-@router.post("/invocations", summary="Embed (TEI's SageMaker route)")
+@router.post("/embed", responses=ok(list[list[float]]))
+@router.post("/", responses=ok(list[list[float]]),
+             summary="Embed (TEI's root route; GET / is Ollama's liveness text)")
+@router.post("/invocations", responses=ok(list[list[float]]),
+             summary="Embed (TEI's SageMaker route)")
 async def embed(body: TEIEmbedRequest, request: Request, response: Response):
     core = request.app.state.core
     result = await core.embed(request, _request(core, body, dimensions=body.dimensions,
@@ -62,26 +76,27 @@ async def embed(body: TEIEmbedRequest, request: Request, response: Response):
     return result.dense.tolist()
 
 
-@router.post("/embed_sparse")
+@router.post("/embed_sparse", responses=ok(list[list[SparseEntry]]))
 async def embed_sparse(body: TEIEmbedRequest, request: Request, response: Response):
     core = request.app.state.core
-    embed = _request(core, body, dense=False, sparse=True)
+    embed = _request(core, body, dense=False, sparse=True, dimensions=body.dimensions)
     result = await core.embed(request, embed, "tei")
     accounting_headers(response, result.usage)
     return [[{"index": i, "value": v} for i, v in zip(s.indices.tolist(), s.values.tolist(),
                                                       strict=True)] for s in result.sparse]
 
 
-@router.post("/embed_all")
+@router.post("/embed_all", responses=ok(list[list[list[float]]]))
 async def embed_all(body: TEIEmbedRequest, request: Request, response: Response):
     core = request.app.state.core
-    embed = _request(core, body, dense=False, multivector=True)
+    embed = _request(core, body, dense=False, multivector=True,
+                     dimensions=body.dimensions)
     result = await core.embed(request, embed, "tei")
     accounting_headers(response, result.usage)
     return [m.tolist() for m in result.multivector]
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", responses=ok(list[list[TEIToken]]))
 async def tokenize(body: TEITokenizeRequest, request: Request):
     core = request.app.state.core
     texts = as_list(body.inputs)
@@ -93,14 +108,14 @@ async def tokenize(body: TEITokenizeRequest, request: Request):
             for text in texts]
 
 
-@router.get("/ping")
+@router.get("/ping", responses=ok(Status))
 async def ping(request: Request):
     """TEI's SageMaker health route: 200 once the model is loaded, 503 before."""
     request.app.state.core.ready()
     return {"status": "ok"}
 
 
-@router.get("/info")
+@router.get("/info", responses=ok(TEIInfo))
 async def info(request: Request):
     core = request.app.state.core
     emb = core.ready()

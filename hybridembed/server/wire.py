@@ -5,9 +5,29 @@ lenient server silently answers something the client did not ask for."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
 
-from ..types import Usage
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from ..types import CHUNK_POOLINGS, OVERFLOWS, Usage
+
+
+def _whole(value):
+    # JSON has one number type: 64.0 is the integer 64 (as JSON Schema's "integer" says);
+    # 64.5, "64" and true stay wrong and are refused by the strict int check after this.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def whole_number(**constraints):
+    """A JSON integer within ``constraints`` (``ge``, ``le``): a float with a zero fraction
+    passes, a string or a boolean never. (Constraints must precede the validator, or
+    pydantic leaves them out of the JSON schema.)"""
+    return Annotated[int, Field(**constraints), BeforeValidator(_whole)]
+
+
+WholeNumber = whole_number()
 
 
 class WireModel(BaseModel):
@@ -27,19 +47,29 @@ def as_list(value: str | list) -> list:
     return [value] if isinstance(value, str) else list(value)
 
 
-class OverflowFields(BaseModel):
-    """hybridembed's overflow options, spelled the same on every protocol (an extension
-    where the protocol has none): ``overflow`` (``error``, ``truncate``, ``chunk``),
-    ``chunk_pooling`` (``mean``, ``max``), ``chunk_overlap`` (tokens). Their values are
-    checked once, by ``Embedder.request``, as every other option."""
+def schema_of(schema: dict):
+    """``json_schema_extra`` that replaces a field's generated schema with ``schema``:
+    for constraints a route checks itself (with a protocol-specific message and status)
+    but that the OpenAPI document must still declare."""
+    def replace(generated: dict) -> None:
+        keep = {k: generated[k] for k in ("title", "description", "default") if k in generated}
+        generated.clear()
+        generated.update(schema, **keep)
+    return replace
 
-    overflow: str | None = None
-    chunk_pooling: str = "mean"
-    chunk_overlap: int = 0
 
-    def overflow_options(self) -> dict:
-        return {"overflow": self.overflow, "chunk_pooling": self.chunk_pooling,
-                "chunk_overlap": self.chunk_overlap}
+def texts_schema(min_length: int = 0, max_items: int | None = None) -> dict:
+    """A string, or a non-empty list of strings (at most ``max_items``)."""
+    text = {"type": "string", **({"minLength": min_length} if min_length else {})}
+    many = {"type": "array", "items": text, "minItems": 1}
+    if max_items:
+        many["maxItems"] = max_items
+    return {"anyOf": [text, many]}
+
+
+# ``truncate: false`` with an ``overflow`` other than ``error`` contradicts itself (400).
+NO_CONTRADICTION = {"not": {"required": ["truncate", "overflow"], "properties": {
+    "truncate": {"const": False}, "overflow": {"enum": ["truncate", "chunk"]}}}}
 
 
 def usage_lists(usage: Usage) -> dict[str, list[int]]:
@@ -54,3 +84,22 @@ def accounting_headers(response, usage: Usage) -> None:
     lists) and beside the body everywhere else."""
     for name, values in usage_lists(usage).items():
         response.headers["x-hybridembed-" + name.replace("_", "-")] = ",".join(map(str, values))
+
+
+class OverflowFields(BaseModel):
+    """hybridembed's overflow options, spelled the same on every protocol (an extension
+    where the protocol has none): ``overflow`` (``error``, ``truncate``, ``chunk``),
+    ``chunk_pooling`` (``mean``, ``max``), ``chunk_overlap`` (tokens). Their values are
+    checked once, by ``Embedder.request``, as every other option."""
+
+    overflow: str | None = Field(None, json_schema_extra=schema_of(
+        {"anyOf": [{"type": "string", "enum": list(OVERFLOWS)}, {"type": "null"}]}))
+    chunk_pooling: str = Field("mean", json_schema_extra=schema_of(
+        {"type": "string", "enum": list(CHUNK_POOLINGS)}))
+    # at most half the model's limit: the OpenAPI document says so once the model is loaded
+    chunk_overlap: WholeNumber = Field(0, json_schema_extra=schema_of(
+        {"type": "integer", "minimum": 0}))
+
+    def overflow_options(self) -> dict:
+        return {"overflow": self.overflow, "chunk_pooling": self.chunk_pooling,
+                "chunk_overlap": self.chunk_overlap}
