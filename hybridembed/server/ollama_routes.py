@@ -67,12 +67,12 @@ async def embed(body: OllamaEmbedRequest, request: Request, response: Response):
     started = time.perf_counter_ns()
     # As Ollama does: "" and [] (a preload) give no embeddings; [""] gives one.
     texts = [] if body.input == "" else as_list(body.input)
+    options = {"dimensions": body.dimensions, "truncate": body.truncate,
+               "truncation_side": body.truncation_side, **body.overflow_options()}
     if not texts:
-        core.ready().request([], dimensions=body.dimensions)  # options still checked
+        core.ready().request([], **options)  # options still checked
         return {"model": body.model, "embeddings": []}
-    embed = core.ready().request(texts, dimensions=body.dimensions, truncate=body.truncate,
-                                 truncation_side=body.truncation_side,
-                                 **body.overflow_options())
+    embed = core.ready().request(texts, **options)
     result = await core.embed(request, embed, "ollama")
     accounting_headers(response, result.usage)
     return {"model": body.model, "embeddings": result.dense.tolist(),
