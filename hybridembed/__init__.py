@@ -15,13 +15,13 @@ from .errors import (
 from .registry import ModelSpec, resolve
 from .service import Embedder
 from .sparse import SparseVector, dot, merge, prune
-from .types import Embedding, EmbedResult, Usage
+from .types import Chunk, Embedding, EmbedResult, LateChunks, Usage
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "EmbedResult", "Embedder", "Embedding", "HybridEmbedError", "InputTooLongError",
-    "InvalidInputError", "InvalidOptionError", "ModelNotFoundError", "ModelSpec",
+    "Chunk", "EmbedResult", "Embedder", "Embedding", "HybridEmbedError", "InputTooLongError",
+    "InvalidInputError", "InvalidOptionError", "LateChunks", "ModelNotFoundError", "ModelSpec",
     "NetworkUnavailableError", "OutOfMemoryError", "SparseVector", "UnsupportedModelError",
     "UnsupportedOutputError", "Usage", "dot", "merge", "prune", "resolve",
 ]

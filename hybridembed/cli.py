@@ -66,7 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--query", action="store_true", help="embed as queries, not documents")
     embed.add_argument("--dimensions", type=int, help="truncate dense vectors (Matryoshka)")
     embed.add_argument("--no-truncate", action="store_true",
-                       help="fail on texts over the model's limit instead of cutting them")
+                       help="fail on texts over the model's limit (same as --overflow error)")
+    embed.add_argument("--overflow", help="texts over the model's limit: error, truncate "
+                       "(default) or chunk (windows of the limit, pooled into one result)")
+    embed.add_argument("--truncation-side", default="right",
+                       help="right (keep the start, default) or left (keep the end)")
+    embed.add_argument("--chunk-pooling", default="mean", help="mean (default) or max")
+    embed.add_argument("--chunk-overlap", type=int, default=0,
+                       help="tokens shared by neighbouring windows of --overflow chunk")
     embed.add_argument("--top", type=int, default=8, help="sparse tokens to show per text")
     embed.add_argument("--json", action="store_true", help="print JSON (full vectors)")
     embed.add_argument("--encoding", default="utf-8",
@@ -130,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--encoding", default="utf-8", help="text encoding of the files")
     index.add_argument("--batch", type=int, default=256,
                        help="documents per write; each write is all or nothing")
+    index.add_argument("--late-chunking", action="store_true",
+                       help="embed each file whole (in windows of the model's limit) and pool "
+                       "each chunk from token states that saw its context")
     _add_model_flags(index)
 
     search = sub.add_parser("search", help="search a collection")
@@ -196,8 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(or, with --compare, the parity of two embedders)")
     ev.add_argument("--dataset", default="generated",
                     help="'generated' (the built-in labelled corpus), 'stdlib' (docstring "
-                    "summaries -> explanations of Python's standard library: larger, natural) "
-                    "or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)")
+                    "summaries -> explanations of Python's standard library: larger, natural), "
+                    "'stdlib-longdocs' (one long document per stdlib module: compares naive, "
+                    "overlap and late chunking) or a BEIR folder (corpus.jsonl, queries.jsonl, "
+                    "qrels/SPLIT.tsv)")
+    ev.add_argument("--chunk-tokens", type=int, default=128,
+                    help="tokens per chunk (--dataset stdlib-longdocs)")
+    ev.add_argument("--chunk-overlap", type=int, default=32,
+                    help="tokens shared by neighbours in the overlap method (stdlib-longdocs)")
+    ev.add_argument("--methods", default="naive,overlap,late",
+                    help="chunking methods to compare (stdlib-longdocs)")
     ev.add_argument("--split", default="test", help="qrels file of a BEIR folder")
     ev.add_argument("--modes", default="dense,sparse,hybrid,hybrid+rerank",
                     help="comma-separated: dense, sparse, hybrid, each optionally +rerank "
@@ -325,11 +343,14 @@ def cmd_embed(args) -> int:
     result = embedder.embed(texts, dense=not args.no_dense, sparse=args.sparse,
                             multivector=args.multivector,
                             kind="query" if args.query else "document",
-                            truncate=not args.no_truncate, dimensions=args.dimensions)
+                            truncate=False if args.no_truncate else None,
+                            dimensions=args.dimensions, overflow=args.overflow,
+                            truncation_side=args.truncation_side,
+                            chunk_pooling=args.chunk_pooling, chunk_overlap=args.chunk_overlap)
     if args.json:
         rows = []
-        for text, item in zip(texts, result, strict=True):
-            row = {"text": text, "tokens": item.tokens}
+        for i, (text, item) in enumerate(zip(texts, result, strict=True)):
+            row = {"text": text, **result.usage.row(i)}
             if item.dense is not None:
                 row["dense"] = item.dense.tolist()
             if item.sparse is not None:
@@ -346,7 +367,12 @@ def cmd_embed(args) -> int:
           f"dense {result.dense.shape[1] if result.dense is not None else '-'}-d, "
           f"sparse {spec.sparse_kind}, multivector {spec.multivector_dim}-d")
     for i, (text, item) in enumerate(zip(texts, result, strict=True)):
-        print(f"\n[{i}] {text[:70]!r} ({item.tokens} tokens)")
+        done = result.usage.row(i)
+        how = (f", {done['dropped_tokens']} of {done['input_tokens']} cut off"
+               if done["dropped_tokens"] else
+               f", {done['input_tokens']} in {done['chunks']} windows" if done["chunks"] > 1
+               else "")
+        print(f"\n[{i}] {text[:70]!r} ({item.tokens} tokens{how})")
         if item.dense is not None:
             head = ", ".join(f"{v:+.4f}" for v in item.dense[:6])
             print(f"  dense       {len(item.dense)}-d  [{head}, ...]")
@@ -387,7 +413,7 @@ def cmd_index(args) -> int:
 
     from tqdm import tqdm
 
-    from .ingest import read_documents, source_files
+    from .ingest import late_chunked, read_documents, source_files
     from .stores import StoreError
 
     files = source_files(args.paths)  # a missing path: exit 2 before anything is opened
@@ -406,16 +432,26 @@ def cmd_index(args) -> int:
     bar = tqdm(unit="doc", desc=f"indexing into {name}", disable=None)
     try:
         with contextlib.ExitStack() as loading:
-            docs = read_documents(files, store.embedder.tokenizer, args.chunk_tokens,
-                                  args.overlap, encoding=args.encoding, on_skip=skip)
-            for batch in _batches(docs, args.batch):
+            multivector = args.multivector and not args.no_multivector
+            if name in store.list_collections():  # an existing collection keeps its schema
+                multivector = bool(store.schema(name).multivector_dim)
+            if args.late_chunking:  # parts of (documents, their vectors)
+                parts = late_chunked(files, store.embedder, args.chunk_tokens, args.overlap,
+                                     multivector, encoding=args.encoding, on_skip=skip)
+            else:
+                docs = read_documents(files, store.embedder.tokenizer, args.chunk_tokens,
+                                      args.overlap, encoding=args.encoding, on_skip=skip)
+                parts = ((batch, None) for batch in _batches(docs, args.batch))
+            for batch, result in parts:
                 if existed is None:  # created with the first batch: a failed run leaves none
                     existed = name in store.list_collections()
-                    store.ensure_collection(name, multivector=args.multivector
-                                            and not args.no_multivector)
+                    store.ensure_collection(name, multivector=multivector)
                     if not existed:  # a new collection: build its indexes once, at the end
                         loading.enter_context(store.bulk(name))
-                store.upsert(name, batch)
+                if result is None:
+                    store.upsert(name, batch)
+                else:
+                    store.upsert_embedded(name, batch, result)
                 written += len(batch)
                 bar.update(len(batch))
         bar.close()
@@ -653,6 +689,17 @@ def cmd_evaluate(args) -> int:
     if args.compare:
         a, b = (ev.open_embedder(spec, model=args.model, **local) for spec in args.compare)
         report = ev.compare(a, b)
+    elif args.dataset == "stdlib-longdocs":
+        from .evaluate.longdocs import check_methods, compare_chunking, format_chunking
+
+        check_methods(args.methods.split(","))  # before the model loads
+        embedder = ev.open_embedder("local", model=args.model, **local)
+        report = compare_chunking(embedder, args.methods.split(","), args.modes.split(","),
+                                  chunk_tokens=args.chunk_tokens, overlap=args.chunk_overlap,
+                                  k=args.k, recall_k=args.recall_k, fusion=args.fusion,
+                                  data_dir=args.data_dir, progress=progress)
+        print(json.dumps(report, indent=2) if args.json else format_chunking(report))
+        return 0
     else:
         embedder = ev.open_embedder("local", model=args.model, **local)
         report = ev.evaluate(embedder, args.dataset, modes=args.modes.split(","), k=args.k,

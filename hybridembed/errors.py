@@ -60,7 +60,10 @@ class InputTooLongError(HybridEmbedError, ValueError):
         super().__init__(
             f"{what} the model limit of {limit} tokens"
             + ("" if field == "query" else f": {shown}{more}")
-            + ". Pass truncate=True to cut them to the limit, or split them.")
+            + (". Pass truncate=True to cut them to the limit, or split them."
+               if field in ("query", "documents") else
+               ". Pass overflow='truncate' to cut them to the limit, or overflow='chunk' to "
+               "embed them in windows of the limit."))
         self.field = field  # the request field holding the texts (query, documents...)
         self.too_long = too_long
         self.limit = limit

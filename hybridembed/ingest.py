@@ -14,6 +14,10 @@ JSONL line that is not a valid record is reported through ``on_skip`` and skippe
 rest is read. Memory is bounded by one file's text and one chunk window: files are
 tokenized in segments of :data:`SEGMENT_CHARS` characters and chunks are yielded as they
 are cut, so a single-line file of megabytes never becomes one huge token list.
+
+:func:`late_chunked` cuts the same chunks (same ids, texts and payloads) but embeds them by
+late chunking: each record goes through the model whole, in windows of the model's limit,
+and each chunk's vectors are pooled from token states that saw the text around it.
 """
 
 from __future__ import annotations
@@ -137,11 +141,56 @@ def read_documents(paths: Sequence[str | Path], tokenizer, chunk_tokens: int = 2
     checked as a store checks it. A file or record that cannot be read or stored is
     passed to ``on_skip`` as one line naming it and why, and skipped (without
     ``on_skip``: raised as :class:`InvalidInputError`)."""
+    skip = _skipper(on_skip)
+    for doc_id, text, payload, jsonl, where in _sources(paths, encoding, skip):
+        yield from _documents(doc_id, text, payload, jsonl, where, tokenizer,
+                              chunk_tokens, overlap, skip)
+
+
+def late_chunked(paths: Sequence[str | Path], embedder, chunk_tokens: int = 256,
+                 overlap: int = 32, multivector: bool = True, encoding: str = "utf-8",
+                 on_skip: Callable[[str], None] | None = None
+                 ) -> Iterator[tuple[list[Document], object]]:
+    """``(documents, result)`` parts ready for ``VectorStore.upsert_embedded``: the chunks
+    :func:`read_documents` would cut (``chunk_tokens`` tokens, ``overlap`` shared; same
+    ids and payloads), with dense, sparse (and ``multivector``) vectors from
+    ``embedder.iter_chunks``, a part at a time so memory follows the model's window, not
+    the document. Unreadable files and records are skipped as in :func:`read_documents`."""
+    from .engine.windows import windows
+
+    skip = _skipper(on_skip)
+    chunk_text("", [], chunk_tokens, overlap)  # the same checks of size and overlap
+    step = chunk_tokens - overlap
+    for doc_id, text, payload, jsonl, where in _sources(paths, encoding, skip):
+        count = None
+        for part in embedder.iter_chunks(text, every=chunk_tokens, overlap=overlap,
+                                         sparse=True, multivector=multivector):
+            if count is None:
+                count = len(windows(part.document_tokens, chunk_tokens, overlap))
+            docs = [Document(text=c.text, id=doc_id if jsonl and count == 1
+                             else f"{doc_id}#{c.token_start // step}",
+                             payload={**payload, "chunk": c.token_start // step})
+                    for c in part.chunks]
+            try:
+                check_documents(docs)
+            except (InvalidInputError, InvalidOptionError) as exc:
+                skip(f"{where}: {exc}")
+                break
+            yield docs, part.result
+
+
+def _skipper(on_skip: Callable[[str], None] | None) -> Callable[[str], None]:
     def skip(message: str) -> None:
         if on_skip is None:
             raise InvalidInputError(message)
         on_skip(message)
+    return skip
 
+
+def _sources(paths: Sequence[str | Path], encoding: str, skip: Callable[[str], None]
+             ) -> Iterator[tuple[str, str, dict, bool, str]]:
+    """``(id, text, payload, jsonl, where)`` per readable, storable, non-blank record of
+    the files ``paths`` name; the others are passed to ``skip``."""
     try:
         codecs.lookup(encoding)
     except LookupError:
@@ -157,10 +206,8 @@ def read_documents(paths: Sequence[str | Path], tokenizer, chunk_tokens: int = 2
                 except InvalidInputError as exc:
                     skip(str(exc))
                     continue
-                if not text.strip():
-                    continue
-                yield from _documents(doc_id, text, payload, jsonl, where, tokenizer,
-                                      chunk_tokens, overlap, skip)
+                if text.strip():
+                    yield doc_id, text, payload, jsonl, where
         except InvalidInputError as exc:  # not in ``encoding``
             skip(str(exc))
         except OSError as exc:

@@ -46,10 +46,13 @@ class Outputs:
     sparse: bool = False  # learned sparse weights (only for models with the head)
     multivector: bool = False
     query: bool = False  # a batch of queries (ColBERT runtimes expand them)
+    # per-position outputs for late chunking: last hidden states, and the learned sparse
+    # weight of every position when ``sparse`` (runtimes with ``token_states`` only)
+    states: bool = False
 
     @property
     def any(self) -> bool:
-        return self.dense or self.sparse or self.multivector
+        return self.dense or self.sparse or self.multivector or self.states
 
 
 @dataclass
@@ -58,6 +61,8 @@ class RawRow:
     sparse: SparseVector | None = None
     multivector: np.ndarray | None = None
     finite: bool = True  # False: some output of this text was NaN or infinite
+    states: np.ndarray | None = None  # (tokens, hidden) last hidden states, CLS first
+    weights: np.ndarray | None = None  # (tokens,) learned sparse weight of each position
 
 
 @dataclass
@@ -152,6 +157,8 @@ class Encoder:
         options = {"threads": threads} if threads else {}
         if want.query:
             options["query"] = True
+        if want.states:
+            options["states"] = True
         try:
             out = self.runtime.forward(input_ids, mask, dense=want.dense, sparse=want.sparse,
                                        multivector=want.multivector, **options)
@@ -225,6 +232,9 @@ def finite_rows(out: RuntimeOutput, vectors: np.ndarray | None, lengths: list[in
     ok = np.ones(len(lengths), dtype=bool)
     if out.dense is not None:
         ok &= np.isfinite(out.dense).all(axis=1)
+    if out.token_states is not None:
+        real = np.arange(out.token_states.shape[1]) < np.asarray(lengths)[:, None]
+        ok &= (np.isfinite(out.token_states).all(axis=2) | ~real).all(axis=1)
     padding = np.arange(width) >= np.asarray(lengths)[:, None]
     if out.token_weights is not None:
         weights = out.token_weights.reshape(len(lengths), width)
@@ -258,3 +268,7 @@ def fill_rows(rows: list[RawRow], batch: list[int], lengths: list[int], input_id
             row.sparse = sparse[r]
         if vectors is not None:
             row.multivector = multivector_row(vectors, out.token_mask, r, n)
+        if out.token_states is not None:
+            row.states = out.token_states[r, :n]
+            if out.token_weights is not None:
+                row.weights = out.token_weights.reshape(len(lengths), -1)[r, :n]

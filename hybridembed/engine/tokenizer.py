@@ -30,6 +30,15 @@ class TextTokenizer:
         special = {self._tok.cls_token_id, self._tok.eos_token_id, self._tok.sep_token_id,
                    self._tok.pad_token_id, self._tok.unk_token_id, self._tok.bos_token_id}
         self.special_ids = np.array(sorted(i for i in special if i is not None), dtype=np.int64)
+        # The special tokens the model's template puts around a text (BERT: [CLS] / [SEP];
+        # XLM-R: <s> / </s>), found by encoding one word with and without them; windows
+        # of a long text are wrapped in the same.
+        probe = "hello"
+        full, bare = self.encode([probe])[0], self.encode_bare([probe])[0]
+        lead = next((i for i in range(len(full) - len(bare) + 1)
+                     if full[i:i + len(bare)] == bare), 0)
+        self.special_prefix: list[int] = full[:lead]
+        self.special_suffix: list[int] = full[lead + len(bare):]
 
     def _call(self, *args, **kwargs):
         with self._lock:
@@ -55,6 +64,28 @@ class TextTokenizer:
             backend.no_truncation()
             backend.no_padding()
             return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=True)]
+
+    def encode_bare(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids without special tokens, never truncated."""
+        if not texts:
+            return []
+        return self._call(list(texts), add_special_tokens=False, truncation=False,
+                          verbose=False, return_attention_mask=False,
+                          return_token_type_ids=False)["input_ids"]
+
+    def wrap(self, ids: Sequence[int]) -> list[int]:
+        """``ids`` between the model's special tokens, as a whole text would be."""
+        return [*self.special_prefix, *ids, *self.special_suffix]
+
+    def content(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, offsets)`` of every token of ``text`` without special tokens, never
+        truncated: ``(n,)`` int64 ids and ``(n, 2)`` int64 character ``[start, stop)``."""
+        enc = self._call(text, add_special_tokens=False, truncation=False, verbose=False,
+                         return_offsets_mapping=True, return_attention_mask=False,
+                         return_token_type_ids=False)
+        ids = np.asarray(enc["input_ids"], dtype=np.int64)
+        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(len(ids), 2)
+        return ids, offsets
 
     def encode_truncated(self, texts: Sequence[str], side: str = "right") -> list[list[int]]:
         """Token ids cut to :attr:`max_length` (special tokens kept) on ``side``:

@@ -23,6 +23,9 @@ class RuntimeOutput:
     the first (CLS), L2-normalised, zero where padded; or, with ``token_mask``, ``(batch,
     width, dim)`` vectors of which row ``r`` keeps those where ``token_mask[r]`` is true.
     vocab_weights: ``(batch, vocab)`` SPLADE weight of every vocabulary id (zero: absent).
+    token_states: ``(batch, length, hidden)`` float32 last hidden states of every position,
+    not normalised — what pooling averages; asked for by late chunking, which pools spans
+    of them (only from runtimes with ``token_states = True``).
     """
 
     dense: np.ndarray | None = None
@@ -30,6 +33,7 @@ class RuntimeOutput:
     token_vectors: np.ndarray | None = None
     token_mask: np.ndarray | None = None
     vocab_weights: np.ndarray | None = None
+    token_states: np.ndarray | None = None
 
 
 def keep_heaviest(weights: np.ndarray, k: int) -> np.ndarray:
@@ -46,7 +50,9 @@ def keep_heaviest(weights: np.ndarray, k: int) -> np.ndarray:
 class Runtime(Protocol):
     """``forward`` runs one padded batch. A runtime may also offer ``parallel_forwards``
     (how many batches the engine should run at once, one thread each; 1 when absent), and
-    then its ``forward`` takes ``threads``: the compute threads for that one call."""
+    then its ``forward`` takes ``threads``: the compute threads for that one call. A
+    runtime with ``token_states = True`` also takes ``states`` (fill
+    :attr:`RuntimeOutput.token_states`)."""
 
     device: str
     dtype: str

@@ -109,6 +109,11 @@ class EncoderWithHeads(nn.Module):
         summed = (hidden * weights).sum(dim=1)
         return summed / weights.sum(dim=1).clamp(min=1e-9)
 
+    def dense_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The pipeline's Dense modules (if any) applied to ``(batch, hidden)`` pooled
+        states: late chunking pools spans itself and then calls this."""
+        return pooled if self.dense_layers is None else self.dense_layers(pooled)
+
     def splade(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """SPLADE vocabulary weights: ``log1p(relu(logits))`` pooled over real tokens. For
         max pooling the max is taken over the logits first (log1p and relu do not change
@@ -126,12 +131,20 @@ class EncoderWithHeads(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 dense: bool = True, sparse: bool = True, multivector: bool = True):
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.encode(input_ids, attention_mask)
+        return self.heads(hidden, attention_mask, dense, sparse, multivector)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(batch, length, hidden)`` last hidden states, the input of every head."""
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def heads(self, hidden: torch.Tensor, attention_mask: torch.Tensor, dense: bool = True,
+              sparse: bool = True, multivector: bool = True):
+        """``(pooled, sparse weights, ColBERT vectors)`` of the hidden states; ``None``
+        for an output not asked for. ``pooled`` has been through the Dense modules."""
         pooled = None
         if dense:
-            pooled = self.pool(hidden, attention_mask)
-            if self.dense_layers is not None:
-                pooled = self.dense_layers(pooled)
+            pooled = self.dense_head(self.pool(hidden, attention_mask))
         weights = None
         if sparse and self.mlm_head is not None:
             weights = self.splade(hidden, attention_mask)

@@ -93,6 +93,8 @@ def _load_encoder(auto_model, spec: ModelSpec, torch_dtype: torch.dtype):
 
 
 class TorchRuntime:
+    token_states = True  # forward(states=True) returns the last hidden states too
+
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str | None = None,
                  threads: int | None = None):
         from transformers.utils import logging as hf_logging
@@ -114,6 +116,33 @@ class TorchRuntime:
         self.late = (LateInteractionTokens(spec.late_interaction, spec.path)
                      if spec.late_interaction is not None else None)
 
+    def pooled_head(self, pooled: np.ndarray) -> np.ndarray:
+        """``(n, hidden)`` float32 pooled states through the pipeline's Dense modules (if
+        any): ``(n, dim)`` float32, not normalised. Late chunking pools each chunk's span
+        of token states itself, then calls this, so a chunk's dense vector goes through
+        the same head as a whole text's."""
+        if self.module.dense_layers is None:
+            return pooled
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(pooled)).to(self.device,
+                                                                   DTYPES[self.dtype])
+            return self.module.dense_head(x).float().cpu().numpy()
+
+    def span_sparse(self, states: np.ndarray) -> np.ndarray:
+        """SPLADE weight of every vocabulary id for one span of token states (``(n,
+        hidden)`` float32): the MLM head and SPLADE pooling over those positions only —
+        what a whole text gets over all of its own — as ``(vocab,)`` float32, pruned to
+        ``max_active_dims`` as :meth:`forward` prunes. Late chunking's learned sparse
+        vector of a chunk, for SPLADE models."""
+        with torch.inference_mode():
+            hidden = torch.from_numpy(np.ascontiguousarray(states)).to(
+                self.device, DTYPES[self.dtype]).unsqueeze(0)
+            mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=self.device)
+            weights = self.module.splade(hidden, mask).float().cpu().numpy()
+        if self.max_active_dims:
+            weights = keep_heaviest(weights, self.max_active_dims)
+        return weights[0]
+
     def _vectors_to_host(self, vectors: torch.Tensor) -> np.ndarray:
         """Per-token vectors (unit length, float32) to host memory: the largest output by
         far (4 KB per token at BGE-M3's size). A half-precision model sends them as
@@ -131,22 +160,25 @@ class TorchRuntime:
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, dense: bool,
                 sparse: bool, multivector: bool, threads: int | None = None,
-                query: bool = False) -> RuntimeOutput:
+                query: bool = False, states: bool = False) -> RuntimeOutput:
         """One batch (of queries with ``query``: ColBERT query expansion); on a CPU with
-        ``threads`` compute threads (default: the runtime's).
+        ``threads`` compute threads (default: the runtime's). With ``states``, the last
+        hidden states too (late chunking pools spans of them).
         torch keeps the count per thread but seeds new threads from a process-wide value,
         so it is set at every call (~0.3 us) and that value put back after a call that
         asked for fewer."""
         if self.device == "cpu":
             torch.set_num_threads(threads or self.threads)
         try:
-            return self._forward(input_ids, attention_mask, dense, sparse, multivector, query)
+            return self._forward(input_ids, attention_mask, dense, sparse, multivector, query,
+                                 states)
         finally:
             if self.device == "cpu" and threads and threads != self.threads:
                 torch.set_num_threads(self.threads)
 
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, dense: bool,
-                 sparse: bool, multivector: bool, query: bool = False) -> RuntimeOutput:
+                 sparse: bool, multivector: bool, query: bool = False,
+                 states: bool = False) -> RuntimeOutput:
         plan = self.late.plan(input_ids, attention_mask, query) if self.late else None
         if plan is not None:
             input_ids, attention_mask = plan.input_ids, plan.attention_mask
@@ -154,11 +186,14 @@ class TorchRuntime:
             with torch.inference_mode():
                 ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
                 mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
-                pooled, weights, vectors = self.module(ids, mask, dense, sparse, multivector)
+                hidden = self.module.encode(ids, mask)
+                pooled, weights, vectors = self.module.heads(hidden, mask, dense, sparse,
+                                                             multivector)
                 weights = None if weights is None else weights.float().cpu().numpy()
                 if weights is not None and self.splade and self.max_active_dims:
                     weights = keep_heaviest(weights, self.max_active_dims)
                 return RuntimeOutput(
+                    token_states=hidden.float().cpu().numpy() if states else None,
                     dense=None if pooled is None else pooled.float().cpu().numpy(),
                     token_weights=None if self.splade else weights,
                     vocab_weights=weights if self.splade else None,

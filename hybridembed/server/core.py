@@ -131,6 +131,8 @@ class ServerCore:
             ids += await asyncio.to_thread(emb.tokenize, texts, False)
         elif texts:
             ids += emb.tokenize(texts, truncate=False)
+        if request.options.overflow == "chunk":  # every token goes through the model
+            return sum(len(x) for x in ids)
         limit = emb.max_length
         return sum(min(len(x), limit) for x in ids)
 
@@ -240,7 +242,7 @@ def concat_results(results: list[EmbedResult]) -> EmbedResult:
         dense=None if first.dense is None else np.concatenate([r.dense for r in results]),
         sparse=joined("sparse") if first.sparse is not None else None,
         multivector=joined("multivector") if first.multivector is not None else None,
-        usage=Usage([t for r in results for t in r.usage.tokens]))
+        usage=Usage.concat(r.usage for r in results))
 
 
 def offset_indices(exc: InputTooLongError | NonFiniteOutputError, start: int) -> Exception:

@@ -1,26 +1,45 @@
-"""hybridembed's own API: every representation in one call (``/v1/embed``), tokenisation
-and the model list (OpenAI-compatible ``/v1/models`` with more fields)."""
+"""hybridembed's own API: every representation in one call (``/v1/embed``), late
+chunking of one document (``/v1/embed_chunks``), tokenisation and the model list
+(OpenAI-compatible ``/v1/models`` with more fields)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from .models import describe
-from .schemas import ModelList, NativeEmbedResponse, NativeTokenizeResponse, ok
-from .wire import NativeModel, as_list, schema_of, texts_schema, whole_number
+from .schemas import (
+    ModelList,
+    NativeChunksResponse,
+    NativeEmbedResponse,
+    NativeTokenizeResponse,
+    ok,
+)
+from .wire import (
+    NO_CONTRADICTION,
+    NativeModel,
+    OverflowFields,
+    accounting_headers,
+    as_list,
+    schema_of,
+    texts_schema,
+    usage_lists,
+    whole_number,
+)
 
 router = APIRouter(tags=["hybridembed"])
 
 
-class NativeEmbedRequest(NativeModel):
+class NativeEmbedRequest(NativeModel, OverflowFields):
     # At least one output: dense (default true), sparse or multivector.
     model_config = {**NativeModel.model_config, "json_schema_extra": {"anyOf": [
         {"properties": {"dense": {"const": True}}},
         {"properties": {"sparse": {"const": True}}, "required": ["sparse"]},
-        {"properties": {"multivector": {"const": True}}, "required": ["multivector"]}]}}
+        {"properties": {"multivector": {"const": True}}, "required": ["multivector"]}],
+        **NO_CONTRADICTION}}
     inputs: str | list[str] = Field(json_schema_extra=schema_of(texts_schema()))
     model: str | None = None
     dense: bool = True
@@ -28,10 +47,32 @@ class NativeEmbedRequest(NativeModel):
     multivector: bool = False
     kind: Literal["document", "query"] = "document"
     prompt_name: str | None = None
-    truncate: bool = True
+    truncate: bool | None = None
     truncation_side: Literal["right", "left"] = "right"
     dimensions: whole_number(ge=1) | None = None
     normalize: bool = True
+    sparse_tokens: bool = False
+
+
+class NativeChunksRequest(NativeModel):
+    """One document and its chunks: exactly one of ``spans`` (character ``[start, end]``
+    pairs), ``every`` (tokens per chunk, with ``overlap``) or ``chunks`` (texts that
+    concatenate to the document)."""
+
+    document: str
+    model: str | None = None
+    spans: list[list[whole_number(ge=0)]] | None = None
+    every: whole_number(ge=1) | None = None
+    overlap: whole_number(ge=0) = 0
+    chunks: list[str] | None = None
+    dense: bool = True
+    sparse: bool = False
+    multivector: bool = False
+    kind: Literal["document", "query"] = "document"
+    prompt_name: str | None = None
+    dimensions: whole_number(ge=1) | None = None
+    normalize: bool = True
+    window_overlap: whole_number(ge=0) | None = None
     sparse_tokens: bool = False
 
 
@@ -42,7 +83,7 @@ class NativeTokenizeRequest(NativeModel):
 
 
 @router.post("/v1/embed", responses=ok(NativeEmbedResponse))
-async def embed(body: NativeEmbedRequest, request: Request):
+async def embed(body: NativeEmbedRequest, request: Request, response: Response):
     core = request.app.state.core
     texts = as_list(body.inputs)
     async with core.models.use(body.model, "embed") as slot:
@@ -51,21 +92,50 @@ async def embed(body: NativeEmbedRequest, request: Request):
             texts, dense=body.dense, sparse=body.sparse, multivector=body.multivector,
             kind=body.kind, prompt_name=body.prompt_name, truncate=body.truncate,
             truncation_side=body.truncation_side, dimensions=body.dimensions,
-            normalize=body.normalize), slot=slot)
+            normalize=body.normalize, **body.overflow_options()), slot=slot)
+    accounting_headers(response, result.usage)
     data = []
     for i, item in enumerate(result):
-        row: dict = {"index": i, "tokens": item.tokens}
-        if item.dense is not None:
-            row["dense"] = item.dense.tolist()
-        if item.sparse is not None:
-            row["sparse"] = item.sparse.to_json()
-            if body.sparse_tokens:
-                row["sparse"]["tokens"] = emb.sparse_tokens(item.sparse, texts[i])
-        if item.multivector is not None:
-            row["multivector"] = item.multivector.tolist()
-        data.append(row)
+        data.append({"index": i, **result.usage.row(i),
+                     **_row(emb, item, texts[i], body.sparse_tokens)})
     return {"model": emb.model, "data": data,
-            "usage": {"tokens": result.usage.tokens, "total_tokens": result.usage.total_tokens}}
+            "usage": {**usage_lists(result.usage), "total_tokens": result.usage.total_tokens}}
+
+
+def _row(emb, item, text: str, sparse_tokens: bool) -> dict:
+    """The vectors of one embedded text (or chunk) as the native API writes them."""
+    row: dict = {}
+    if item.dense is not None:
+        row["dense"] = item.dense.tolist()
+    if item.sparse is not None:
+        row["sparse"] = item.sparse.to_json()
+        if sparse_tokens:
+            row["sparse"]["tokens"] = emb.sparse_tokens(item.sparse, text)
+    if item.multivector is not None:
+        row["multivector"] = item.multivector.tolist()
+    return row
+
+
+@router.post("/v1/embed_chunks", responses=ok(NativeChunksResponse))
+async def embed_chunks(body: NativeChunksRequest, request: Request):
+    """Late chunking: one result per chunk, pooled from token states of the whole
+    document. Runs beside the batcher (the model is shared under the Embedder's lock)."""
+    core = request.app.state.core
+    spans = None if body.spans is None else [tuple(s) for s in body.spans]
+    async with core.models.use(body.model, "embed") as slot:
+        emb = slot.embedder
+        got = await asyncio.to_thread(
+            emb.embed_chunks, body.document, spans=spans, every=body.every,
+            overlap=body.overlap, chunks=body.chunks, dense=body.dense, sparse=body.sparse,
+            multivector=body.multivector, kind=body.kind, prompt_name=body.prompt_name,
+            dimensions=body.dimensions, normalize=body.normalize,
+            window_overlap=body.window_overlap)
+    data = [{"index": i, "text": c.text, "start": c.start, "end": c.end, "tokens": c.tokens,
+             **_row(emb, item, c.text, body.sparse_tokens)}
+            for i, (c, item) in enumerate(got)]
+    return {"model": emb.model, "data": data,
+            "usage": {"document_tokens": got.document_tokens, "windows": got.windows,
+                      "total_tokens": got.tokens}}
 
 
 @router.post("/v1/tokenize", responses=ok(NativeTokenizeResponse))

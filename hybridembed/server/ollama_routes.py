@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from .. import __version__
@@ -19,19 +20,34 @@ from .schemas import (
     OllamaVersionResponse,
     ok,
 )
-from .wire import KeepAlive, WireModel, as_list, whole_number
+from .wire import (
+    NO_CONTRADICTION,
+    KeepAlive,
+    OverflowFields,
+    WireModel,
+    accounting_headers,
+    as_list,
+    usage_lists,
+    whole_number,
+)
 
 router = APIRouter(tags=["Ollama"])
 OLLAMA_VERSION = "0.6.0"  # the Ollama API level these routes follow
 
 
-class OllamaEmbedRequest(WireModel):
+class OllamaEmbedRequest(WireModel, OverflowFields):
+    """Ollama's fields, plus hybridembed's overflow fields and ``truncation_side`` as
+    extensions (Ollama's ``truncate: false`` is overflow ``error``)."""
+
+    model_config = {**WireModel.model_config, "json_schema_extra": NO_CONTRADICTION}
+
     model: str
     input: str | list[str] = ""
-    truncate: bool | None = True
+    truncate: bool | None = None
     dimensions: whole_number(ge=1) | None = None
     keep_alive: KeepAlive = None
     options: dict | None = None
+    truncation_side: Literal["right", "left"] = "right"
 
 
 class OllamaEmbeddingsRequest(WireModel):
@@ -47,22 +63,25 @@ class OllamaShowRequest(WireModel):
 
 
 @router.post("/api/embed", responses=ok(OllamaEmbedResponse))
-async def embed(body: OllamaEmbedRequest, request: Request):
+async def embed(body: OllamaEmbedRequest, request: Request, response: Response):
     core = request.app.state.core
     started = time.perf_counter_ns()
     # As Ollama does: "" and [] (a preload, or with keep_alive 0 an unload) give no
     # embeddings; [""] gives one.
     texts = [] if body.input == "" else as_list(body.input)
+    options = {"dimensions": body.dimensions, "truncate": body.truncate,
+               "truncation_side": body.truncation_side, **body.overflow_options()}
     async with core.models.use(body.model, "embed", body.keep_alive) as slot:
         if not texts:
-            slot.embedder.request([], dimensions=body.dimensions)  # options still checked
+            slot.embedder.request([], **options)  # options still checked
             return {"model": body.model, "embeddings": []}
-        embed = slot.embedder.request(texts, dimensions=body.dimensions,
-                                      truncate=body.truncate is not False)
+        embed = slot.embedder.request(texts, **options)
         result = await core.embed(request, embed, "ollama", slot=slot)
+    accounting_headers(response, result.usage)
     return {"model": body.model, "embeddings": result.dense.tolist(),
             "total_duration": time.perf_counter_ns() - started,
-            "prompt_eval_count": result.usage.total_tokens}
+            "prompt_eval_count": result.usage.total_tokens,
+            "usage": usage_lists(result.usage)}
 
 
 @router.post("/api/embeddings", responses=ok(OllamaEmbeddingsResponse))

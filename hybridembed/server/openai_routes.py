@@ -6,13 +6,22 @@ import base64
 from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from .errors import ApiError
 from .schemas import OpenAIEmbeddingsResponse, ok
 from .token_ids import CL100K_MAX_ID, read_token_ids
-from .wire import WholeNumber, WireModel, schema_of, texts_schema, whole_number
+from .wire import (
+    OverflowFields,
+    WholeNumber,
+    WireModel,
+    accounting_headers,
+    schema_of,
+    texts_schema,
+    usage_lists,
+    whole_number,
+)
 
 router = APIRouter(tags=["OpenAI"])
 
@@ -24,7 +33,10 @@ _INPUT_SCHEMA = {"anyOf": [*texts_schema(min_length=1, max_items=2048)["anyOf"],
                             "maxItems": 2048}]}
 
 
-class OpenAIEmbeddingsRequest(WireModel):
+class OpenAIEmbeddingsRequest(WireModel, OverflowFields):
+    """OpenAI's fields, plus hybridembed's overflow fields and ``truncation_side`` as
+    extensions (over-long inputs are cut on the right unless they say otherwise)."""
+
     input: str | list[str] | list[WholeNumber] | list[list[WholeNumber]] = Field(
         description="a string, a list of strings, a token-id list or a list of token-id lists "
                     "(cl100k_base ids unless the server says otherwise); none may be empty",
@@ -33,6 +45,7 @@ class OpenAIEmbeddingsRequest(WireModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: whole_number(ge=1) | None = None
     user: str | None = None
+    truncation_side: Literal["right", "left"] = "right"
 
 
 def _inputs(core, value) -> list[str] | list[list[int]]:
@@ -64,16 +77,20 @@ def _encode(vector: np.ndarray, fmt: str):
 
 @router.post("/v1/embeddings", responses=ok(OpenAIEmbeddingsResponse))
 @router.post("/embeddings", include_in_schema=False)
-async def embeddings(body: OpenAIEmbeddingsRequest, request: Request):
+async def embeddings(body: OpenAIEmbeddingsRequest, request: Request, response: Response):
     core = request.app.state.core
     async with core.models.use(body.model, "embed") as slot:
-        embed = slot.embedder.request(_inputs(core, body.input), dimensions=body.dimensions)
+        embed = slot.embedder.request(_inputs(core, body.input), dimensions=body.dimensions,
+                                      truncation_side=body.truncation_side,
+                                      **body.overflow_options())
         result = await core.embed(request, embed, "openai", slot=slot)
+    accounting_headers(response, result.usage)
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
                  for i, v in enumerate(result.dense)],
         "model": body.model,
         "usage": {"prompt_tokens": result.usage.total_tokens,
-                  "total_tokens": result.usage.total_tokens},
+                  "total_tokens": result.usage.total_tokens,
+                  **usage_lists(result.usage)},
     }

@@ -72,9 +72,23 @@ class OpenAIEmbedding(BaseModel):
                                                       "float32 with encoding_format=base64")
 
 
+class TokenAccounting(BaseModel):
+    """Per input, in order (hybridembed's extension): tokens through the model, the
+    input's own length, tokens truncation cut off, windows it was chunked into."""
+
+    tokens: list[int]
+    input_tokens: list[int]
+    dropped_tokens: list[int]
+    chunks: list[int]
+
+
 class OpenAIUsage(BaseModel):
     prompt_tokens: int
     total_tokens: int
+    tokens: list[int] | None = None
+    input_tokens: list[int] | None = None
+    dropped_tokens: list[int] | None = None
+    chunks: list[int] | None = None
 
 
 class OpenAIEmbeddingsResponse(BaseModel):
@@ -89,6 +103,7 @@ class OllamaEmbedResponse(BaseModel):
     embeddings: list[list[float]]
     total_duration: int | None = None
     prompt_eval_count: int | None = None
+    usage: TokenAccounting | None = None
 
 
 class OllamaEmbeddingsResponse(BaseModel):
@@ -176,14 +191,39 @@ class NativeSparse(BaseModel):
 class NativeRow(BaseModel):
     index: int
     tokens: int
+    input_tokens: int
+    dropped_tokens: int
+    chunks: int
     dense: list[float] | None = None
     sparse: NativeSparse | None = None
     multivector: list[list[float]] | None = None
 
 
-class NativeUsage(BaseModel):
-    tokens: list[int]
+class NativeUsage(TokenAccounting):
     total_tokens: int
+
+
+class NativeChunk(BaseModel):
+    index: int
+    text: str
+    start: int
+    end: int
+    tokens: int
+    dense: list[float] | None = None
+    sparse: NativeSparse | None = None
+    multivector: list[list[float]] | None = None
+
+
+class NativeChunksUsage(BaseModel):
+    document_tokens: int
+    windows: int
+    total_tokens: int
+
+
+class NativeChunksResponse(BaseModel):
+    model: str
+    data: list[NativeChunk]
+    usage: NativeChunksUsage
 
 
 class NativeEmbedResponse(BaseModel):
@@ -288,6 +328,10 @@ def complete_openapi(schema: dict, protocol_of, embedder=None) -> dict:
                 props["dimensions"] = {"anyOf": [{"type": "integer", "minimum": 1,
                                                   "maximum": embedder.dim}, {"type": "null"}],
                                        "title": "Dimensions"}
+            if "chunk_overlap" in props:
+                props["chunk_overlap"] = {"type": "integer", "minimum": 0,
+                                          "maximum": embedder.max_length // 2,
+                                          "title": "Chunk Overlap", "default": 0}
             if "prompt_name" in props:
                 props["prompt_name"] = {"anyOf": [{"type": "string", "enum": prompts},
                                                   {"type": "null"}], "title": "Prompt Name"}

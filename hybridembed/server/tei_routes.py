@@ -5,19 +5,33 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from .. import __version__
 from ..types import EmbedRequest
 from .errors import ApiError
 from .schemas import SparseEntry, Status, TEIInfo, TEIToken, ok
-from .wire import WireModel, as_list, schema_of, texts_schema, whole_number
+from .wire import (
+    NO_CONTRADICTION,
+    OverflowFields,
+    WireModel,
+    accounting_headers,
+    as_list,
+    schema_of,
+    texts_schema,
+    whole_number,
+)
 
 router = APIRouter(tags=["text-embeddings-inference"])
 
 
-class TEIEmbedRequest(WireModel):
+class TEIEmbedRequest(WireModel, OverflowFields):
+    """TEI's fields, plus hybridembed's overflow fields as extensions; TEI's bodies are
+    bare lists, so the token accounting comes back in ``x-hybridembed-*`` headers."""
+
+    model_config = {**WireModel.model_config, "json_schema_extra": NO_CONTRADICTION}
+
     inputs: str | list[str] = Field(json_schema_extra=schema_of(texts_schema(min_length=1)))
     normalize: bool = True
     truncate: bool | None = None
@@ -44,16 +58,20 @@ def _request(emb, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
                        "string)", "validation", "inputs")
     kind = "query" if body.prompt_name == "query" else "document"
     return emb.request(
-        texts, kind=kind, prompt_name=body.prompt_name, truncate=body.truncate is not False,
-        truncation_side=body.truncation_direction.lower(), **outputs)
+        texts, kind=kind, prompt_name=body.prompt_name, truncate=body.truncate,
+        truncation_side=body.truncation_direction.lower(), **body.overflow_options(),
+        **outputs)
 
 
-async def _embed(request: Request, body: TEIEmbedRequest, **outputs):
-    """TEI has no model field: the default embedding model answers."""
+async def _embed(request: Request, response: Response, body: TEIEmbedRequest, **outputs):
+    """TEI has no model field: the default embedding model answers. TEI's bare lists have
+    no room for token accounting: it goes in ``x-hybridembed-*`` headers."""
     core = request.app.state.core
     async with core.models.use(None, "embed") as slot:
-        return await core.embed(request, _request(slot.embedder, body, **outputs), "tei",
-                                slot=slot)
+        result = await core.embed(request, _request(slot.embedder, body, **outputs), "tei",
+                                  slot=slot)
+    accounting_headers(response, result.usage)
+    return result
 
 
 @router.post("/embed", responses=ok(list[list[float]]))
@@ -61,21 +79,23 @@ async def _embed(request: Request, body: TEIEmbedRequest, **outputs):
              summary="Embed (TEI's root route; GET / is Ollama's liveness text)")
 @router.post("/invocations", responses=ok(list[list[float]]),
              summary="Embed (TEI's SageMaker route)")
-async def embed(body: TEIEmbedRequest, request: Request):
-    result = await _embed(request, body, dimensions=body.dimensions, normalize=body.normalize)
+async def embed(body: TEIEmbedRequest, request: Request, response: Response):
+    result = await _embed(request, response, body, dimensions=body.dimensions,
+                          normalize=body.normalize)
     return result.dense.tolist()
 
 
 @router.post("/embed_sparse", responses=ok(list[list[SparseEntry]]))
-async def embed_sparse(body: TEIEmbedRequest, request: Request):
-    result = await _embed(request, body, dense=False, sparse=True, dimensions=body.dimensions)
+async def embed_sparse(body: TEIEmbedRequest, request: Request, response: Response):
+    result = await _embed(request, response, body, dense=False, sparse=True,
+                          dimensions=body.dimensions)
     return [[{"index": i, "value": v} for i, v in zip(s.indices.tolist(), s.values.tolist(),
                                                       strict=True)] for s in result.sparse]
 
 
 @router.post("/embed_all", responses=ok(list[list[list[float]]]))
-async def embed_all(body: TEIEmbedRequest, request: Request):
-    result = await _embed(request, body, dense=False, multivector=True,
+async def embed_all(body: TEIEmbedRequest, request: Request, response: Response):
+    result = await _embed(request, response, body, dense=False, multivector=True,
                           dimensions=body.dimensions)
     return [m.tolist() for m in result.multivector]
 

@@ -9,6 +9,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from ..types import CHUNK_POOLINGS, OVERFLOWS, Usage
+
 
 def _whole(value):
     # JSON has one number type: 64.0 is the integer 64 (as JSON Schema's "integer" says);
@@ -72,3 +74,39 @@ KeepAlive = Annotated[str | float | None, Field(
     'seconds; 0 unloads at once, negative keeps it loaded', union_mode="left_to_right",
     json_schema_extra=schema_of({"anyOf": [{"type": "string", "pattern": DURATION_PATTERN},
                                            {"type": "number"}, {"type": "null"}]}))]
+# ``truncate: false`` with an ``overflow`` other than ``error`` contradicts itself (400).
+NO_CONTRADICTION = {"not": {"required": ["truncate", "overflow"], "properties": {
+    "truncate": {"const": False}, "overflow": {"enum": ["truncate", "chunk"]}}}}
+
+
+def usage_lists(usage: Usage) -> dict[str, list[int]]:
+    """Per-text token accounting: embedded, before any cut, cut off, windows."""
+    return {"tokens": list(usage.tokens), "input_tokens": list(usage.input_tokens),
+            "dropped_tokens": usage.dropped_tokens, "chunks": list(usage.chunks)}
+
+
+def accounting_headers(response, usage: Usage) -> None:
+    """The same accounting as response headers (``x-hybridembed-tokens`` etc., one
+    comma-separated number per text), for protocols whose body has no room (TEI's bare
+    lists) and beside the body everywhere else."""
+    for name, values in usage_lists(usage).items():
+        response.headers["x-hybridembed-" + name.replace("_", "-")] = ",".join(map(str, values))
+
+
+class OverflowFields(BaseModel):
+    """hybridembed's overflow options, spelled the same on every protocol (an extension
+    where the protocol has none): ``overflow`` (``error``, ``truncate``, ``chunk``),
+    ``chunk_pooling`` (``mean``, ``max``), ``chunk_overlap`` (tokens). Their values are
+    checked once, by ``Embedder.request``, as every other option."""
+
+    overflow: str | None = Field(None, json_schema_extra=schema_of(
+        {"anyOf": [{"type": "string", "enum": list(OVERFLOWS)}, {"type": "null"}]}))
+    chunk_pooling: str = Field("mean", json_schema_extra=schema_of(
+        {"type": "string", "enum": list(CHUNK_POOLINGS)}))
+    # at most half the model's limit: the OpenAPI document says so once the model is loaded
+    chunk_overlap: WholeNumber = Field(0, json_schema_extra=schema_of(
+        {"type": "integer", "minimum": 0}))
+
+    def overflow_options(self) -> dict:
+        return {"overflow": self.overflow, "chunk_pooling": self.chunk_pooling,
+                "chunk_overlap": self.chunk_overlap}

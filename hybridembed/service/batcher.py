@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputTooLongError, NonFiniteOutputError, OverloadedError
-from ..types import EmbedRequest, EmbedResult, Usage
+from ..types import EmbedRequest, EmbedResult
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +245,7 @@ def _spread(exc: InputTooLongError | NonFiniteOutputError, n: int) -> EmbedResul
 
     return EmbedResult(model=part.model, dense=dense, sparse=pick(part.sparse),
                        multivector=pick(part.multivector),
-                       usage=Usage([part.usage.tokens[where[i]] if i in where else 0
-                                    for i in range(n)]))
+                       usage=part.usage.take(where.get(i) for i in range(n)))
 
 
 def _readdressed(exc, mine: list[int], spread: EmbedResult, a: int, b: int) -> Exception:
@@ -265,7 +264,7 @@ def _slice_rows(result: EmbedResult, rows: list[int]) -> EmbedResult:
         dense=None if result.dense is None else result.dense[rows],
         sparse=None if result.sparse is None else [result.sparse[i] for i in rows],
         multivector=None if result.multivector is None else [result.multivector[i] for i in rows],
-        usage=Usage([result.usage.tokens[i] for i in rows]),
+        usage=result.usage.take(rows),
     )
 
 
@@ -275,5 +274,5 @@ def _slice(result: EmbedResult, a: int, b: int) -> EmbedResult:
         dense=None if result.dense is None else np.ascontiguousarray(result.dense[a:b]),
         sparse=None if result.sparse is None else result.sparse[a:b],
         multivector=None if result.multivector is None else result.multivector[a:b],
-        usage=Usage(result.usage.tokens[a:b]),
+        usage=result.usage.take(range(a, b)),
     )

@@ -13,15 +13,25 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import Encoder, Outputs, TextTokenizer
+from ..engine import Encoder, Outputs, RawRow, TextTokenizer
 from ..engine.bm25 import Bm25Sparse
 from ..engine.heads import StaticSparse, finish_dense
+from ..engine.windows import pool_windows
+from ..engine.windows import windows as window_spans
 from ..errors import InputTooLongError, InvalidOptionError, NonFiniteOutputError
 from ..registry import DEFAULT_MODEL, ModelSpec, resolve
 from ..runtimes import load_runtime
 from ..sparse import SparseVector
 from ..textcheck import check_texts, nonfinite_rows
-from ..types import TRUNCATION_SIDES, Embedding, EmbedOptions, EmbedRequest, EmbedResult, Usage
+from ..types import (
+    TRUNCATION_SIDES,
+    Embedding,
+    EmbedOptions,
+    EmbedRequest,
+    EmbedResult,
+    LateChunks,
+    Usage,
+)
 from .cache import EmbeddingCache, text_key
 from .request import build_request, prompt_of
 
@@ -42,6 +52,8 @@ class _Entry:
     sparse: SparseVector | None
     multivector: np.ndarray | None
     tokens: int
+    input_tokens: int
+    chunks: int = 1
 
 
 class Embedder:
@@ -126,9 +138,10 @@ class Embedder:
     # -- embedding ------------------------------------------------------------------------
     def request(self, texts: Sequence[str] | str, *, dense: bool = True, sparse: bool = False,
                 multivector: bool = False, kind: str = "document",
-                prompt_name: str | None = None, truncate: bool = True,
+                prompt_name: str | None = None, truncate: bool | None = None,
                 truncation_side: str = "right", dimensions: int | None = None,
-                normalize: bool = True) -> EmbedRequest:
+                normalize: bool = True, overflow: str | None = None,
+                chunk_pooling: str = "mean", chunk_overlap: int = 0) -> EmbedRequest:
         """Check ``texts`` and the options once and return the :class:`EmbedRequest` that
         :meth:`run` answers (the server builds one per HTTP request this way). An item of
         ``texts`` may be a list of this model's token ids (no special tokens): it is
@@ -137,25 +150,33 @@ class Embedder:
         return build_request(self.spec, texts, dense=dense, sparse=sparse,
                              multivector=multivector, kind=kind, prompt_name=prompt_name,
                              truncate=truncate, truncation_side=truncation_side,
-                             dimensions=dimensions, normalize=normalize,
+                             dimensions=dimensions, normalize=normalize, overflow=overflow,
+                             chunk_pooling=chunk_pooling, chunk_overlap=chunk_overlap,
                              vocab_size=self.tokenizer.vocab_size)
 
     def embed(self, texts: Sequence[str] | str, *, dense: bool = True, sparse: bool = False,
               multivector: bool = False, kind: str = "document", prompt_name: str | None = None,
-              truncate: bool = True, truncation_side: str = "right",
-              dimensions: int | None = None, normalize: bool = True) -> EmbedResult:
+              truncate: bool | None = None, truncation_side: str = "right",
+              dimensions: int | None = None, normalize: bool = True,
+              overflow: str | None = None, chunk_pooling: str = "mean",
+              chunk_overlap: int = 0) -> EmbedResult:
         """Embed ``texts``; each output is optional. ``kind`` picks query or document mode
         (prompts, BM25 weighting); ``prompt_name`` another of the model's prompts.
 
-        Over-long texts are cut on ``truncation_side`` (``"left"`` keeps the end); with
-        ``truncate=False`` they raise :class:`InputTooLongError`. A text whose vectors come
-        out NaN or infinite raises :class:`NonFiniteOutputError`. Both carry the other
-        texts' results in ``.partial``. Bad texts or options raise
-        :class:`InvalidInputError` / :class:`InvalidOptionError` before any work."""
+        ``overflow`` decides what happens to a text over the model's limit:
+        ``"truncate"`` (the default) cuts it on ``truncation_side`` (``"left"`` keeps the
+        end); ``"error"`` (or ``truncate=False``) raises :class:`InputTooLongError`;
+        ``"chunk"`` embeds windows of the limit sharing ``chunk_overlap`` tokens and pools
+        them (``chunk_pooling`` ``"mean"`` or ``"max"``). ``result.usage`` says per text
+        what was embedded, dropped and chunked. A text whose vectors come out NaN or
+        infinite raises :class:`NonFiniteOutputError`. Both errors carry the other texts'
+        results in ``.partial``. Bad texts or options raise :class:`InvalidInputError` /
+        :class:`InvalidOptionError` before any work."""
         return self.run(self.request(
             texts, dense=dense, sparse=sparse, multivector=multivector, kind=kind,
             prompt_name=prompt_name, truncate=truncate, truncation_side=truncation_side,
-            dimensions=dimensions, normalize=normalize))
+            dimensions=dimensions, normalize=normalize, overflow=overflow,
+            chunk_pooling=chunk_pooling, chunk_overlap=chunk_overlap))
 
     def run(self, request: EmbedRequest) -> EmbedResult:
         """Answer a request made by :meth:`request`: serve what the cache holds (keyed by
@@ -192,6 +213,45 @@ class Embedder:
             raise NonFiniteOutputError([i for i, t in enumerate(texts) if t in nonfinite],
                                        partial, ok)
         return self._assemble(texts, entries, options)
+
+    def embed_chunks(self, document: str, *, spans=None, every: int | None = None,
+                     overlap: int = 0, chunks: Sequence[str] | None = None, dense: bool = True,
+                     sparse: bool = False, multivector: bool = False, kind: str = "document",
+                     prompt_name: str | None = None, dimensions: int | None = None,
+                     normalize: bool = True, window_overlap: int | None = None) -> LateChunks:
+        """Late chunking: one result per chunk of ``document``, each pooled from token
+        states computed with the whole document in view (arXiv:2409.04701).
+
+        Give the chunks as exactly one of ``spans`` (character ``(start, end)`` pairs),
+        ``every`` (tokens per chunk, neighbours sharing ``overlap``) or ``chunks`` (texts
+        that concatenate to ``document``). Per chunk: dense = the model's pooling over its
+        token span (mean for CLS models), learned sparse = max per token over the span
+        (BM25 of the chunk's text for models without a sparse head), multi-vector = the
+        span's ``(tokens, dim)`` vectors. A document over the model's limit goes through
+        windows of the limit overlapping by ``window_overlap`` tokens (default a quarter
+        window); each token's state comes from the window where it has most context.
+
+        Returns :class:`~hybridembed.types.LateChunks` (``.chunks``, ``.result``). Raises
+        :class:`InvalidOptionError` (bad chunks or options), :class:`InvalidInputError`
+        (the document), :class:`UnsupportedOutputError` (a runtime without token states:
+        ONNX) or :class:`NonFiniteOutputError` (the model produced NaN/inf)."""
+        from .late_chunking import embed_chunks
+
+        self._calls += 1
+        return embed_chunks(self, document, spans=spans, every=every, overlap=overlap,
+                            chunks=chunks, dense=dense, sparse=sparse, multivector=multivector,
+                            kind=kind, prompt_name=prompt_name, dimensions=dimensions,
+                            normalize=normalize, window_overlap=window_overlap)
+
+    def iter_chunks(self, document: str, **options) -> Iterator[LateChunks]:
+        """:meth:`embed_chunks` in parts, each yielded as soon as all of its chunks' tokens
+        are final (parts ordered by where their chunks end), so a caller that writes them
+        away holds one part's vectors at a time, whatever the document's length. Options
+        and errors as :meth:`embed_chunks`, raised at the first ``next()``."""
+        from .late_chunking import iter_chunks
+
+        self._calls += 1
+        return iter_chunks(self, document, **options)
 
     def embed_query(self, text: str, **options) -> Embedding:
         """One query text, embedded in query mode; returns its :class:`Embedding`."""
@@ -233,15 +293,26 @@ class Embedder:
         keep: list[int] = []
         rows = []
         too_long: dict[str, int] = {}
+        full: dict[int, int] = {}  # text -> its length before truncation
+        windows: dict[int, list[list[int]]] = {}  # text -> its windows (overflow "chunk")
+        prompt_tokens = len(self.tokenizer.encode_bare([prompt])[0]) if prompt else 0
+
+        def prompted_tokens(j: int) -> int:  # token-id inputs are embedded without prompt
+            return prompt_tokens if isinstance(texts[j], str) else 0
         with contextlib.closing(self._tokenized_chunks(prompted)) as chunks:
             for start, chunk_ids in chunks:
                 ids += chunk_ids
-                chunk_keep, cut = [], []
+                chunk_keep, cut, split = [], [], []
                 for j in range(start, start + len(chunk_ids)):
-                    if len(ids[j]) <= self.max_length or o.truncate:
+                    full[j] = len(ids[j])
+                    if len(ids[j]) <= self.max_length:
                         chunk_keep.append(j)
-                        if len(ids[j]) > self.max_length:
-                            cut.append(j)
+                    elif o.overflow == "truncate":
+                        chunk_keep.append(j)
+                        cut.append(j)
+                    elif o.overflow == "chunk":
+                        windows[j] = self._windows(ids[j], prompted_tokens(j), o.chunk_overlap)
+                        split.append(j)
                     else:
                         too_long[texts[j]] = len(ids[j])
                 # Cut exactly as the Hugging Face tokenizer truncates (not a slice of the ids),
@@ -253,10 +324,19 @@ class Embedder:
                 for j in cut:
                     if not isinstance(prompted[j], str):
                         ids[j] = self.tokenizer.truncate_ids(prompted[j], o.truncation_side)
+                parts = [w for j in split for w in windows[j]]
                 with self._lock:
-                    rows += self._encoder.encode([ids[j] for j in chunk_keep], want,
-                                                 [origin[j] for j in chunk_keep])
-                keep += chunk_keep
+                    got = self._encoder.encode(
+                        [ids[j] for j in chunk_keep] + parts, want,
+                        [origin[j] for j in chunk_keep]
+                        + [origin[j] for j in split for _ in windows[j]])
+                rows += got[:len(chunk_keep)]
+                at = len(chunk_keep)
+                for j in split:
+                    own = got[at:at + len(windows[j])]
+                    at += len(own)
+                    rows.append(self._pooled(own, windows[j], prompted_tokens(j), o))
+                keep += chunk_keep + split
         lexical = (self._bm25.embed([_text_of(texts[j], self.tokenizer) for j in keep], o.kind)
                    if o.sparse and self._bm25 is not None else
                    static.embed([ids[j] for j in keep]) if o.sparse and static else None)
@@ -274,8 +354,30 @@ class Embedder:
                 dense=None if dense_rows is None else dense_rows[r],
                 sparse=(lexical[r] if lexical is not None else rows[r].sparse) if o.sparse
                 else None,
-                multivector=rows[r].multivector, tokens=len(ids[j]))
+                multivector=rows[r].multivector,
+                tokens=sum(map(len, windows[j])) if j in windows else len(ids[j]),
+                input_tokens=full[j], chunks=len(windows.get(j, (None,))))
         return out, too_long, nonfinite
+
+    def _windows(self, ids: list[int], prompt_tokens: int, overlap: int) -> list[list[int]]:
+        """Token ids of the windows of one over-long text (``ids``: its full tokens, special
+        tokens and prompt included): its body split to fit the model's limit, neighbours
+        sharing ``overlap`` tokens, each window wrapped in the special tokens and prompt."""
+        tok = self.tokenizer
+        lead = len(tok.special_prefix) + prompt_tokens
+        head, body = ids[:lead], ids[lead:len(ids) - len(tok.special_suffix)]
+        size = self.max_length - lead - len(tok.special_suffix)
+        return [[*head, *body[a:b], *tok.special_suffix]
+                for a, b in window_spans(len(body), size, overlap)]
+
+    def _pooled(self, rows: list[RawRow], parts: list[list[int]], prompt_tokens: int,
+                options: EmbedOptions) -> RawRow:
+        """One text's row from the rows of its windows (see :func:`pool_windows`)."""
+        tok = self.tokenizer
+        extra = len(tok.special_prefix) + prompt_tokens + len(tok.special_suffix)
+        return pool_windows(rows, [len(p) for p in parts], options.chunk_pooling,
+                            lead=len(tok.special_prefix) - 1 + prompt_tokens,
+                            body=[len(p) - extra for p in parts], overlap=options.chunk_overlap)
 
     def _tokenized_chunks(self, texts: list[str]) -> Iterator[tuple[int, list[list[int]]]]:
         """``(start, token ids)``: with :attr:`pipeline`, consecutive chunks of ``texts``,
@@ -313,7 +415,8 @@ class Embedder:
             if dense else None,
             sparse=[e.sparse for e in rows] if sparse else None,
             multivector=[e.multivector for e in rows] if multivector else None,
-            usage=Usage([e.tokens for e in rows]),
+            usage=Usage([e.tokens for e in rows], [e.input_tokens for e in rows],
+                        [e.chunks for e in rows]),
         )
 
     def _warm_up(self) -> None:

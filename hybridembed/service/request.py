@@ -7,7 +7,14 @@ from __future__ import annotations
 from ..errors import InvalidInputError, InvalidOptionError
 from ..registry import ModelSpec
 from ..textcheck import check_text, check_texts
-from ..types import KINDS, TRUNCATION_SIDES, EmbedOptions, EmbedRequest
+from ..types import (
+    CHUNK_POOLINGS,
+    KINDS,
+    OVERFLOWS,
+    TRUNCATION_SIDES,
+    EmbedOptions,
+    EmbedRequest,
+)
 
 
 def _flag(name: str, value) -> bool:
@@ -40,23 +47,53 @@ def _check_inputs(inputs, vocab_size: int | None) -> tuple[str | tuple[int, ...]
 
 def build_request(spec: ModelSpec, texts, *, dense: bool = True, sparse: bool = False,
                   multivector: bool = False, kind: str = "document",
-                  prompt_name: str | None = None, truncate: bool = True,
+                  prompt_name: str | None = None, truncate: bool | None = None,
                   truncation_side: str = "right", dimensions: int | None = None,
-                  normalize: bool = True, vocab_size: int | None = None) -> EmbedRequest:
+                  normalize: bool = True, overflow: str | None = None,
+                  chunk_pooling: str = "mean", chunk_overlap: int = 0,
+                  vocab_size: int | None = None) -> EmbedRequest:
     """Check ``texts`` and every option against the model ``spec`` and return the
     request value. With ``vocab_size``, an item of ``texts`` may also be a list of the
     model's token ids (no special tokens), embedded as sent.
+
+    ``overflow`` (``"error"``, ``"truncate"``, ``"chunk"``) decides what happens to a
+    text over the model's limit; when not given, the older ``truncate`` flag decides
+    (``False``: ``"error"``; ``True`` or not given: ``"truncate"``). ``truncate=False``
+    with an ``overflow`` other than ``"error"`` contradicts itself and is refused.
+    ``chunk_overlap`` (tokens shared by neighbouring windows) runs from 0 to half the
+    model's limit.
 
     Raises :class:`InvalidInputError` (a text is not a string or is not valid Unicode,
     naming its index) or :class:`InvalidOptionError` (naming the option, what was given
     and what is valid).
     """
     checked = _check_inputs(texts, vocab_size)
+    if truncate is not None:
+        _flag("truncate", truncate)
+    if overflow is None:
+        overflow = "error" if truncate is False else "truncate"
+    elif overflow not in OVERFLOWS:
+        raise InvalidOptionError(f"overflow must be one of {', '.join(OVERFLOWS)}, got "
+                                 f"{overflow!r}", "overflow")
+    elif truncate is False and overflow != "error":
+        raise InvalidOptionError(f"truncate=false contradicts overflow={overflow!r}; send "
+                                 "one of them (truncate=false means overflow 'error')",
+                                 "overflow")
+    if chunk_pooling not in CHUNK_POOLINGS:
+        raise InvalidOptionError(f"chunk_pooling must be one of {', '.join(CHUNK_POOLINGS)}, "
+                                 f"got {chunk_pooling!r}", "chunk_pooling")
+    most_overlap = spec.max_length // 2
+    if (isinstance(chunk_overlap, bool) or not isinstance(chunk_overlap, int)
+            or not 0 <= chunk_overlap <= most_overlap):
+        raise InvalidOptionError(f"chunk_overlap must be a whole number of tokens from 0 to "
+                                 f"{most_overlap} (half this model's limit), got "
+                                 f"{chunk_overlap!r}", "chunk_overlap")
     options = EmbedOptions(
         dense=_flag("dense", dense), sparse=_flag("sparse", sparse),
         multivector=_flag("multivector", multivector), kind=kind, prompt_name=prompt_name,
-        truncate=_flag("truncate", truncate), truncation_side=truncation_side,
-        dimensions=dimensions, normalize=_flag("normalize", normalize))
+        overflow=overflow, truncation_side=truncation_side, chunk_pooling=chunk_pooling,
+        chunk_overlap=chunk_overlap, dimensions=dimensions,
+        normalize=_flag("normalize", normalize))
     if not (dense or sparse or multivector):
         raise InvalidOptionError("ask for at least one output: dense, sparse or multivector",
                                  "outputs")

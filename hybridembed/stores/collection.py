@@ -103,18 +103,45 @@ class VectorStore:
         records = []
         for start in range(0, len(docs), self.batch_size):
             chunk = docs[start:start + self.batch_size]
-            records.extend(self._records(chunk, start, bool(schema.multivector_dim)))
+            records.extend(self._embed_records(chunk, start, bool(schema.multivector_dim)))
             if progress:
                 progress(len(chunk))
-        fields = set(meta.get("fields", []))
-        new_fields = {k for d in docs for k in d.payload} - fields
-        if new_fields:  # record fields first: a filter on them must never be refused
-            meta["fields"] = sorted(fields | new_fields)
-            self.backend.update_meta(name, meta)
+        self._note_fields(name, meta, docs)
         big = len(docs) >= BULK_MIN_DOCS and len(docs) >= self.backend.count(name)
         with self.bulk(name) if big else nullcontext():
             self.backend.write(name, records)
         return len(docs)
+
+    def upsert_embedded(self, name: str, docs: Sequence[Document | Mapping], result) -> int:
+        """Write ``docs`` with vectors computed elsewhere (late chunking: see
+        ``Embedder.embed_chunks``), all or nothing as :meth:`upsert`: row ``i`` of
+        ``result`` (an ``EmbedResult`` from this collection's model) is ``docs[i]``, with
+        dense and sparse vectors, and multi-vectors when the collection keeps them.
+        Everything is checked before anything is written: a row count or output that does
+        not fit raises :class:`~hybridembed.errors.InvalidOptionError`, a non-finite
+        vector :class:`~hybridembed.errors.NonFiniteOutputError` naming the documents."""
+        meta, schema = self._checked_meta(name)
+        docs = check_documents(docs)
+        if (len(result) != len(docs) or result.dense is None or result.sparse is None
+                or (schema.multivector_dim and result.multivector is None)):
+            raise InvalidOptionError(
+                f"upsert_embedded needs one row of dense and sparse vectors per document"
+                f"{' and multi-vectors' if schema.multivector_dim else ''}: got "
+                f"{len(result)} rows for {len(docs)} documents", "documents")
+        bad = nonfinite_rows(result.dense, result.sparse, result.multivector)
+        if bad:
+            raise NonFiniteOutputError(bad)
+        self._note_fields(name, meta, docs)
+        self.backend.write(name, _records(docs, result))
+        return len(docs)
+
+    def _note_fields(self, name: str, meta: dict[str, Any], docs: list[Document]) -> None:
+        """Record new payload fields first: a filter on them must never be refused."""
+        fields = set(meta.get("fields", []))
+        new_fields = {k for d in docs for k in d.payload} - fields
+        if new_fields:
+            meta["fields"] = sorted(fields | new_fields)
+            self.backend.update_meta(name, meta)
 
     @contextmanager
     def bulk(self, name: str) -> Iterator[None]:
@@ -132,7 +159,8 @@ class VectorStore:
         finally:
             self._loading.discard(name)
 
-    def _records(self, docs: list[Document], offset: int, multivector: bool) -> list[Record]:
+    def _embed_records(self, docs: list[Document], offset: int, multivector: bool
+                       ) -> list[Record]:
         """``docs`` embedded, as records; raises NonFiniteOutputError naming documents by
         their position in the upsert (``offset`` + their index here)."""
         texts = [d.text for d in docs]
@@ -143,10 +171,7 @@ class VectorStore:
         bad = nonfinite_rows(result.dense, result.sparse, result.multivector)
         if bad:  # an embedder that does not check its outputs itself
             raise NonFiniteOutputError([offset + i for i in bad])
-        return [Record(key=d.key, text=d.text, payload=dict(d.payload), dense=result.dense[i],
-                       sparse=result.sparse[i],
-                       multivector=result.multivector[i] if result.multivector else None)
-                for i, d in enumerate(docs)]
+        return _records(docs, result)
 
     def optimize(self, name: str) -> bool:
         """Let the store build what indexes it lacks: Qdrant Edge merges and indexes new
@@ -203,6 +228,14 @@ class VectorStore:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _records(docs: Sequence[Document], result) -> list[Record]:
+    """One record per document, row ``i`` of ``result`` holding ``docs[i]``'s vectors."""
+    return [Record(key=d.key, text=d.text, payload=dict(d.payload), dense=result.dense[i],
+                   sparse=result.sparse[i],
+                   multivector=result.multivector[i] if result.multivector else None)
+            for i, d in enumerate(docs)]
 
 
 def _with(candidate, retriever: str, rank: int, score: float):
