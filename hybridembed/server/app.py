@@ -20,6 +20,7 @@ from ..errors import HybridEmbedError
 from . import collections_routes, native_routes, ollama_routes, openai_routes, tei_routes
 from .core import ServerCore
 from .errors import ApiError, from_exception, protocol_of, render
+from .metrics import CLOCK, StageClock
 
 PUBLIC_PATHS = ("/health",)
 ROUTERS = (native_routes, openai_routes, ollama_routes, tei_routes, collections_routes)
@@ -41,7 +42,8 @@ class _TooLarge(Exception):
 
 class EdgeMiddleware:
     """Pure ASGI (it must not break disconnect detection): bearer auth, body size limit,
-    and request metrics by route and status."""
+    request metrics by route and status, and the stage clock of each request (announcing
+    POSTs to the batcher, so a batch about to start waits for them to be queued)."""
 
     def __init__(self, app, core: ServerCore, routes: set[str]):
         self.app = app
@@ -56,11 +58,20 @@ class EdgeMiddleware:
         route = route_label(path, self.routes)
         started = time.perf_counter()
         status = [500]
+        clock = StageClock()
+        context = CLOCK.set(clock)
+        if scope["method"] == "POST" and not path.startswith("/v1/collections"):
+            self.core.announce(clock)
 
         async def send_tracked(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if "inference" in clock.seconds:
+                    clock.lap("serialize")
             await send(message)
+            if (message["type"] == "http.response.body" and not message.get("more_body")
+                    and "serialize" in clock.seconds):
+                clock.lap("write")
 
         if scope["method"] == "POST":  # every POST body here is JSON, whatever curl says
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
@@ -86,9 +97,12 @@ class EdgeMiddleware:
                 await render(protocol, ApiError(413, f"request body over {limit} bytes",
                                                 "too_large"))(scope, receive, send_tracked)
         finally:
+            self.core.arrived(clock)
+            CLOCK.reset(context)
             m = self.core.metrics
             m.requests.labels(route, str(status[0])).inc()
             m.latency.labels(route).observe(time.perf_counter() - started)
+            m.record_stages(clock)
 
     def _refuse(self, scope, path: str) -> ApiError | None:
         headers = dict(scope.get("headers") or [])

@@ -1,6 +1,7 @@
 """What every protocol route shares: the loaded model, the batcher, admission checks
 (input count, per-text token limit, token counting) and waiting with a timeout while
-watching for the client to leave. Routes only translate their wire format."""
+watching for the client to leave. Routes only translate their wire format. Each stage
+of an embedding request is timed on its :class:`~.metrics.StageClock`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..errors import RequestTimeoutError
 from ..service.batcher import DynamicBatcher
 from ..types import EmbedRequest, EmbedResult
 from .errors import ApiError
-from .metrics import Metrics
+from .metrics import CLOCK, Metrics, StageClock, lap
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,14 @@ class ServerCore:
             return
         self.load_seconds = time.perf_counter() - began
         s = self.settings
+        # On a multi-core CPU, one batch per core with one compute thread each (see the
+        # batcher); elsewhere one batch at a time with the runtime's own threads.
+        lanes = getattr(embedder, "parallel_forwards", 1)
         batcher = DynamicBatcher(
             embedder, max_batch_tokens=embedder.max_batch_tokens,
             max_batch_requests=s.max_batch_requests or None,
             max_queued_texts=s.max_queued_requests, max_queued_tokens=s.max_queued_tokens or None,
-            on_batch=self.metrics.record_batch)
+            lanes=lanes, threads=1 if lanes > 1 else None, on_batch=self.metrics.record_batch)
         await batcher.start()
         self.embedder, self.batcher = embedder, batcher
 
@@ -112,14 +116,43 @@ class ServerCore:
         return sum(min(len(x), limit) for x in ids)
 
     # -- the one embedding path -----------------------------------------------------------
+    def announce(self, clock: StageClock) -> None:
+        """The edge received a request that may become an embedding: batches about to
+        start wait for it to be queued (see :meth:`DynamicBatcher.expect`)."""
+        if self.batcher is not None and clock.announced is None:
+            self.batcher.expect()
+            clock.announced = self.batcher
+
+    @staticmethod
+    def arrived(clock: StageClock | None) -> None:
+        """The announced request was queued, refused or answered: stop waiting for it."""
+        if clock is not None and clock.announced is not None:
+            clock.announced.arrived()
+            clock.announced = None
+
+    def request(self, texts, **options) -> EmbedRequest:
+        """The request value for ``texts`` and ``options``, checked by
+        :meth:`Embedder.request` (its errors pass through); times parse and validate."""
+        emb = self.ready()
+        lap("parse")
+        embed = emb.request(texts, **options)
+        lap("validate")
+        return embed
+
     async def embed(self, request, embed: EmbedRequest) -> EmbedResult:
         """Queue a request value built by :meth:`Embedder.request` (validated there, not
         here) and wait for it, at most the request timeout, while watching whether the
         HTTP client (``request``) leaves."""
         self.ready()
-        self.check_inputs(embed.texts)
-        tokens = await self.count_tokens(embed)
-        job = asyncio.ensure_future(self.batcher.submit(embed, tokens))
+        clock = CLOCK.get()
+        try:
+            self.check_inputs(embed.texts)
+            tokens = await self.count_tokens(embed)
+            lap("tokenize")
+        finally:
+            self.arrived(clock)
+        stamps: dict[str, float] = {}
+        job = asyncio.ensure_future(self.batcher.submit(embed, tokens, stamps))
         watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
         waiting = {job} | ({watch} if watch else set())
         try:
@@ -129,6 +162,10 @@ class ServerCore:
             if watch:
                 watch.cancel()
         if job in done:
+            if clock is not None and "finished" in stamps:
+                clock.seconds["queue"] = stamps["queue"]
+                clock.seconds["inference"] = stamps["inference"]
+                clock.last = stamps["finished"]
             return job.result()
         job.cancel()
         if watch is not None and watch in done:

@@ -8,7 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from .wire import NativeModel, as_list
+from .wire import NativeModel, VectorsResponse, as_list
 
 router = APIRouter(tags=["hybridembed"])
 
@@ -40,7 +40,7 @@ async def embed(body: NativeEmbedRequest, request: Request):
     core.check_model(body.model)
     texts = as_list(body.inputs)
     emb = core.ready()
-    result = await core.embed(request, emb.request(
+    result = await core.embed(request, core.request(
         texts, dense=body.dense, sparse=body.sparse, multivector=body.multivector,
         kind=body.kind, prompt_name=body.prompt_name, truncate=body.truncate,
         truncation_side=body.truncation_side, dimensions=body.dimensions,
@@ -49,16 +49,16 @@ async def embed(body: NativeEmbedRequest, request: Request):
     for i, item in enumerate(result):
         row: dict = {"index": i, "tokens": item.tokens}
         if item.dense is not None:
-            row["dense"] = item.dense.tolist()
+            row["dense"] = item.dense
         if item.sparse is not None:
             row["sparse"] = item.sparse.to_json()
             if body.sparse_tokens:
                 row["sparse"]["tokens"] = emb.sparse_tokens(item.sparse, texts[i])
         if item.multivector is not None:
-            row["multivector"] = item.multivector.tolist()
+            row["multivector"] = item.multivector
         data.append(row)
-    return {"model": emb.model, "data": data,
-            "usage": {"tokens": result.usage.tokens, "total_tokens": result.usage.total_tokens}}
+    return VectorsResponse({"model": emb.model, "data": data, "usage": {
+        "tokens": result.usage.tokens, "total_tokens": result.usage.total_tokens}})
 
 
 @router.post("/v1/tokenize")

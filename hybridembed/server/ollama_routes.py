@@ -12,7 +12,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
 from .. import __version__
-from .wire import WireModel, as_list
+from .wire import VectorsResponse, WireModel, as_list
 
 router = APIRouter(tags=["Ollama"])
 OLLAMA_VERSION = "0.6.0"  # the Ollama API level these routes follow
@@ -48,12 +48,11 @@ async def embed(body: OllamaEmbedRequest, request: Request):
     texts = [] if body.input == "" else as_list(body.input)
     if not texts:
         return {"model": body.model, "embeddings": []}
-    embed = core.ready().request(texts, dimensions=body.dimensions,
-                                 truncate=body.truncate is not False)
+    embed = core.request(texts, dimensions=body.dimensions, truncate=body.truncate is not False)
     result = await core.embed(request, embed)
-    return {"model": body.model, "embeddings": result.dense.tolist(),
-            "total_duration": time.perf_counter_ns() - started,
-            "prompt_eval_count": result.usage.total_tokens}
+    return VectorsResponse({"model": body.model, "embeddings": result.dense,
+                            "total_duration": time.perf_counter_ns() - started,
+                            "prompt_eval_count": result.usage.total_tokens})
 
 
 @router.post("/api/embeddings")
@@ -63,8 +62,8 @@ async def embeddings(body: OllamaEmbeddingsRequest, request: Request):
     if not body.prompt:
         return {"embedding": []}
     # Ollama's legacy route returns the model's raw (unnormalised) vector.
-    result = await core.embed(request, core.ready().request([body.prompt], normalize=False))
-    return {"embedding": result.dense[0].tolist()}
+    result = await core.embed(request, core.request([body.prompt], normalize=False))
+    return VectorsResponse({"embedding": result.dense[0]})
 
 
 def _model_entry(core) -> dict:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from .errors import ApiError
-from .wire import WireModel
+from .wire import VectorsResponse, WireModel
 
 router = APIRouter(tags=["OpenAI"])
 
@@ -54,7 +54,7 @@ def _texts(core, value) -> list[str]:
 def _encode(vector: np.ndarray, fmt: str):
     if fmt == "base64":
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return vector.tolist()
+    return vector
 
 
 @router.post("/v1/embeddings")
@@ -62,13 +62,13 @@ def _encode(vector: np.ndarray, fmt: str):
 async def embeddings(body: OpenAIEmbeddingsRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model)
-    embed = core.ready().request(_texts(core, body.input), dimensions=body.dimensions)
+    embed = core.request(_texts(core, body.input), dimensions=body.dimensions)
     result = await core.embed(request, embed)
-    return {
+    return VectorsResponse({
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
                  for i, v in enumerate(result.dense)],
         "model": body.model,
         "usage": {"prompt_tokens": result.usage.total_tokens,
                   "total_tokens": result.usage.total_tokens},
-    }
+    })

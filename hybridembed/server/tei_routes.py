@@ -11,7 +11,7 @@ from pydantic import Field
 from .. import __version__
 from ..types import EmbedRequest
 from .errors import ApiError
-from .wire import WireModel, as_list
+from .wire import VectorsResponse, WireModel, as_list
 
 router = APIRouter(tags=["text-embeddings-inference"])
 
@@ -42,7 +42,7 @@ def _request(core, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
         raise ApiError(413, f"`inputs` cannot be empty (input {texts.index('')} is an empty "
                        "string)", "validation", "inputs")
     kind = "query" if body.prompt_name == "query" else "document"
-    return core.ready().request(
+    return core.request(
         texts, kind=kind, prompt_name=body.prompt_name, truncate=body.truncate is not False,
         truncation_side=body.truncation_direction.lower(), **outputs)
 
@@ -52,22 +52,22 @@ async def embed(body: TEIEmbedRequest, request: Request):
     core = request.app.state.core
     result = await core.embed(request, _request(core, body, dimensions=body.dimensions,
                                                 normalize=body.normalize))
-    return result.dense.tolist()
+    return VectorsResponse(result.dense)
 
 
 @router.post("/embed_sparse")
 async def embed_sparse(body: TEIEmbedRequest, request: Request):
     core = request.app.state.core
     result = await core.embed(request, _request(core, body, dense=False, sparse=True))
-    return [[{"index": i, "value": v} for i, v in zip(s.indices.tolist(), s.values.tolist(),
-                                                      strict=True)] for s in result.sparse]
+    return VectorsResponse([[{"index": i, "value": v} for i, v in zip(
+        s.indices.tolist(), s.values.tolist(), strict=True)] for s in result.sparse])
 
 
 @router.post("/embed_all")
 async def embed_all(body: TEIEmbedRequest, request: Request):
     core = request.app.state.core
     result = await core.embed(request, _request(core, body, dense=False, multivector=True))
-    return [m.tolist() for m in result.multivector]
+    return VectorsResponse(result.multivector)
 
 
 @router.post("/tokenize")

@@ -110,6 +110,12 @@ class Embedder:
     def max_batch_tokens(self) -> int:
         return self._encoder.max_batch_tokens
 
+    @property
+    def parallel_forwards(self) -> int:
+        """Forward passes the runtime can run side by side (CPU cores for torch; 1 for
+        accelerators and ONNX Runtime, which spreads one pass over its own threads)."""
+        return getattr(self._runtime, "parallel_forwards", 1)
+
     def stats(self) -> dict[str, Any]:
         enc = self._encoder.stats
         return {
@@ -151,9 +157,14 @@ class Embedder:
             prompt_name=prompt_name, truncate=truncate, truncation_side=truncation_side,
             dimensions=dimensions, normalize=normalize))
 
-    def run(self, request: EmbedRequest) -> EmbedResult:
+    def run(self, request: EmbedRequest, *, threads: int | None = None) -> EmbedResult:
         """Answer a request made by :meth:`request`: serve what the cache holds (keyed by
-        the whole :class:`EmbedOptions` and the text's hash), encode the rest."""
+        the whole :class:`EmbedOptions` and the text's hash), encode the rest.
+
+        ``threads`` (CPU runtimes with :attr:`parallel_forwards` > 1): run this call's
+        forward passes one after another with that many compute threads, alongside other
+        such calls instead of waiting for them (the server's batcher runs one call per
+        core this way). ``None``: the runtime's threads, one call at a time."""
         texts, options = list(request.texts), request.options
         self._calls += 1
         key = (self._model_key, options)
@@ -173,7 +184,7 @@ class Embedder:
             for i, t in enumerate(texts):
                 first_index.setdefault(t, i)
             computed, failed, nonfinite = self._compute(
-                missing, [first_index[t] for t in missing], options)
+                missing, [first_index[t] for t in missing], options, threads)
             for text, entry in computed.items():
                 self._cache.put((key, text_key(text)), entry)
             entries.update(computed)
@@ -213,7 +224,8 @@ class Embedder:
         return vector.to_tokens(lambda i: names.get(i, f"#{i}"))
 
     # -- internals ------------------------------------------------------------------------
-    def _compute(self, texts: list[str], origin: list[int], options: EmbedOptions
+    def _compute(self, texts: list[str], origin: list[int], options: EmbedOptions,
+                 threads: int | None = None
                  ) -> tuple[dict[str, _Entry], dict[str, int], set[str]]:
         """Encode ``texts`` (unique, not cached). Returns their entries, the over-long ones
         refused (``{text: tokens}``) and those whose outputs were not finite."""
@@ -242,9 +254,11 @@ class Embedder:
                 for j, short in zip(cut, self.tokenizer.encode_truncated(
                         [prompted[j] for j in cut], o.truncation_side), strict=True):
                     ids[j] = short
-                with self._lock:
+                side_by_side = threads is not None and self.parallel_forwards > 1
+                with contextlib.nullcontext() if side_by_side else self._lock:
                     rows += self._encoder.encode([ids[j] for j in chunk_keep], want,
-                                                 [origin[j] for j in chunk_keep])
+                                                 [origin[j] for j in chunk_keep],
+                                                 threads if side_by_side else None)
                 keep += chunk_keep
         bm25 = (self._bm25.embed([texts[j] for j in keep], o.kind)
                 if o.sparse and self._bm25 is not None else None)

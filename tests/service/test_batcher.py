@@ -42,7 +42,7 @@ def run(coro):
 def test_waiting_requests_merge_and_each_gets_its_rows():
     async def main():
         emb = RecordingEmbedder()
-        b = DynamicBatcher(emb, max_batch_tokens=1000, prefetch=0)
+        b = DynamicBatcher(emb, max_batch_tokens=1000)
         await b.start()
         emb.gate.clear()
         first = asyncio.create_task(b.submit(req(["a"]), 1))
@@ -64,7 +64,7 @@ def test_waiting_requests_merge_and_each_gets_its_rows():
 def test_callers_who_left_are_dropped_before_compute():
     async def main():
         emb = RecordingEmbedder()
-        b = DynamicBatcher(emb, max_batch_tokens=1000, prefetch=0)
+        b = DynamicBatcher(emb, max_batch_tokens=1000)
         await b.start()
         emb.gate.clear()
         busy = asyncio.create_task(b.submit(req(["busy"]), 1))
@@ -85,7 +85,7 @@ def test_callers_who_left_are_dropped_before_compute():
 def test_admission_counts_texts_not_requests():
     async def main():
         emb = RecordingEmbedder()
-        b = DynamicBatcher(emb, max_batch_tokens=1000, max_queued_texts=3, prefetch=0)
+        b = DynamicBatcher(emb, max_batch_tokens=1000, max_queued_texts=3)
         await b.start()
         emb.gate.clear()
         hold = asyncio.create_task(b.submit(req(["hold"]), 1))
