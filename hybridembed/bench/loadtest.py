@@ -11,10 +11,11 @@ child process (so no two models share a process or its thread pools):
 
 In-process: every text in one ``Embedder.embed`` call (throughput), then one text per
 call (latency). Each server load reports texts/s and its ratio to in-process throughput,
-latency p50/p95/p99, mean texts per batch, mean batch fill (tokens / batch budget) and
-the mean seconds per request of each stage from the server's ``/metrics``
-(``hybridembed_request_stage_seconds``). The machine's load average is recorded with
-every round: on a shared machine, compare ratios within a round.
+latency p50/p95/p99, mean texts per batch, mean batch fill (tokens / batch budget), the
+server process's CPU seconds per text (against in-process CPU per text: steadier than
+texts/s on a machine shared with other work) and the mean seconds per request of each
+stage from the server's ``/metrics`` (``hybridembed_request_stage_seconds``). The
+machine's load average is recorded with every load: compare ratios within a round.
 
 The load generator is a hand-rolled HTTP/1.1 keep-alive client on raw sockets: a client
 library's own CPU per request would come out of the server's share of a small machine.
@@ -47,6 +48,16 @@ def _free_port() -> int:
 def _percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` and its threads so far (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _load_average() -> float | None:
@@ -126,13 +137,18 @@ def _delta_report(before: dict[str, float], after: dict[str, float]) -> dict:
             "stage_ms": stages}
 
 
-def _load(url: str, name: str, requests: list[list[str]], concurrency: int) -> dict:
+def _load(url: str, name: str, requests: list[list[str]], concurrency: int, pid: int) -> dict:
     before = _scrape(url)
     load = _load_average()
+    cpu = _cpu_seconds(pid)
     wall, latencies = asyncio.run(_drive(url, requests, concurrency))
+    cpu_after = _cpu_seconds(pid)
     texts = sum(len(r) for r in requests)
     return {"load": name, "clients": concurrency, "texts_per_request": len(requests[0]),
             "texts_per_s": texts / wall,
+            # CPU per text is steadier than texts/s on a machine shared with other work
+            "server_cpu_ms_per_text": None if cpu is None or cpu_after is None
+            else 1000 * (cpu_after - cpu) / texts,
             "p50_ms": 1000 * statistics.median(latencies),
             "p95_ms": 1000 * _percentile(latencies, 0.95),
             "p99_ms": 1000 * _percentile(latencies, 0.99),
@@ -166,13 +182,14 @@ def serve_and_load(model: str, texts: list[str], concurrency: int = 64, single: 
         asyncio.run(_drive(url, [[t] for t in texts[:64]], concurrency))  # warm up
         progress(f"server: {concurrency} clients x 1 text ...")
         cpu = time.process_time()
-        out = {"concurrent": _load(url, "concurrent", [[t] for t in texts], concurrency)}
+        out = {"concurrent": _load(url, "concurrent", [[t] for t in texts], concurrency,
+                                   server.pid)}
         out["concurrent"]["load_generator_cpu_s"] = time.process_time() - cpu
         progress(f"server: {list_clients} clients x {list_size} texts ...")
         lists = [texts[i:i + list_size] for i in range(0, len(texts) - list_size + 1, list_size)]
-        out["lists"] = _load(url, "lists", lists, list_clients)
+        out["lists"] = _load(url, "lists", lists, list_clients, server.pid)
         progress(f"server: 1 client x 1 text, {single} requests ...")
-        out["single"] = _load(url, "single", [[t] for t in texts[:single]], 1)
+        out["single"] = _load(url, "single", [[t] for t in texts[:single]], 1, server.pid)
     finally:
         server.terminate()
         server.wait(30)
@@ -188,15 +205,16 @@ def in_process(model: str, texts: list[str], single: int = 100, runtime: str | N
     emb = Embedder(model, cache_size=0, runtime=runtime or "torch")
     emb.embed(texts[:64])
     load = _load_average()
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     result = emb.embed(texts)
-    seconds = time.perf_counter() - began
+    seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
     singles = []
     for text in texts[:single]:
         began = time.perf_counter()
         emb.embed([text])
         singles.append(time.perf_counter() - began)
     return {"texts_per_s": len(texts) / seconds, "tokens": result.usage.total_tokens,
+            "cpu_ms_per_text": 1000 * cpu / len(texts),
             "single_p50_ms": 1000 * statistics.median(singles),
             "single_p95_ms": 1000 * _percentile(singles, 0.95),
             "single_p99_ms": 1000 * _percentile(singles, 0.99), "load_average": load}
@@ -248,19 +266,22 @@ def format_report(r: dict) -> str:
              f"{r['list_size']} texts, 1 client x 1 text"]
     for i, rnd in enumerate(r["rounds"], 1):
         ip = rnd["in_process"]
-        lines.append(f"round {i}: in-process {ip['texts_per_s']:.1f} texts/s, single p50 "
+        lines.append(f"round {i}: in-process {ip['texts_per_s']:.1f} texts/s "
+                     f"({ip['cpu_ms_per_text']:.2f} CPU ms/text), single p50 "
                      f"{ip['single_p50_ms']:.1f} ms (load average {ip['load_average']})")
         for name, s in rnd["server"].items():
             ratio = (f"{s['vs_in_process']:.2f}x in-process" if "vs_in_process" in s else
                      f"p50 {s['p50_over_in_process_ms']:+.1f} ms over in-process")
             stages = ", ".join(f"{k} {v:.2f}" for k, v in s["stage_ms"].items())
+            cpu = s["server_cpu_ms_per_text"]
             lines.append(
                 f"  {name:<10} {s['clients']:>2} x {s['texts_per_request']:<2} "
                 f"{s['texts_per_s']:7.1f} texts/s = {ratio}; p50/p95/p99 {s['p50_ms']:.1f}/"
                 f"{s['p95_ms']:.1f}/{s['p99_ms']:.1f} ms; {s['mean_texts_per_batch']:.1f} "
                 f"texts/batch, fill {s['mean_batch_fill']:.2f} (load average "
                 f"{s['load_average']})")
-            lines.append(f"             stage ms/request: {stages}")
+            lines.append(f"             stage ms/request: {stages}"
+                         + (f"; server CPU {cpu:.2f} ms/text" if cpu is not None else ""))
     s = r["summary"]
     lines.append("summary: server / in-process "
                  + "; ".join(f"{k} {min(v['ratios']):.2f}-{max(v['ratios']):.2f}x (median "

@@ -29,6 +29,7 @@ class TextTokenizer:
         special = {self._tok.cls_token_id, self._tok.eos_token_id, self._tok.sep_token_id,
                    self._tok.pad_token_id, self._tok.unk_token_id, self._tok.bos_token_id}
         self.special_ids = np.array(sorted(i for i in special if i is not None), dtype=np.int64)
+        self._counter = None  # a private copy of the Rust tokenizer for lengths()
 
     def _call(self, *args, **kwargs):
         with self._lock:
@@ -54,6 +55,27 @@ class TextTokenizer:
             backend.no_truncation()
             backend.no_padding()
             return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=True)]
+
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token count of each text (special tokens included, never truncated), from a
+        private copy of the Rust tokenizer whose settings never change: no lock, so the
+        server counting a request's tokens on its event loop never waits for a batch
+        being tokenised on another thread."""
+        if not texts:
+            return []
+        if self._counter is None:
+            backend = getattr(self._tok, "_tokenizer", None) if self._tok.is_fast else None
+            if backend is None:
+                return [len(ids) for ids in self.encode(texts)]
+            from tokenizers import Tokenizer
+
+            counter = Tokenizer.from_str(backend.to_str())
+            counter.no_truncation()
+            counter.no_padding()
+            self._counter = counter
+        if len(texts) == 1:
+            return [len(self._counter.encode(texts[0], add_special_tokens=True))]
+        return [len(e) for e in self._counter.encode_batch(list(texts), add_special_tokens=True)]
 
     def encode_truncated(self, texts: Sequence[str], side: str = "right") -> list[list[int]]:
         """Token ids cut to :attr:`max_length` (special tokens kept) on ``side``:

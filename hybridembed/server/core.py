@@ -107,13 +107,13 @@ class ServerCore:
         """Tokens the request will occupy (each text at most the model's limit), for
         admission and batch packing; whether a text may be cut is the Embedder's call."""
         emb = self.ready()
-        texts = list(request.texts)
+        texts = request.texts  # checked when the request value was built
         if len(texts) > 64:
-            ids = await asyncio.to_thread(emb.tokenize, texts, False)
+            lengths = await asyncio.to_thread(emb.tokenizer.lengths, texts)
         else:
-            ids = emb.tokenize(texts, truncate=False)
+            lengths = emb.tokenizer.lengths(texts)
         limit = emb.max_length
-        return sum(min(len(x), limit) for x in ids)
+        return sum(min(n, limit) for n in lengths)
 
     # -- the one embedding path -----------------------------------------------------------
     def announce(self, clock: StageClock) -> None:
@@ -145,14 +145,14 @@ class ServerCore:
         HTTP client (``request``) leaves."""
         self.ready()
         clock = CLOCK.get()
+        stamps: dict[str, float] = {}
         try:
             self.check_inputs(embed.texts)
             tokens = await self.count_tokens(embed)
             lap("tokenize")
+            job = self.batcher.enqueue(embed, tokens, stamps)
         finally:
-            self.arrived(clock)
-        stamps: dict[str, float] = {}
-        job = asyncio.ensure_future(self.batcher.submit(embed, tokens, stamps))
+            self.arrived(clock)  # queued (or refused) in the same step: no lane waits on it
         watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
         waiting = {job} | ({watch} if watch else set())
         try:

@@ -7,7 +7,9 @@ after it, up to a token budget, drops those whose caller went away, and runs
 :meth:`Embedder.run` off the event loop. A failed batch fails every request in it: none is
 left waiting.
 
-Lanes: ``lanes`` batches run at once, each with ``threads`` compute threads. On a CPU the
+Lanes: ``lanes`` batches run at once, each with ``threads`` compute threads; a batch
+taken when nothing else waits and nothing runs (or large enough for every lane) takes every
+lane and runs with the embedder's own threads instead. On a CPU the
 server runs one lane per core with one thread each: whole batches side by side use small
 encoder matrices better than one batch split across cores (the in-process engine does the
 same for large calls), and a lane that finishes picks the next batch at once instead of
@@ -135,6 +137,18 @@ class DynamicBatcher:
         texts before they are computed. With ``stamps`` given, its ``queue`` and
         ``inference`` entries are set to the seconds the request waited and its batch ran,
         and ``finished`` to the batch's end (``time.perf_counter``)."""
+        future = self.enqueue(request, tokens, stamps)
+        try:
+            return await future
+        finally:
+            if not future.done():
+                future.cancel()
+
+    def enqueue(self, request: EmbedRequest, tokens: int, stamps: dict | None = None
+                ) -> asyncio.Future:
+        """:meth:`submit` without the wait: queue ``request`` now (or raise
+        :class:`OverloadedError`) and return the future of its result; cancelling the
+        future drops the texts before they are computed."""
         if self._worker is None or self._worker.done():
             raise RuntimeError("the batcher is not running")
         n = len(request)
@@ -150,11 +164,7 @@ class DynamicBatcher:
         self._queued_texts += n
         self._queued_tokens += tokens
         self._wakeup.set()
-        try:
-            return await job.future
-        finally:
-            if not job.future.done():
-                job.future.cancel()
+        return job.future
 
     # -- worker ---------------------------------------------------------------------------
     def _take(self, job: _Job) -> None:
@@ -201,10 +211,12 @@ class DynamicBatcher:
                 self._free_lanes.release()
                 continue
             lanes = 1
-            if self.lanes > 1 and not self._queue and (
-                    sum(job.tokens for job in batch) >= self.lanes * self.max_batch_tokens):
-                # One call big enough for every lane and nothing else waiting: it gets the
-                # whole machine (the embedder spreads its batches over the cores itself).
+            if self.lanes > 1 and not self._queue and (not self._running or sum(
+                    job.tokens for job in batch) >= self.lanes * self.max_batch_tokens):
+                # Nothing else waiting, and nothing else running or a call big enough for
+                # every lane: it gets the whole machine, with the embedder's own threads
+                # (a lone client's text as fast as in-process; a large call's batches
+                # spread over the cores by the embedder).
                 for _ in range(self.lanes - 1):
                     await self._free_lanes.acquire()
                 lanes = self.lanes

@@ -114,10 +114,11 @@ def test_float_vectors_read_back_to_the_same_float32():
     assert np.array_equal(np.asarray(body["data"], np.float32), rows)
 
 
-def test_overload_refuses_cleanly_and_recovers(minilm):
+def test_overload_refuses_cleanly_and_recovers(minilm, uncached):
     texts = [f"overload text {i} " + "filler words " * 60 for i in range(48)]
     expected = minilm.embed(texts, dimensions=200).dense
-    with running_server(minilm, max_queued_requests=3) as url:
+    # the server computes every text (no cache), so the queue of 3 really overflows
+    with running_server(uncached, max_queued_requests=3) as url:
         def call(i):
             path, body = (("/api/embed", {"model": "minilm", "input": texts[i], "dimensions": 200})
                           if i % 2 else ("/v1/embed", {"inputs": texts[i], "dimensions": 200}))

@@ -130,6 +130,8 @@ class WorkingEmbedder:
         self.lock = threading.Lock()
         self.running = 0
         self.most_running = 0
+        self.whole_machine = False  # a call with the embedder's own threads is running
+        self.overlaps = 0  # calls that ran beside one that should have had the machine
 
     @staticmethod
     def row(text: str, width: int = 4) -> list[float]:
@@ -138,6 +140,9 @@ class WorkingEmbedder:
 
     def run(self, request, threads=None):
         with self.lock:
+            if self.whole_machine or (threads is None and self.running):
+                self.overlaps += 1
+            self.whole_machine = threads is None
             self.running += 1
             self.most_running = max(self.most_running, self.running)
             self.calls.append((len(request.texts), request.options, threads))
@@ -151,6 +156,8 @@ class WorkingEmbedder:
         finally:
             with self.lock:
                 self.running -= 1
+                if threads is None:
+                    self.whole_machine = False
 
 
 @pytest.mark.parametrize("waiting", [1, 4, 16])
@@ -201,7 +208,8 @@ def test_full_batches_fill_the_token_budget_exactly():
 def test_sustained_concurrent_load_keeps_every_answer_with_its_caller():
     """32 clients, each sending 12 requests one after another (1-3 texts, two option sets),
     against two lanes: nothing is lost, reordered or mixed up, option sets never share a
-    batch, lanes run side by side with one thread each, and batches fill up under load."""
+    batch, lanes run side by side with one thread each (a call with every thread only
+    alone), and batches fill up under load."""
     options = [EmbedOptions(), EmbedOptions(dimensions=3)]
 
     async def client(b, c):
@@ -232,28 +240,35 @@ def test_sustained_concurrent_load_keeps_every_answer_with_its_caller():
         np.testing.assert_array_equal(result.dense, [WorkingEmbedder.row(t, width)
                                                      for t in texts])
     assert sum(r.texts for r in records) == sum(len(t) for t, _, _ in answers)
-    assert all(threads == 1 for _, _, threads in emb.calls)
+    assert emb.overlaps == 0
     assert emb.most_running == 2  # both lanes busy at once
+    assert sum(threads == 1 for _, _, threads in emb.calls) > len(emb.calls) / 2
     # 32 clients keep work waiting: batches hold several requests, not one each
     assert sum(r.requests for r in records) / len(records) > 3
 
 
-def test_a_call_that_fills_every_lane_alone_gets_the_whole_machine():
-    """With nothing else queued, a request of at least lanes x budget tokens runs with
-    the embedder's own threads (it spreads its batches over the cores), not beside
-    another batch."""
+def test_a_call_alone_gets_the_whole_machine():
+    """With nothing else queued or running, a request (one text of a lone client, or one
+    call of lanes x budget tokens) runs with the embedder's own threads; a large call
+    that arrives while a lane is busy waits for it, then runs alone; under load, lanes."""
     async def main():
-        emb = WorkingEmbedder(per_text=0)
+        emb = WorkingEmbedder(per_text=0, per_batch=0.05)
         b = DynamicBatcher(emb, max_batch_tokens=100, lanes=2, threads=1)
         await b.start()
-        big = await b.submit(req([f"big {i}" for i in range(50)]), 250)
         small = await b.submit(req(["small"]), 5)
+        busy = asyncio.create_task(b.submit(req(["busy"]), 5))
+        await asyncio.sleep(0.01)
+        side = asyncio.create_task(b.submit(req(["side"]), 5))
+        await asyncio.sleep(0.01)
+        big = asyncio.create_task(b.submit(req([f"big {i}" for i in range(50)]), 250))
+        await asyncio.gather(busy, side, big)
         await b.stop()
-        return emb.calls, big, small
+        return emb, small, big.result()
 
-    calls, big, small = run(main())
-    assert [(n, threads) for n, _, threads in calls] == [(50, None), (1, 1)]
-    assert big.dense.shape == (50, 4) and small.dense[0, 0] == 5
+    emb, small, big = run(main())
+    assert [(n, threads) for n, _, threads in emb.calls] == [(1, None), (1, None), (1, 1),
+                                                              (50, None)]
+    assert emb.overlaps == 0 and small.dense[0, 0] == 5 and big.dense.shape == (50, 4)
 
 
 def test_a_free_lane_waits_for_requests_the_edge_announced():
@@ -265,11 +280,11 @@ def test_a_free_lane_waits_for_requests_the_edge_announced():
         await b.start()
         b.expect()
         b.expect()
+        first = b.enqueue(req(["first"]), 1)
         b.arrived()
-        first = asyncio.create_task(b.submit(req(["first"]), 1))
         await asyncio.sleep(0.05)  # still being parsed, in the real server
+        second = b.enqueue(req(["second"]), 1)
         b.arrived()
-        second = asyncio.create_task(b.submit(req(["second"]), 1))
         await asyncio.gather(first, second)
         await b.stop()
         return emb.calls
