@@ -254,11 +254,11 @@ class Embedder:
                 for j, short in zip(cut, self.tokenizer.encode_truncated(
                         [prompted[j] for j in cut], o.truncation_side), strict=True):
                     ids[j] = short
-                side_by_side = threads is not None and self.parallel_forwards > 1
-                with contextlib.nullcontext() if side_by_side else self._lock:
+                # With ``threads``, the caller runs calls side by side: no lock.
+                lane = {"threads": threads} if threads and self.parallel_forwards > 1 else {}
+                with contextlib.nullcontext() if lane else self._lock:
                     rows += self._encoder.encode([ids[j] for j in chunk_keep], want,
-                                                 [origin[j] for j in chunk_keep],
-                                                 threads if side_by_side else None)
+                                                 [origin[j] for j in chunk_keep], **lane)
                 keep += chunk_keep
         bm25 = (self._bm25.embed([texts[j] for j in keep], o.kind)
                 if o.sparse and self._bm25 is not None else None)
