@@ -160,45 +160,39 @@ class WorkingEmbedder:
                     self.whole_machine = False
 
 
+async def _behind_a_held_batch(emb: RecordingEmbedder, b: DynamicBatcher,
+                               jobs: list[tuple[EmbedRequest, int]]) -> list[EmbedResult]:
+    """Submit ``jobs`` (request, tokens) while a first request holds the model, then let
+    it go; every result, the holder's first."""
+    await b.start()
+    emb.gate.clear()
+    hold = asyncio.create_task(b.submit(req(["hold"]), 1))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.create_task(b.submit(r, tokens)) for r, tokens in jobs]
+    await asyncio.sleep(0.05)
+    emb.gate.set()
+    results = await asyncio.gather(hold, *rest)
+    await b.stop()
+    return results
+
+
 @pytest.mark.parametrize("waiting", [1, 4, 16])
 def test_batch_fill_grows_with_the_work_waiting(waiting):
     """While the model is busy, requests pile up; the next batch takes all of them (up to
     the budget), so a batch holds as much as waits."""
-    async def main():
-        emb = RecordingEmbedder()
-        b = DynamicBatcher(emb, max_batch_tokens=64)
-        await b.start()
-        emb.gate.clear()
-        hold = asyncio.create_task(b.submit(req(["hold"]), 1))
-        await asyncio.sleep(0.05)
-        rest = [asyncio.create_task(b.submit(req([f"t{i}"]), 4)) for i in range(waiting)]
-        await asyncio.sleep(0.05)
-        emb.gate.set()
-        await asyncio.gather(hold, *rest)
-        await b.stop()
-        return [len(c) for c in emb.calls]
-
-    sizes = run(main())
+    emb = RecordingEmbedder()
+    run(_behind_a_held_batch(emb, DynamicBatcher(emb, max_batch_tokens=64),
+                             [(req([f"t{i}"]), 4) for i in range(waiting)]))
+    sizes = [len(c) for c in emb.calls]
     # 64 tokens / 4 per request: at most 16 per batch
     assert sizes[0] == 1 and sizes[1] == min(waiting, 16) and sum(sizes) == waiting + 1
 
 
 def test_full_batches_fill_the_token_budget_exactly():
-    async def main():
-        emb = RecordingEmbedder()
-        b = DynamicBatcher(emb, max_batch_tokens=100)
-        await b.start()
-        emb.gate.clear()
-        hold = asyncio.create_task(b.submit(req(["hold"]), 1))
-        await asyncio.sleep(0.05)
-        rest = [asyncio.create_task(b.submit(req([f"t{i}"]), 10)) for i in range(45)]
-        await asyncio.sleep(0.05)
-        emb.gate.set()
-        results = await asyncio.gather(hold, *rest)
-        await b.stop()
-        return emb.calls, results
-
-    calls, results = run(main())
+    emb = RecordingEmbedder()
+    results = run(_behind_a_held_batch(emb, DynamicBatcher(emb, max_batch_tokens=100),
+                                       [(req([f"t{i}"]), 10) for i in range(45)]))
+    calls = emb.calls
     assert [len(c) for c in calls] == [1, 10, 10, 10, 10, 5]
     # queue order is kept: batch k holds requests 10k .. 10k+9
     assert calls[1:] == [[f"t{i}" for i in range(k, min(k + 10, 45))] for k in range(0, 45, 10)]
