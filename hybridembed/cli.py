@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, help="request body size limit")
     serve.add_argument("--request-timeout", type=float, help="seconds before a 503")
     serve.add_argument("--served-model-name", help="another model name clients may send")
+    serve.add_argument("--token-ids", choices=["cl100k", "model", "refuse"],
+                       help="how OpenAI token-id inputs are read: cl100k (default; what "
+                            "OpenAI's clients and langchain-openai send), model (the served "
+                            "model's own ids, as sent) or refuse")
+    serve.add_argument("--cors-allow-origin",
+                       help="origins browsers may call from (comma-separated, or *); off "
+                            "by default")
     serve.add_argument("--log-level", default="info")
 
     index = sub.add_parser("index", help="chunk, embed and store files (.txt, .md, .jsonl)")
@@ -233,7 +240,7 @@ def cmd_serve(args) -> int:
 
     names = ("host", "port", "api_key", "max_queued_requests", "max_queued_tokens",
              "max_batch_requests", "max_inputs", "max_body_bytes", "request_timeout",
-             "served_model_name")
+             "served_model_name", "token_ids", "cors_allow_origin")
     settings = _settings(args, **{n: getattr(args, n) for n in names})
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     print(f"hybridembed serving {settings.model} on http://{settings.host}:{settings.port} "

@@ -34,10 +34,12 @@ class Settings:
     max_queued_requests: int = 4096  # texts waiting; a request of k inputs counts k
     max_queued_tokens: int = 0  # 0: no token cap on the queue
     max_batch_requests: int = 0  # 0: no cap on requests merged into one batch
-    max_inputs: int = 2048  # inputs per request
-    max_body_bytes: int = 8 * 1024 * 1024
+    max_inputs: int = 0  # inputs per request; 0: each protocol's own (OpenAI 2048, else none)
+    max_body_bytes: int = 64 * 1024 * 1024
     request_timeout: float = 60.0
     served_model_name: str = ""  # extra name clients may use for the model
+    token_ids: str = "cl100k"  # how OpenAI token-id inputs are read: cl100k | model | refuse
+    cors_allow_origin: str = ""  # comma-separated origins (or *) allowed by CORS; "" = off
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> Settings:
@@ -103,8 +105,16 @@ ENV_DOC: dict[str, str] = {
     "HYBRIDEMBED_MAX_QUEUED_REQUESTS": "texts allowed to wait (a list of k counts k; default 4096)",
     "HYBRIDEMBED_MAX_QUEUED_TOKENS": "tokens allowed to wait (0 = no cap)",
     "HYBRIDEMBED_MAX_BATCH_REQUESTS": "requests merged into one batch at most (0 = no cap)",
-    "HYBRIDEMBED_MAX_INPUTS": "inputs per request (default 2048)",
-    "HYBRIDEMBED_MAX_BODY_BYTES": "request body size limit (default 8 MiB)",
-    "HYBRIDEMBED_REQUEST_TIMEOUT": "seconds a request may wait before 503 (default 60)",
+    "HYBRIDEMBED_MAX_INPUTS": "inputs per request (0 = per protocol: OpenAI 2048 as OpenAI, "
+                              "Ollama/TEI/native no cap)",
+    "HYBRIDEMBED_MAX_BODY_BYTES": "request body size limit (default 64 MiB: 20,000 chunks of "
+                                  "~250 tokens fit)",
+    "HYBRIDEMBED_REQUEST_TIMEOUT": "seconds a request may wait without progress before 503 "
+                                   "(default 60)",
     "HYBRIDEMBED_SERVED_MODEL_NAME": "another model name clients may send (e.g. nomic-embed-text)",
+    "HYBRIDEMBED_TOKEN_IDS": "OpenAI token-id inputs read as cl100k (default: what OpenAI's "
+                             "clients and langchain-openai send), model (the served model's "
+                             "own ids, as sent) or refuse",
+    "HYBRIDEMBED_CORS_ALLOW_ORIGIN": "origins browsers may call from (comma-separated, or *); "
+                                     "empty = CORS off (default)",
 }

@@ -43,9 +43,11 @@ class EmbedOptions:
 class EmbedRequest:
     """A validated embedding request: the texts and their :class:`EmbedOptions`. Make one
     with :meth:`Embedder.request`, which checks every text and option once; whoever holds
-    one (batcher, server) does not check again."""
+    one (batcher, server) does not check again. An item of ``texts`` is a string, or a
+    tuple of the model's token ids (special tokens not included) embedded exactly as sent.
+    """
 
-    texts: tuple[str, ...]
+    texts: tuple[str | tuple[int, ...], ...]
     options: EmbedOptions
 
     def __len__(self) -> int:

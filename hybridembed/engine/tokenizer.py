@@ -9,6 +9,7 @@ a batch is embedded)."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,6 +93,30 @@ class TextTokenizer:
                                  return_token_type_ids=False)["input_ids"]
             finally:
                 self._tok.truncation_side = saved
+
+    @functools.cached_property
+    def _template(self) -> tuple[list[int], list[int]]:
+        """The special tokens the model puts before and after one text's content, read
+        from how it encodes a one-word text (so any post-processor template works)."""
+        enc = self._call("a", add_special_tokens=True, return_special_tokens_mask=True)
+        ids, special = enc["input_ids"], enc["special_tokens_mask"]
+        content = [i for i, s in enumerate(special) if not s]
+        first, last = (content[0], content[-1]) if content else (len(ids), len(ids) - 1)
+        return list(ids[:first]), list(ids[last + 1:])
+
+    def with_special(self, ids: Sequence[int]) -> list[int]:
+        """Content token ids wrapped in the model's special tokens (``[CLS] ids [SEP]``)."""
+        before, after = self._template
+        return [*before, *ids, *after]
+
+    def truncate_ids(self, ids: Sequence[int], side: str = "right") -> list[int]:
+        """Content token ids cut so that, with special tokens, they fit :attr:`max_length`
+        (``"left"`` keeps the end), then wrapped in the special tokens."""
+        before, after = self._template
+        room = self.max_length - len(before) - len(after)
+        ids = list(ids)
+        kept = ids[:room] if side == "right" else ids[max(0, len(ids) - room):]
+        return self.with_special(kept)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of token ids (special tokens skipped); ids outside the vocabulary raise."""

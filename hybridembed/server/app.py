@@ -16,11 +16,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import Settings
-from ..errors import HybridEmbedError
+from ..errors import HybridEmbedError, InvalidOptionError
 from . import collections_routes, native_routes, ollama_routes, openai_routes, tei_routes
 from .core import ServerCore
 from .errors import ApiError, from_exception, protocol_of, render
 from .metrics import CLOCK, StageClock
+from .token_ids import POLICIES
 
 PUBLIC_PATHS = ("/health",)
 ROUTERS = (native_routes, openai_routes, ollama_routes, tei_routes, collections_routes)
@@ -125,6 +126,9 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
     """Build the app. With ``embedder`` given, it is used as is (tests, embedding apps);
     otherwise the model named in ``settings`` loads in the background at start-up."""
     settings = settings or Settings.from_env()
+    if settings.token_ids not in POLICIES:
+        raise InvalidOptionError(f"token_ids must be one of {', '.join(POLICIES)}, got "
+                                 f"{settings.token_ids!r}", "token_ids")
     core = ServerCore(settings)
 
     @asynccontextmanager
@@ -178,7 +182,11 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
         kind = {404: "not_found", 405: "invalid_request"}.get(exc.status_code, "invalid_request")
         message = ("request body is not valid UTF-8 JSON" if exc.status_code == 400
                    else f"{exc.detail}: {request.method} {request.url.path}")
-        return _respond(request, ApiError(exc.status_code, message, kind))
+        if exc.status_code == 405 and exc.headers and "Allow" in exc.headers:
+            message += f" (allowed: {exc.headers['Allow']})"
+        param = "route" if exc.status_code in (404, 405) else None
+        return _respond(request, ApiError(exc.status_code, message, kind, param,
+                                          headers=dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception):
@@ -187,6 +195,13 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
     routes = {r.path for m in ROUTERS for r in m.router.routes}
     routes |= {"/health", "/ready", "/metrics", "/docs", "/openapi.json"}
     app.add_middleware(EdgeMiddleware, core=core, routes=routes)
+    if settings.cors_allow_origin:
+        # Outside the edge middleware: a browser's preflight carries no API key.
+        from fastapi.middleware.cors import CORSMiddleware
+
+        origins = [o.strip() for o in settings.cors_allow_origin.split(",") if o.strip()]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Retry-After"])
     return app
 
 

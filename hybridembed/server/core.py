@@ -10,14 +10,26 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..config import Settings
-from ..errors import RequestTimeoutError
+from ..errors import (
+    InputTooLongError,
+    NonFiniteOutputError,
+    OverloadedError,
+    RequestTimeoutError,
+)
 from ..service.batcher import DynamicBatcher
-from ..types import EmbedRequest, EmbedResult
+from ..types import EmbedRequest, EmbedResult, Usage
 from .errors import ApiError
 from .metrics import CLOCK, Metrics, StageClock, lap
 
 log = logging.getLogger(__name__)
+# Texts per part of a large request in the queue: several batches' worth at the CPU budget,
+# small enough that two parts in flight keep memory bounded on a 20,000-text request.
+PART_TEXTS = 512
+# Inputs per request by protocol when --max-inputs is not set (None: no cap).
+PROTOCOL_INPUT_LIMITS = {"openai": 2048}
 
 
 @dataclass
@@ -94,24 +106,34 @@ class ServerCore:
                            f"{', '.join(sorted(self.model_names() - {self.ready().model}))})",
                            "not_found", "model")
 
-    def check_inputs(self, texts, allow_empty: bool = False) -> None:
+    def input_limit(self, protocol: str) -> int | None:
+        """Inputs one request may hold: ``--max-inputs`` if set, else the protocol's own
+        default (OpenAI caps at 2048 as OpenAI does; Ollama, TEI and native have none:
+        a whole corpus in one request is split into parts internally)."""
+        if self.settings.max_inputs:
+            return self.settings.max_inputs
+        return PROTOCOL_INPUT_LIMITS.get(protocol)
+
+    def check_inputs(self, texts, protocol: str = "native") -> None:
         """Admission limits of this server (not validity): at least one input, at most
-        ``max_inputs``."""
-        if not texts and not allow_empty:
+        :meth:`input_limit`."""
+        if not texts:
             raise ApiError(400, "input is empty; send at least one text", "empty", "input")
-        if len(texts) > self.settings.max_inputs:
-            raise ApiError(413, f"{len(texts)} inputs in one request; the limit is "
-                           f"{self.settings.max_inputs}", "too_large", "input")
+        limit = self.input_limit(protocol)
+        if limit is not None and len(texts) > limit:
+            raise ApiError(413, f"{len(texts)} inputs in one request; the limit is {limit}",
+                           "too_large", "input")
 
     async def count_tokens(self, request: EmbedRequest) -> int:
         """Tokens the request will occupy (each text at most the model's limit), for
         admission and batch packing; whether a text may be cut is the Embedder's call."""
         emb = self.ready()
-        texts = request.texts  # checked when the request value was built
-        if len(texts) > 64:
-            lengths = await asyncio.to_thread(emb.tokenizer.lengths, texts)
+        strings = [t for t in request.texts if isinstance(t, str)]  # checked already
+        lengths = [len(t) for t in request.texts if not isinstance(t, str)]  # token ids
+        if len(strings) > 64:
+            lengths += await asyncio.to_thread(emb.tokenizer.lengths, strings)
         else:
-            lengths = emb.tokenizer.lengths(texts)
+            lengths += emb.tokenizer.lengths(strings)
         limit = emb.max_length
         return sum(min(n, limit) for n in lengths)
 
@@ -139,39 +161,114 @@ class ServerCore:
         lap("validate")
         return embed
 
-    async def embed(self, request, embed: EmbedRequest) -> EmbedResult:
+    async def embed(self, request, embed: EmbedRequest, protocol: str = "native") -> EmbedResult:
         """Queue a request value built by :meth:`Embedder.request` (validated there, not
-        here) and wait for it, at most the request timeout, while watching whether the
-        HTTP client (``request``) leaves."""
+        here) and wait for it while watching whether the HTTP client (``request``) leaves.
+
+        A request of more than :data:`PART_TEXTS` texts (a whole corpus, as
+        langchain-ollama sends) goes through the queue in parts, at most two in flight, so
+        memory stays bounded and other clients' requests interleave. Only the first part
+        can be refused as overload (429); later parts wait for room. The request timeout
+        bounds waiting without progress: it restarts whenever a part completes. The stage
+        clock gets the first part's queue time and the parts' inference times summed."""
         self.ready()
         clock = CLOCK.get()
-        stamps: dict[str, float] = {}
         try:
-            self.check_inputs(embed.texts)
-            tokens = await self.count_tokens(embed)
-            lap("tokenize")
-            job = self.batcher.enqueue(embed, tokens, stamps)
-        finally:
-            self.arrived(clock)  # queued (or refused) in the same step: no lane waits on it
+            self.check_inputs(embed.texts, protocol)
+        except ApiError:
+            self.arrived(clock)
+            raise
         watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
-        waiting = {job} | ({watch} if watch else set())
+        parts = [EmbedRequest(embed.texts[a:a + PART_TEXTS], embed.options)
+                 for a in range(0, len(embed), PART_TEXTS)]
+        stamps: list[dict[str, float]] = [{} for _ in parts]
+        pending: list[asyncio.Future] = []
+        results: list[EmbedResult] = []
         try:
-            done, _ = await asyncio.wait(waiting, timeout=self.settings.request_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            for k, part in enumerate(parts):
+                pending.append(asyncio.ensure_future(self._submit(part, k == 0, stamps[k])))
+                if len(pending) >= 2 or k == len(parts) - 1:
+                    while len(pending) > (0 if k == len(parts) - 1 else 1):
+                        start = len(results) * PART_TEXTS
+                        results.append(await self._wait(pending.pop(0), watch, start))
         finally:
             if watch:
                 watch.cancel()
+            for job in pending:
+                job.cancel()
+        if clock is not None and all("finished" in s for s in stamps):
+            clock.seconds["queue"] = stamps[0]["queue"]
+            clock.seconds["inference"] = sum(s["inference"] for s in stamps)
+            clock.last = stamps[-1]["finished"]
+        return results[0] if len(results) == 1 else concat_results(results)
+
+    async def _submit(self, part: EmbedRequest, first: bool, stamps: dict[str, float]
+                      ) -> EmbedResult:
+        clock = CLOCK.get()  # the request's (a task starts with a copy of the context)
+        try:
+            tokens = await self.count_tokens(part)
+            if first:
+                lap("tokenize")
+            while True:
+                try:
+                    job = self.batcher.enqueue(part, tokens, stamps)
+                    break
+                except OverloadedError as exc:
+                    if first:
+                        raise
+                    await asyncio.sleep(min(0.05, exc.retry_after))
+        finally:
+            if first:  # queued (or refused) in the same step: no lane waits for it
+                self.arrived(clock)
+        try:
+            return await job
+        finally:
+            if not job.done():
+                job.cancel()
+
+    async def _wait(self, job: asyncio.Future, watch: asyncio.Future | None, start: int
+                    ) -> EmbedResult:
+        """The result of one part, or: 499 if the client left, 503 after the request
+        timeout without this part completing; errors about texts name whole-request
+        indexes (``start`` is the part's first)."""
+        waiting = {job} | ({watch} if watch else set())
+        done, _ = await asyncio.wait(waiting, timeout=self.settings.request_timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
         if job in done:
-            if clock is not None and "finished" in stamps:
-                clock.seconds["queue"] = stamps["queue"]
-                clock.seconds["inference"] = stamps["inference"]
-                clock.last = stamps["finished"]
-            return job.result()
+            try:
+                return job.result()
+            except (InputTooLongError, NonFiniteOutputError) as exc:
+                raise offset_indices(exc, start) from None
         job.cancel()
         if watch is not None and watch in done:
             raise ApiError(499, "client closed the request", "invalid_request")
         raise RequestTimeoutError(f"request waited more than {self.settings.request_timeout:g} s "
-                                  "and was dropped; retry later or raise the timeout")
+                                  "without progress and was dropped; retry later or raise "
+                                  "the timeout")
+
+
+def concat_results(results: list[EmbedResult]) -> EmbedResult:
+    """One result of consecutive parts' results, rows in order."""
+    first = results[0]
+
+    def joined(rows):
+        return None if rows is None else [r for res in results for r in getattr(res, rows)]
+
+    return EmbedResult(
+        model=first.model,
+        dense=None if first.dense is None else np.concatenate([r.dense for r in results]),
+        sparse=joined("sparse") if first.sparse is not None else None,
+        multivector=joined("multivector") if first.multivector is not None else None,
+        usage=Usage([t for r in results for t in r.usage.tokens]))
+
+
+def offset_indices(exc: InputTooLongError | NonFiniteOutputError, start: int) -> Exception:
+    """``exc`` of a part starting at text ``start``, its indexes made the request's."""
+    if not start:
+        return exc
+    if isinstance(exc, InputTooLongError):
+        return InputTooLongError({i + start: n for i, n in exc.too_long.items()}, exc.limit)
+    return NonFiniteOutputError([i + start for i in exc.indices])
 
 
 async def _client_left(request) -> None:

@@ -19,6 +19,7 @@ class ApiError(Exception):
     kind: str = "invalid_request"  # invalid_request, validation, auth, not_found, too_large,
     param: str | None = None       # overloaded, timeout, not_ready, server, model_error
     retry_after: float | None = None
+    headers: dict[str, str] | None = None  # e.g. Allow on a 405
 
 
 def protocol_of(path: str) -> str:
@@ -26,7 +27,8 @@ def protocol_of(path: str) -> str:
         return "ollama"
     if path in ("/v1/embeddings", "/embeddings"):
         return "openai"
-    if path.startswith(("/embed", "/tokenize", "/info")):
+    if path.startswith(("/embed", "/tokenize", "/info")) or path in ("/", "/invocations",
+                                                                         "/ping"):
         return "tei"
     return "native"
 
@@ -68,8 +70,8 @@ def from_exception(exc: Exception) -> ApiError:
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
                  404: "invalid_request_error", 413: "invalid_request_error",
                  429: "rate_limit_error"}
-_OPENAI_CODES = {"auth": "invalid_api_key", "not_found": "model_not_found",
-                 "overloaded": "rate_limit_exceeded", "too_long": "context_length_exceeded"}
+_OPENAI_CODES = {"auth": "invalid_api_key", "overloaded": "rate_limit_exceeded",
+                 "too_long": "context_length_exceeded"}
 _TEI_TYPES = {"overloaded": "Overloaded", "timeout": "Overloaded", "not_ready": "Unhealthy",
               "server": "Backend", "unsupported": "Backend", "auth": "Authentication",
               "empty": "Empty", "not_found": "Validation", "model_error": "Backend"}
@@ -77,7 +79,7 @@ _TEI_TYPES = {"overloaded": "Overloaded", "timeout": "Overloaded", "not_ready": 
 
 def render(protocol: str, err: ApiError) -> JSONResponse:
     status = err.status
-    headers = {}
+    headers = dict(err.headers or {})
     if err.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(err.retry_after)))
     if protocol == "ollama":
@@ -93,7 +95,10 @@ def render(protocol: str, err: ApiError) -> JSONResponse:
         body = {"error": err.message, "error_type": _TEI_TYPES.get(err.kind, "Validation")}
     else:
         default = "server_error" if status >= 500 else "invalid_request_error"
+        code = _OPENAI_CODES.get(err.kind)
+        if err.kind == "not_found" and err.param in ("model", "collection"):
+            code = f"{err.param}_not_found"
         body = {"error": {"message": err.message,
                           "type": _OPENAI_TYPES.get(status, default),
-                          "param": err.param, "code": _OPENAI_CODES.get(err.kind)}}
+                          "param": err.param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)

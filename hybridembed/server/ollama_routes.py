@@ -49,7 +49,7 @@ async def embed(body: OllamaEmbedRequest, request: Request):
     if not texts:
         return {"model": body.model, "embeddings": []}
     embed = core.request(texts, dimensions=body.dimensions, truncate=body.truncate is not False)
-    result = await core.embed(request, embed)
+    result = await core.embed(request, embed, "ollama")
     return VectorsResponse({"model": body.model, "embeddings": result.dense,
                             "total_duration": time.perf_counter_ns() - started,
                             "prompt_eval_count": result.usage.total_tokens})
@@ -62,7 +62,8 @@ async def embeddings(body: OllamaEmbeddingsRequest, request: Request):
     if not body.prompt:
         return {"embedding": []}
     # Ollama's legacy route returns the model's raw (unnormalised) vector.
-    result = await core.embed(request, core.request([body.prompt], normalize=False))
+    embed = core.request([body.prompt], normalize=False)
+    result = await core.embed(request, embed, "ollama")
     return VectorsResponse({"embedding": result.dense[0]})
 
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from .errors import ApiError
+from .token_ids import read_token_ids
 from .wire import VectorsResponse, WireModel
 
 router = APIRouter(tags=["OpenAI"])
@@ -25,8 +26,9 @@ class OpenAIEmbeddingsRequest(WireModel):
     user: str | None = None
 
 
-def _texts(core, value) -> list[str]:
-    """The texts of an ``input``; OpenAI refuses empty strings and empty lists (400)."""
+def _inputs(core, value) -> list[str] | list[list[int]]:
+    """The inputs of an ``input``: texts, or token-id lists read as the server's
+    ``--token-ids`` policy says. OpenAI refuses empty strings and lists (400)."""
     if isinstance(value, str):
         value = [value]
     if not value:
@@ -34,16 +36,10 @@ def _texts(core, value) -> list[str]:
     if isinstance(value[0], int):
         value = [value]
     if isinstance(value[0], list):
-        tok = core.ready().tokenizer
-        out = []
         for i, ids in enumerate(value):
             if not ids:
                 raise ApiError(400, f"input[{i}] is an empty token list", param="input")
-            try:
-                out.append(tok.decode(ids))
-            except ValueError as exc:
-                raise ApiError(400, f"input[{i}]: {exc}", param="input") from None
-        return out
+        return read_token_ids(core.settings.token_ids, value)
     for i, text in enumerate(value):
         if text == "":
             raise ApiError(400, f"input[{i}] is an empty string; OpenAI's API refuses empty "
@@ -62,8 +58,8 @@ def _encode(vector: np.ndarray, fmt: str):
 async def embeddings(body: OpenAIEmbeddingsRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model)
-    embed = core.request(_texts(core, body.input), dimensions=body.dimensions)
-    result = await core.embed(request, embed)
+    embed = core.request(_inputs(core, body.input), dimensions=body.dimensions)
+    result = await core.embed(request, embed, "openai")
     return VectorsResponse({
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}

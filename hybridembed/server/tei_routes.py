@@ -48,17 +48,20 @@ def _request(core, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
 
 
 @router.post("/embed")
+@router.post("/", summary="Embed (TEI's root route; GET / is Ollama's liveness text)")
+@router.post("/invocations", summary="Embed (TEI's SageMaker route)")
 async def embed(body: TEIEmbedRequest, request: Request):
     core = request.app.state.core
     result = await core.embed(request, _request(core, body, dimensions=body.dimensions,
-                                                normalize=body.normalize))
+                                                normalize=body.normalize), "tei")
     return VectorsResponse(result.dense)
 
 
 @router.post("/embed_sparse")
 async def embed_sparse(body: TEIEmbedRequest, request: Request):
     core = request.app.state.core
-    result = await core.embed(request, _request(core, body, dense=False, sparse=True))
+    embed = _request(core, body, dense=False, sparse=True)
+    result = await core.embed(request, embed, "tei")
     return VectorsResponse([[{"index": i, "value": v} for i, v in zip(
         s.indices.tolist(), s.values.tolist(), strict=True)] for s in result.sparse])
 
@@ -66,7 +69,8 @@ async def embed_sparse(body: TEIEmbedRequest, request: Request):
 @router.post("/embed_all")
 async def embed_all(body: TEIEmbedRequest, request: Request):
     core = request.app.state.core
-    result = await core.embed(request, _request(core, body, dense=False, multivector=True))
+    embed = _request(core, body, dense=False, multivector=True)
+    result = await core.embed(request, embed, "tei")
     return VectorsResponse(result.multivector)
 
 
@@ -74,12 +78,19 @@ async def embed_all(body: TEIEmbedRequest, request: Request):
 async def tokenize(body: TEITokenizeRequest, request: Request):
     core = request.app.state.core
     texts = as_list(body.inputs)
-    core.check_inputs(texts)
+    core.check_inputs(texts, "tei")
     core.ready().request(texts)  # the same text checks as embedding
     tok = core.ready().tokenizer
     return [[{"id": i, "text": t, "special": s, "start": a, "stop": b}
              for i, t, s, a, b in tok.offsets(text) if body.add_special_tokens or not s]
             for text in texts]
+
+
+@router.get("/ping")
+async def ping(request: Request):
+    """TEI's SageMaker health route: 200 once the model is loaded, 503 before."""
+    request.app.state.core.ready()
+    return {"status": "ok"}
 
 
 @router.get("/info")
@@ -94,5 +105,5 @@ async def info(request: Request):
             "max_concurrent_requests": s.max_queued_requests, "max_input_length": emb.max_length,
             "max_batch_tokens": emb.max_batch_tokens,
             "max_batch_requests": s.max_batch_requests or None,
-            "max_client_batch_size": s.max_inputs, "auto_truncate": True,
+            "max_client_batch_size": core.input_limit("tei"), "auto_truncate": True,
             "tokenization_workers": 1, "version": __version__, "sha": None, "docker_label": None}

@@ -133,12 +133,15 @@ class Embedder:
                 truncation_side: str = "right", dimensions: int | None = None,
                 normalize: bool = True) -> EmbedRequest:
         """Check ``texts`` and the options once and return the :class:`EmbedRequest` that
-        :meth:`run` answers (the server builds one per HTTP request this way). Raises
-        :class:`InvalidInputError` or :class:`InvalidOptionError` naming what was wrong."""
+        :meth:`run` answers (the server builds one per HTTP request this way). An item of
+        ``texts`` may be a list of this model's token ids (no special tokens): it is
+        embedded exactly as sent, without prompt. Raises :class:`InvalidInputError` or
+        :class:`InvalidOptionError` naming what was wrong."""
         return build_request(self.spec, texts, dense=dense, sparse=sparse,
                              multivector=multivector, kind=kind, prompt_name=prompt_name,
                              truncate=truncate, truncation_side=truncation_side,
-                             dimensions=dimensions, normalize=normalize)
+                             dimensions=dimensions, normalize=normalize,
+                             vocab_size=self.tokenizer.vocab_size)
 
     def embed(self, texts: Sequence[str] | str, *, dense: bool = True, sparse: bool = False,
               multivector: bool = False, kind: str = "document", prompt_name: str | None = None,
@@ -172,7 +175,7 @@ class Embedder:
         entries: dict[str, _Entry] = {}
         missing: list[str] = []
         for text in unique:
-            hit = self._cache.get((key, text_key(text)))
+            hit = self._cache.get((key, _input_key(text)))
             if hit is None:
                 missing.append(text)
             else:
@@ -186,7 +189,7 @@ class Embedder:
             computed, failed, nonfinite = self._compute(
                 missing, [first_index[t] for t in missing], options, threads)
             for text, entry in computed.items():
-                self._cache.put((key, text_key(text)), entry)
+                self._cache.put((key, _input_key(text)), entry)
             entries.update(computed)
         if failed or nonfinite:
             ok = [i for i, t in enumerate(texts) if t in entries]
@@ -231,7 +234,7 @@ class Embedder:
         refused (``{text: tokens}``) and those whose outputs were not finite."""
         o = options
         prompt = prompt_of(self.spec, o)
-        prompted = [prompt + t for t in texts] if prompt else texts
+        prompted = [prompt + t if isinstance(t, str) else t for t in texts] if prompt else texts
         want = Outputs(dense=o.dense, sparse=o.sparse and self._bm25 is None,
                        multivector=o.multivector)
         ids: list[list[int]] = []
@@ -251,16 +254,20 @@ class Embedder:
                         too_long[texts[j]] = len(ids[j])
                 # Cut exactly as the Hugging Face tokenizer truncates (not a slice of the ids),
                 # on the side the request names, whatever the folder's tokenizer config says.
-                for j, short in zip(cut, self.tokenizer.encode_truncated(
-                        [prompted[j] for j in cut], o.truncation_side), strict=True):
+                cut_texts = [j for j in cut if isinstance(prompted[j], str)]
+                for j, short in zip(cut_texts, self.tokenizer.encode_truncated(
+                        [prompted[j] for j in cut_texts], o.truncation_side), strict=True):
                     ids[j] = short
+                for j in cut:
+                    if not isinstance(prompted[j], str):
+                        ids[j] = self.tokenizer.truncate_ids(prompted[j], o.truncation_side)
                 # With ``threads``, the caller runs calls side by side: no lock.
                 lane = {"threads": threads} if threads and self.parallel_forwards > 1 else {}
                 with contextlib.nullcontext() if lane else self._lock:
                     rows += self._encoder.encode([ids[j] for j in chunk_keep], want,
                                                  [origin[j] for j in chunk_keep], **lane)
                 keep += chunk_keep
-        bm25 = (self._bm25.embed([texts[j] for j in keep], o.kind)
+        bm25 = (self._bm25.embed([_text_of(texts[j], self.tokenizer) for j in keep], o.kind)
                 if o.sparse and self._bm25 is not None else None)
         dense_rows = (finish_dense(np.stack([r.dense for r in rows]), o.normalize, o.dimensions)
                       if o.dense and rows else None)
@@ -284,6 +291,12 @@ class Embedder:
         the caller encodes one, so a large call keeps the model busy. Chunks start small,
         so the model starts early, and double up to a size that holds several batches, so
         packing by length still sees a wide choice. Without, one chunk of everything."""
+        if any(not isinstance(t, str) for t in texts):  # token ids as sent: no tokenising
+            strings = [t for t in texts if isinstance(t, str)]
+            encoded = iter(self.tokenizer.encode(strings))
+            yield 0, [next(encoded) if isinstance(t, str) else self.tokenizer.with_special(t)
+                      for t in texts]
+            return
         bounds = _chunk_bounds(len(texts), TOKENIZE_CHUNK_TEXTS,
                                max(TOKENIZE_CHUNK_TEXTS, self.max_batch_tokens // 16))
         if not self.pipeline or len(bounds) <= 1:
@@ -316,6 +329,16 @@ class Embedder:
         with self._lock:
             self._encoder.encode(self.tokenizer.encode(["warm up"]), want)
             self._encoder.stats.__init__()
+
+
+def _input_key(item: str | tuple[int, ...]):
+    """The cache's key of one input: a text's hash, or the token-id tuple itself."""
+    return text_key(item) if isinstance(item, str) else ("ids", item)
+
+
+def _text_of(item: str | tuple[int, ...], tokenizer: TextTokenizer) -> str:
+    """The text of an input (token ids decoded), for BM25."""
+    return item if isinstance(item, str) else tokenizer.decode(item)
 
 
 def _chunk_bounds(n: int, first: int, most: int) -> list[tuple[int, int]]:

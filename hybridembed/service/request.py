@@ -4,9 +4,9 @@ stores, migration) ends here, so each gets the same answer to the same input."""
 
 from __future__ import annotations
 
-from ..errors import InvalidOptionError
+from ..errors import InvalidInputError, InvalidOptionError
 from ..registry import ModelSpec
-from ..textcheck import check_texts
+from ..textcheck import check_text, check_texts
 from ..types import KINDS, TRUNCATION_SIDES, EmbedOptions, EmbedRequest
 
 
@@ -17,19 +17,41 @@ def _flag(name: str, value) -> bool:
     return value
 
 
+def _check_inputs(inputs, vocab_size: int | None) -> tuple[str | tuple[int, ...], ...]:
+    """Texts, and (where ``vocab_size`` is given) token-id lists of the model's own
+    vocabulary, which are embedded exactly as sent."""
+    if vocab_size is None or isinstance(inputs, str) or not isinstance(inputs, list | tuple) \
+            or not any(isinstance(x, list | tuple) for x in inputs):
+        return tuple(check_texts(inputs))
+    out: list[str | tuple[int, ...]] = []
+    for i, item in enumerate(inputs):
+        if not isinstance(item, list | tuple):
+            out.append(check_text(item, i))
+            continue
+        if not item:
+            raise InvalidInputError(f"input #{i} is an empty token-id list", i)
+        for tid in item:
+            if isinstance(tid, bool) or not isinstance(tid, int) or not 0 <= tid < vocab_size:
+                raise InvalidInputError(f"input #{i}: token id {tid!r} is not a whole number in "
+                                        f"this model's vocabulary (0..{vocab_size - 1})", i)
+        out.append(tuple(item))
+    return tuple(out)
+
+
 def build_request(spec: ModelSpec, texts, *, dense: bool = True, sparse: bool = False,
                   multivector: bool = False, kind: str = "document",
                   prompt_name: str | None = None, truncate: bool = True,
                   truncation_side: str = "right", dimensions: int | None = None,
-                  normalize: bool = True) -> EmbedRequest:
+                  normalize: bool = True, vocab_size: int | None = None) -> EmbedRequest:
     """Check ``texts`` and every option against the model ``spec`` and return the
-    request value.
+    request value. With ``vocab_size``, an item of ``texts`` may also be a list of the
+    model's token ids (no special tokens), embedded as sent.
 
     Raises :class:`InvalidInputError` (a text is not a string or is not valid Unicode,
     naming its index) or :class:`InvalidOptionError` (naming the option, what was given
     and what is valid).
     """
-    checked = check_texts(texts)
+    checked = _check_inputs(texts, vocab_size)
     options = EmbedOptions(
         dense=_flag("dense", dense), sparse=_flag("sparse", sparse),
         multivector=_flag("multivector", multivector), kind=kind, prompt_name=prompt_name,
@@ -52,7 +74,7 @@ def build_request(spec: ModelSpec, texts, *, dense: bool = True, sparse: bool = 
                                    or not 1 <= dimensions <= spec.dim):
         raise InvalidOptionError(f"dimensions must be a whole number from 1 to {spec.dim} "
                                  f"(this model's size), got {dimensions!r}", "dimensions")
-    return EmbedRequest(tuple(checked), options)
+    return EmbedRequest(checked, options)
 
 
 def prompt_of(spec: ModelSpec, options: EmbedOptions) -> str:
