@@ -21,6 +21,7 @@ from . import collections_routes, native_routes, ollama_routes, openai_routes, t
 from .core import ServerCore
 from .errors import ApiError, from_exception, protocol_of, render
 from .metrics import CLOCK, StageClock
+from .schemas import ReadyResponse, Status, complete_openapi, ok
 from .token_ids import POLICIES
 
 PUBLIC_PATHS = ("/health",)
@@ -144,17 +145,19 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
     for module in ROUTERS:
         app.include_router(module.router)
 
-    @app.get("/health", tags=["operations"])
+    @app.get("/health", tags=["operations"], responses=ok(Status))
     async def health():
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["operations"])
+    @app.get("/ready", tags=["operations"], responses=ok(ReadyResponse))
     async def ready():
         emb = core.ready()
         return {"status": "ready", "model": emb.model, "device": emb.device,
                 "load_seconds": round(core.load_seconds, 3)}
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get("/metrics", tags=["operations"], response_class=Response, responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+              "description": "Prometheus text exposition format"}})
     async def metrics():
         b = core.batcher
         cache = core.embedder.stats()["cache"] if core.embedder else None
@@ -182,16 +185,31 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
         kind = {404: "not_found", 405: "invalid_request"}.get(exc.status_code, "invalid_request")
         message = ("request body is not valid UTF-8 JSON" if exc.status_code == 400
                    else f"{exc.detail}: {request.method} {request.url.path}")
-        if exc.status_code == 405 and exc.headers and "Allow" in exc.headers:
-            message += f" (allowed: {exc.headers['Allow']})"
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route matching the path; list them all.
+            headers["Allow"] = ", ".join(_methods_of(app, request.scope))
+            message += f" (allowed: {headers['Allow']})"
         param = "route" if exc.status_code in (404, 405) else None
         return _respond(request, ApiError(exc.status_code, message, kind, param,
-                                          headers=dict(exc.headers or {})))
+                                          headers=headers))
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception):
         return _respond(request, from_exception(exc))
 
+    def openapi() -> dict:
+        # Completed once the model is loaded (its size and prompts bound the requests).
+        if app.openapi_schema is None or getattr(app.state, "openapi_model", None) is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            app.openapi_schema = complete_openapi(schema, protocol_of, core.embedder)
+            app.state.openapi_model = core.embedder
+        return app.openapi_schema
+
+    app.openapi = openapi
     routes = {r.path for m in ROUTERS for r in m.router.routes}
     routes |= {"/health", "/ready", "/metrics", "/docs", "/openapi.json"}
     app.add_middleware(EdgeMiddleware, core=core, routes=routes)
@@ -203,6 +221,18 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Retry-After"])
     return app
+
+
+def _methods_of(app: FastAPI, scope) -> list[str]:
+    """Every method some route accepts on the request's path."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)  # PARTIAL: the path matches, the method does not
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods - {"HEAD"})
 
 
 def _first_field(exc: RequestValidationError) -> str | None:

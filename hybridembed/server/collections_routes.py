@@ -5,31 +5,46 @@ search. Store calls block (database I/O, embedding), so they run off the event l
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+
+from .wire import WholeNumber, whole_number
 
 router = APIRouter(tags=["collections"])
 
 
+COLLECTION_NAME = r"^[a-z][a-z0-9_]{0,47}$"  # what every store accepts (stores.base)
+CollectionName = Annotated[str, Path(pattern=COLLECTION_NAME)]
+
+
 class CreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    name: str
+    name: str = Field(pattern=COLLECTION_NAME)
     multivector: bool = True
+
+
+PayloadField = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+FilterValue = str | int | bool
+Filter = Annotated[dict[PayloadField, FilterValue | Annotated[list[FilterValue],
+                                                              Field(min_length=1)]],
+                   Field(json_schema_extra={"additionalProperties": False})]
 
 
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    text: str
-    id: str | int | None = None
-    payload: dict[str, Any] = Field(default_factory=dict)
+    text: str = Field(pattern=r"^[^\x00]*$", description="no NUL characters (stores refuse them)")
+    id: Annotated[str, Field(min_length=1)] | WholeNumber | None = None
+    payload: dict[PayloadField, Any] = Field(default_factory=dict, json_schema_extra={
+        "additionalProperties": False})
 
 
 class UpsertRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    documents: list[DocumentIn]
+    # One id twice (given, or derived from equal texts): the later document wins.
+    documents: list[DocumentIn] = Field(min_length=1)
 
 
 class DeleteRequest(BaseModel):
@@ -39,13 +54,14 @@ class DeleteRequest(BaseModel):
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    query: str
+    query: str = Field(pattern=r"\S", description="a non-blank text")
     mode: Literal["dense", "sparse", "hybrid"] = "hybrid"
     fusion: Literal["rrf", "dbsf", "weighted"] = "rrf"
-    k: int = Field(10, ge=1, le=10_000)
-    filter: dict[str, Any] | None = None
+    k: whole_number(ge=1, le=1000) = 10
+    filter: Filter | None = Field(None, description="{field: value} (equality) or "
+                                  "{field: [v1, v2]} (any of), on payload fields")
     rerank: Literal["multivector", "cross-encoder"] | None = None
-    candidates: int | None = Field(None, ge=1, le=100_000)
+    candidates: whole_number(ge=1, le=100_000) | None = None
     weights: list[float] = Field(default_factory=lambda: [1.0, 1.0], min_length=2, max_length=2)
 
 
@@ -68,18 +84,18 @@ async def create(body: CreateRequest, request: Request):
 
 
 @router.get("/v1/collections/{name}")
-async def describe(name: str, request: Request):
+async def describe(name: CollectionName, request: Request):
     return await _call(request, "describe", name)
 
 
 @router.delete("/v1/collections/{name}")
-async def drop(name: str, request: Request):
+async def drop(name: CollectionName, request: Request):
     await _call(request, "drop_collection", name)
     return {"dropped": name}
 
 
 @router.post("/v1/collections/{name}/documents")
-async def upsert(name: str, body: UpsertRequest, request: Request):
+async def upsert(name: CollectionName, body: UpsertRequest, request: Request):
     core = request.app.state.core
     core.check_inputs([d.text for d in body.documents])
     docs = [d.model_dump() for d in body.documents]
@@ -88,12 +104,12 @@ async def upsert(name: str, body: UpsertRequest, request: Request):
 
 
 @router.delete("/v1/collections/{name}/documents")
-async def delete(name: str, body: DeleteRequest, request: Request):
+async def delete(name: CollectionName, body: DeleteRequest, request: Request):
     return {"deleted": await _call(request, "delete", name, body.ids)}
 
 
 @router.post("/v1/collections/{name}/search")
-async def search(name: str, body: SearchRequest, request: Request):
+async def search(name: CollectionName, body: SearchRequest, request: Request):
     hits = await _call(request, "search", name, body.query, mode=body.mode, fusion=body.fusion,
                        k=body.k, filter=body.filter, rerank=body.rerank,
                        candidates=body.candidates, weights=tuple(body.weights))

@@ -121,8 +121,10 @@ class ServerCore:
             raise ApiError(400, "input is empty; send at least one text", "empty", "input")
         limit = self.input_limit(protocol)
         if limit is not None and len(texts) > limit:
-            raise ApiError(413, f"{len(texts)} inputs in one request; the limit is {limit}",
-                           "too_large", "input")
+            # OpenAI answers its own 2048 cap with a 400; a server-set cap is a 413.
+            status = 413 if self.settings.max_inputs else 400
+            raise ApiError(status, f"{len(texts)} inputs in one request; the limit is {limit}",
+                           "too_large" if status == 413 else "invalid_request", "input")
 
     async def count_tokens(self, request: EmbedRequest) -> int:
         """Tokens the request will occupy (each text at most the model's limit), for

@@ -8,13 +8,19 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from .wire import NativeModel, VectorsResponse, as_list
+from .schemas import ModelList, NativeEmbedResponse, NativeTokenizeResponse, ok
+from .wire import NativeModel, VectorsResponse, as_list, schema_of, texts_schema, whole_number
 
 router = APIRouter(tags=["hybridembed"])
 
 
 class NativeEmbedRequest(NativeModel):
-    inputs: str | list[str]
+    # At least one output: dense (default true), sparse or multivector.
+    model_config = {**NativeModel.model_config, "json_schema_extra": {"anyOf": [
+        {"properties": {"dense": {"const": True}}},
+        {"properties": {"sparse": {"const": True}}, "required": ["sparse"]},
+        {"properties": {"multivector": {"const": True}}, "required": ["multivector"]}]}}
+    inputs: str | list[str] = Field(json_schema_extra=schema_of(texts_schema()))
     model: str | None = None
     dense: bool = True
     sparse: bool = False
@@ -23,18 +29,18 @@ class NativeEmbedRequest(NativeModel):
     prompt_name: str | None = None
     truncate: bool = True
     truncation_side: Literal["right", "left"] = "right"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: whole_number(ge=1) | None = None
     normalize: bool = True
     sparse_tokens: bool = False
 
 
 class NativeTokenizeRequest(NativeModel):
-    inputs: str | list[str]
+    inputs: str | list[str] = Field(json_schema_extra=schema_of(texts_schema()))
     truncate: bool = True
     truncation_side: Literal["right", "left"] = "right"
 
 
-@router.post("/v1/embed")
+@router.post("/v1/embed", responses=ok(NativeEmbedResponse))
 async def embed(body: NativeEmbedRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model)
@@ -61,7 +67,7 @@ async def embed(body: NativeEmbedRequest, request: Request):
         "tokens": result.usage.tokens, "total_tokens": result.usage.total_tokens}})
 
 
-@router.post("/v1/tokenize")
+@router.post("/v1/tokenize", responses=ok(NativeTokenizeResponse))
 async def tokenize(body: NativeTokenizeRequest, request: Request):
     core = request.app.state.core
     texts = as_list(body.inputs)
@@ -72,7 +78,7 @@ async def tokenize(body: NativeTokenizeRequest, request: Request):
                        for row in ids]}
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=ok(ModelList))
 async def models(request: Request):
     core = request.app.state.core
     emb = core.ready()

@@ -9,10 +9,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import Field
 
 from .. import __version__
-from .wire import VectorsResponse, WireModel, as_list
+from .schemas import (
+    OllamaEmbeddingsResponse,
+    OllamaEmbedResponse,
+    OllamaShowResponse,
+    OllamaTagsResponse,
+    OllamaVersionResponse,
+    ok,
+)
+from .wire import VectorsResponse, WireModel, as_list, whole_number
 
 router = APIRouter(tags=["Ollama"])
 OLLAMA_VERSION = "0.6.0"  # the Ollama API level these routes follow
@@ -22,7 +29,7 @@ class OllamaEmbedRequest(WireModel):
     model: str
     input: str | list[str] = ""
     truncate: bool | None = True
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: whole_number(ge=1) | None = None
     keep_alive: Any = None
     options: dict | None = None
 
@@ -39,7 +46,7 @@ class OllamaShowRequest(WireModel):
     name: str | None = None
 
 
-@router.post("/api/embed")
+@router.post("/api/embed", responses=ok(OllamaEmbedResponse))
 async def embed(body: OllamaEmbedRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model)
@@ -47,6 +54,7 @@ async def embed(body: OllamaEmbedRequest, request: Request):
     # As Ollama does: "" and [] (a preload) give no embeddings; [""] gives one.
     texts = [] if body.input == "" else as_list(body.input)
     if not texts:
+        core.ready().request([], dimensions=body.dimensions)  # options still checked
         return {"model": body.model, "embeddings": []}
     embed = core.request(texts, dimensions=body.dimensions, truncate=body.truncate is not False)
     result = await core.embed(request, embed, "ollama")
@@ -55,7 +63,7 @@ async def embed(body: OllamaEmbedRequest, request: Request):
                             "prompt_eval_count": result.usage.total_tokens})
 
 
-@router.post("/api/embeddings")
+@router.post("/api/embeddings", responses=ok(OllamaEmbeddingsResponse))
 async def embeddings(body: OllamaEmbeddingsRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model)
@@ -78,17 +86,17 @@ def _model_entry(core) -> dict:
                         "quantization_level": emb.dtype.upper()}}
 
 
-@router.get("/api/tags")
+@router.get("/api/tags", responses=ok(OllamaTagsResponse))
 async def tags(request: Request):
     return {"models": [_model_entry(request.app.state.core)]}
 
 
-@router.get("/api/version")
+@router.get("/api/version", responses=ok(OllamaVersionResponse))
 async def version():
     return {"version": OLLAMA_VERSION, "hybridembed": __version__}
 
 
-@router.post("/api/show")
+@router.post("/api/show", responses=ok(OllamaShowResponse))
 async def show(body: OllamaShowRequest, request: Request):
     core = request.app.state.core
     core.check_model(body.model or body.name)
@@ -102,6 +110,8 @@ async def show(body: OllamaShowRequest, request: Request):
                            f"{arch}.embedding_length": emb.dim}}
 
 
-@router.get("/", include_in_schema=False)
+@router.get("/", response_class=PlainTextResponse, responses={
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+          "description": "Ollama's liveness text (POST / is TEI's embed route)"}})
 async def root():
     return PlainTextResponse("Ollama is running (hybridembed)")

@@ -10,19 +10,28 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from .errors import ApiError
-from .token_ids import read_token_ids
-from .wire import VectorsResponse, WireModel
+from .schemas import OpenAIEmbeddingsResponse, ok
+from .token_ids import CL100K_MAX_ID, read_token_ids
+from .wire import VectorsResponse, WholeNumber, WireModel, schema_of, texts_schema, whole_number
 
 router = APIRouter(tags=["OpenAI"])
 
 
+_TOKEN_IDS = {"type": "array", "minItems": 1,
+              "items": {"type": "integer", "minimum": 0, "maximum": CL100K_MAX_ID}}
+_INPUT_SCHEMA = {"anyOf": [*texts_schema(min_length=1, max_items=2048)["anyOf"], _TOKEN_IDS,
+                           {"type": "array", "items": _TOKEN_IDS, "minItems": 1,
+                            "maxItems": 2048}]}
+
+
 class OpenAIEmbeddingsRequest(WireModel):
-    input: str | list[str] | list[int] | list[list[int]] = Field(
-        description="a string, a list of strings, a token-id list or a list of token-id lists; "
-                    "none may be empty")
+    input: str | list[str] | list[WholeNumber] | list[list[WholeNumber]] = Field(
+        description="a string, a list of strings, a token-id list or a list of token-id lists "
+                    "(cl100k_base ids unless the server says otherwise); none may be empty",
+        json_schema_extra=schema_of(_INPUT_SCHEMA))
     model: str
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: whole_number(ge=1) | None = None
     user: str | None = None
 
 
@@ -53,7 +62,7 @@ def _encode(vector: np.ndarray, fmt: str):
     return vector
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", responses=ok(OpenAIEmbeddingsResponse))
 @router.post("/embeddings", include_in_schema=False)
 async def embeddings(body: OpenAIEmbeddingsRequest, request: Request):
     core = request.app.state.core

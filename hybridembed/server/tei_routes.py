@@ -11,23 +11,24 @@ from pydantic import Field
 from .. import __version__
 from ..types import EmbedRequest
 from .errors import ApiError
-from .wire import VectorsResponse, WireModel, as_list
+from .schemas import SparseEntry, Status, TEIInfo, TEIToken, ok
+from .wire import VectorsResponse, WireModel, as_list, schema_of, texts_schema, whole_number
 
 router = APIRouter(tags=["text-embeddings-inference"])
 
 
 class TEIEmbedRequest(WireModel):
-    inputs: str | list[str]
+    inputs: str | list[str] = Field(json_schema_extra=schema_of(texts_schema(min_length=1)))
     normalize: bool = True
     truncate: bool | None = None
     truncation_direction: Literal["Right", "Left"] = "Right"
     prompt_name: str | None = Field(None, description="a key of the model's prompts "
                                     "(query and document always work)")
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: whole_number(ge=1) | None = None
 
 
 class TEITokenizeRequest(WireModel):
-    inputs: str | list[str]
+    inputs: str | list[str] = Field(json_schema_extra=schema_of(texts_schema()))
     add_special_tokens: bool = True
 
 
@@ -47,9 +48,11 @@ def _request(core, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
         truncation_side=body.truncation_direction.lower(), **outputs)
 
 
-@router.post("/embed")
-@router.post("/", summary="Embed (TEI's root route; GET / is Ollama's liveness text)")
-@router.post("/invocations", summary="Embed (TEI's SageMaker route)")
+@router.post("/embed", responses=ok(list[list[float]]))
+@router.post("/", responses=ok(list[list[float]]),
+             summary="Embed (TEI's root route; GET / is Ollama's liveness text)")
+@router.post("/invocations", responses=ok(list[list[float]]),
+             summary="Embed (TEI's SageMaker route)")
 async def embed(body: TEIEmbedRequest, request: Request):
     core = request.app.state.core
     result = await core.embed(request, _request(core, body, dimensions=body.dimensions,
@@ -57,24 +60,25 @@ async def embed(body: TEIEmbedRequest, request: Request):
     return VectorsResponse(result.dense)
 
 
-@router.post("/embed_sparse")
+@router.post("/embed_sparse", responses=ok(list[list[SparseEntry]]))
 async def embed_sparse(body: TEIEmbedRequest, request: Request):
     core = request.app.state.core
-    embed = _request(core, body, dense=False, sparse=True)
+    embed = _request(core, body, dense=False, sparse=True, dimensions=body.dimensions)
     result = await core.embed(request, embed, "tei")
     return VectorsResponse([[{"index": i, "value": v} for i, v in zip(
         s.indices.tolist(), s.values.tolist(), strict=True)] for s in result.sparse])
 
 
-@router.post("/embed_all")
+@router.post("/embed_all", responses=ok(list[list[list[float]]]))
 async def embed_all(body: TEIEmbedRequest, request: Request):
     core = request.app.state.core
-    embed = _request(core, body, dense=False, multivector=True)
+    embed = _request(core, body, dense=False, multivector=True,
+                     dimensions=body.dimensions)
     result = await core.embed(request, embed, "tei")
     return VectorsResponse(result.multivector)
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", responses=ok(list[list[TEIToken]]))
 async def tokenize(body: TEITokenizeRequest, request: Request):
     core = request.app.state.core
     texts = as_list(body.inputs)
@@ -86,14 +90,14 @@ async def tokenize(body: TEITokenizeRequest, request: Request):
             for text in texts]
 
 
-@router.get("/ping")
+@router.get("/ping", responses=ok(Status))
 async def ping(request: Request):
     """TEI's SageMaker health route: 200 once the model is loaded, 503 before."""
     request.app.state.core.ready()
     return {"status": "ok"}
 
 
-@router.get("/info")
+@router.get("/info", responses=ok(TEIInfo))
 async def info(request: Request):
     core = request.app.state.core
     emb = core.ready()

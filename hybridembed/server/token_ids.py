@@ -24,6 +24,7 @@ from pathlib import Path
 from .errors import ApiError
 
 POLICIES = ("cl100k", "model", "refuse")
+CL100K_MAX_ID = 100_255  # the last ordinary token; special tokens come after
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
 # cl100k_base's pre-tokenisation pattern and special tokens, as tiktoken defines them.
 _CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|"""
@@ -71,17 +72,13 @@ def read_token_ids(policy: str, id_lists: list[list[int]]) -> list[str] | list[l
     enc = cl100k()
     texts = []
     for i, ids in enumerate(id_lists):
-        bad = [t for t in ids if not 0 <= t < enc.n_vocab]
-        try:
-            if bad:
-                raise KeyError(bad[0])
-            texts.append(enc.decode_bytes(ids).decode("utf-8"))
-        except KeyError as exc:
-            raise ApiError(400, f"input[{i}]: token id {exc.args[0]} is not a cl100k_base id "
-                           "(this server reads token ids as cl100k_base, as OpenAI's clients "
-                           "send them; see --token-ids)", param="input") from None
-        except UnicodeDecodeError:
-            raise ApiError(400, f"input[{i}]: these cl100k_base token ids do not decode to "
-                           "whole UTF-8 characters (a character is split between inputs)",
-                           param="input") from None
+        bad = [t for t in ids if not 0 <= t <= CL100K_MAX_ID]
+        if bad:
+            raise ApiError(400, f"input[{i}]: token id {bad[0]} is not an ordinary cl100k_base "
+                           f"id (0..{CL100K_MAX_ID}); this server reads token ids as "
+                           "cl100k_base, as OpenAI's clients send them (see --token-ids)",
+                           param="input")
+        # A real client's ids decode exactly; bytes that do not form whole UTF-8 characters
+        # (ids cut mid-character) become U+FFFD, as tiktoken's own decode() does.
+        texts.append(enc.decode_bytes(ids).decode("utf-8", errors="replace"))
     return texts

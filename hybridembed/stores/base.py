@@ -39,7 +39,8 @@ class CollectionExistsError(StoreError):
 
 class SchemaMismatchError(StoreError, ValueError):
     """The embedder (model, dims, sparse kind) differs from the one that built the
-    collection."""
+    collection, or a request needs what the collection was built without (multi-vectors):
+    a conflict with the collection's state (HTTP 409)."""
 
 
 class StoreLockedError(StoreError):
@@ -142,8 +143,8 @@ def check_search(mode: str, fusion: str, rerank: str | None, k: int) -> None:
 
 
 def check_filter(flt: Mapping[str, Any] | None, known: Sequence[str], collection: str) -> dict:
-    """Filters are ``{field: value}`` (equality) or ``{field: [v1, v2]}`` (any of), on
-    payload fields the collection has seen."""
+    """Filters are ``{field: value}`` (equality) or ``{field: [v1, v2]}`` (any of). A field
+    no document has is valid and matches nothing (:func:`unmatched_fields` names them)."""
     if not flt:
         return {}
     if not isinstance(flt, Mapping):
@@ -151,15 +152,16 @@ def check_filter(flt: Mapping[str, Any] | None, known: Sequence[str], collection
     for key, value in flt.items():
         if not isinstance(key, str) or not _FIELD.match(key):
             raise InvalidOptionError(f"invalid filter field {key!r}", "filter")
-        if key not in known:
-            raise InvalidOptionError(
-                f"no document in {collection!r} has payload field {key!r}; known fields: "
-                f"{', '.join(sorted(known)) or 'none'}", "filter")
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, str | int | bool) for v in values):
             raise InvalidOptionError(f"filter {key!r} must be a string, number or boolean, or a "
                                      "non-empty list of them", "filter")
     return dict(flt)
+
+
+def unmatched_fields(flt: Mapping[str, Any], known: Sequence[str]) -> list[str]:
+    """Filter fields no document of the collection has: such a filter matches nothing."""
+    return sorted(set(flt) - set(known))
 
 
 def check_documents(docs: Sequence[Document]) -> list[Document]:
@@ -185,11 +187,10 @@ def check_documents(docs: Sequence[Document]) -> list[Document]:
                 raise InvalidOptionError(f"document #{i} payload field {key!r} is not a valid "
                                          "name (letters, digits, '_')", "documents")
         out.append(doc)
-    keys = [d.key for d in out]
-    if len(set(keys)) != len(keys):
-        dup = next(k for k in keys if keys.count(k) > 1)
-        raise InvalidOptionError(f"document id {dup!r} appears twice in one upsert", "documents")
-    return out
+    # One id twice in a request (given twice, or derived from equal texts): the later
+    # document wins, exactly as two upserts in a row would leave it.
+    last = {d.key: i for i, d in enumerate(out)}
+    return [d for i, d in enumerate(out) if last[d.key] == i]
 
 
 @dataclass

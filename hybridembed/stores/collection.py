@@ -23,11 +23,13 @@ from .base import (
     Hit,
     QuerySpec,
     Record,
+    SchemaMismatchError,
     StoreBackend,
     check_documents,
     check_filter,
     check_name,
     check_search,
+    unmatched_fields,
 )
 
 BULK_MIN_DOCS = 1000
@@ -133,10 +135,11 @@ class VectorStore:
             raise InvalidOptionError("query must be a non-empty string", "query")
         meta, schema = self._checked_meta(name)
         if rerank == "multivector" and not schema.multivector_dim:
-            raise InvalidOptionError(f"collection {name!r} stores no multi-vectors; rerank with "
-                                     "cross-encoder or recreate it with multivector=True",
-                                     "rerank")
+            raise SchemaMismatchError(f"collection {name!r} stores no multi-vectors; rerank with "
+                                      "cross-encoder or recreate it with multivector=True")
         flt = check_filter(filter, meta.get("fields", []), name)
+        if unmatched_fields(flt, meta.get("fields", [])):
+            return []  # equality on a field no document has matches nothing
         pool = max(candidates or 4 * k, k)
         q = self.embedder.embed([query], kind="query", dense=True, sparse=True,
                                 multivector=rerank == "multivector")
