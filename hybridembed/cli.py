@@ -4,9 +4,11 @@ Errors from the library become one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import registry
 from .config import ENV_DOC, Settings
@@ -24,8 +26,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="edge (default), qdrant or pgvector (env HYBRIDEMBED_STORE)")
     p.add_argument("--url", help="Qdrant URL or PostgreSQL DSN (env HYBRIDEMBED_STORE_URL)")
-    p.add_argument("--data-dir", help="data directory of the embedded store (default "
-                   "./.hybridembed)")
+    p.add_argument("--data-dir", help="data directory of the embedded store (env "
+                   "HYBRIDEMBED_DATA_DIR; default $XDG_DATA_HOME/hybridembed, i.e. "
+                   "~/.local/share/hybridembed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,9 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_flags(index)
     index.add_argument("--chunk-tokens", type=int, default=256, help="tokens per chunk")
     index.add_argument("--overlap", type=int, default=32, help="tokens shared by neighbours")
-    index.add_argument("--no-multivector", action="store_true",
-                       help="store no per-token vectors (smaller; no multivector rerank)")
-    index.add_argument("--batch", type=int, default=256, help="documents per write")
+    index.add_argument("--multivector", action="store_true",
+                       help="also store per-token vectors for --rerank multivector (a new "
+                       "collection only; costs 4 x dim bytes per token: 1.5 KB with MiniLM)")
+    index.add_argument("--no-multivector", action="store_true", help=argparse.SUPPRESS)
+    index.add_argument("--encoding", default="utf-8", help="text encoding of the files")
+    index.add_argument("--batch", type=int, default=256,
+                       help="documents per write; each write is all or nothing")
     _add_model_flags(index)
 
     search = sub.add_parser("search", help="search a collection")
@@ -105,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true")
     _add_model_flags(search)
 
-    cols = sub.add_parser("collections", help="list collections with their size and model")
+    cols = sub.add_parser("collections", help="list collections with their size and model, "
+                          "or drop one")
+    cols.add_argument("action", nargs="?", choices=["list", "drop"], default="list")
+    cols.add_argument("name", nargs="?", help="the collection to drop")
     _add_store_flags(cols)
     cols.add_argument("--json", action="store_true")
 
@@ -158,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="re-embed a PostgreSQL table into new vector columns")
     mig.add_argument("step", choices=["plan", "add", "backfill", "swap", "rollback", "drop-old",
-                                      "status"])
+                                      "status", "failures"])
     mig.add_argument("--dsn", required=True, help="postgresql://...")
     mig.add_argument("--table", required=True)
     mig.add_argument("--id-col", default="id")
@@ -169,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--batch", type=int, default=256, help="rows per transaction")
     mig.add_argument("--too-long", choices=["truncate", "skip"], default="truncate",
                      help="texts over the model's limit: cut them, or skip and report them")
-    mig.add_argument("--force", action="store_true", help="swap with rows still missing")
+    mig.add_argument("--retry-failed", action="store_true",
+                     help="backfill: also retry the rows recorded as failed")
+    mig.add_argument("--force", action="store_true",
+                     help="swap although rows are remaining or failed (they get NULL vectors)")
     mig.add_argument("--yes", action="store_true", help="confirm drop-old")
     mig.add_argument("--ray", action="store_true", help="backfill as a Ray Data pipeline")
     mig.add_argument("--address", help="Ray cluster address (default: a local instance)")
@@ -177,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--gpus-per-worker", type=float, default=0)
     mig.add_argument("--json", action="store_true")
     _add_model_flags(mig)
+
+    pg = sub.add_parser("postgres", help="run an embedded PostgreSQL with pgvector (needs "
+                        "hybridembed[postgres]); `start` prints its DSN")
+    pg.add_argument("action", choices=["start", "stop", "status"])
+    pg.add_argument("--dir", help="its data folder, kept across restarts (default "
+                    "$HYBRIDEMBED_POSTGRES_DIR or ~/.local/share/hybridembed/postgres)")
+    pg.add_argument("--json", action="store_true")
 
     bg = sub.add_parser("reembed", help="blue-green: rebuild a Qdrant collection with another "
                         "model, verify, switch an alias to it (the old one is kept)")
@@ -218,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "serve": cmd_serve, "loadtest": cmd_loadtest, "index": cmd_index,
                     "search": cmd_search, "collections": cmd_collections, "bench": cmd_bench,
                     "migrate": cmd_migrate, "evaluate": cmd_evaluate, "reembed": cmd_reembed,
-                    "alias": cmd_alias}
+                    "alias": cmd_alias, "postgres": cmd_postgres}
         return commands[args.command](args)
     except HybridEmbedError as exc:
         print(f"hybridembed: error: {exc}", file=sys.stderr)
@@ -298,10 +318,15 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def _store_settings(args) -> Settings:
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else None
+    return Settings.from_env(store=args.store, store_url=args.url, data_dir=data_dir)
+
+
 def _store(args, embedder=None):
     from .stores import open_store
 
-    settings = Settings.from_env(store=args.store, store_url=args.url, data_dir=args.data_dir)
+    settings = _store_settings(args)
     if embedder is None:
         from .service import Embedder
 
@@ -312,28 +337,98 @@ def _store(args, embedder=None):
 
 
 def cmd_index(args) -> int:
+    """Index ``args.paths`` in batches of ``--batch`` documents, each one all-or-nothing
+    upsert, so memory is bounded by a batch. A bad file is reported and skipped (exit 1
+    at the end); an error that stops the run is one line (exit 2); Ctrl-C stops after the
+    batch being written (exit 130). A collection this run created and left empty is
+    dropped again."""
     import time
 
     from tqdm import tqdm
 
-    from .ingest import read_documents
+    from .ingest import read_documents, source_files
+    from .stores import StoreError
 
+    files = source_files(args.paths)  # a missing path: exit 2 before anything is opened
     store = _store(args)
     store.batch_size = args.batch
-    store.ensure_collection(args.collection, multivector=not args.no_multivector)
-    docs = list(read_documents(args.paths, store.embedder.tokenizer, args.chunk_tokens,
-                               args.overlap))
+    name = args.collection
+    skipped: list[str] = []
+    written = 0
     began = time.perf_counter()
-    with tqdm(total=len(docs), unit="doc", desc=f"indexing into {args.collection}",
-              disable=None) as bar:
-        store.upsert(args.collection, docs, progress=bar.update)
-    store.optimize(args.collection)  # new segments (Edge), indexes a killed run left out (pg)
+    existed = None
+
+    def skip(message: str) -> None:
+        skipped.append(message)
+        tqdm.write(f"hybridembed: skipped {message}", file=sys.stderr)
+
+    bar = tqdm(unit="doc", desc=f"indexing into {name}", disable=None)
+    try:
+        with contextlib.ExitStack() as loading:
+            docs = read_documents(files, store.embedder.tokenizer, args.chunk_tokens,
+                                  args.overlap, encoding=args.encoding, on_skip=skip)
+            for batch in _batches(docs, args.batch):
+                if existed is None:  # created with the first batch: a failed run leaves none
+                    existed = name in store.list_collections()
+                    store.ensure_collection(name, multivector=args.multivector
+                                            and not args.no_multivector)
+                    if not existed:  # a new collection: build its indexes once, at the end
+                        loading.enter_context(store.bulk(name))
+                store.upsert(name, batch)
+                written += len(batch)
+                bar.update(len(batch))
+        bar.close()
+        if existed is not None:
+            store.optimize(name)  # new segments (Edge), indexes a killed run left out (pg)
+            held = store.count(name)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"hybridembed: interrupted; {written} chunks were written to {name!r}, none "
+              "half-way; run the same command again to finish (written chunks are updated "
+              "in place, not duplicated)", file=sys.stderr)
+        _drop_if_new_and_empty(store, name, existed)
+        return 130
+    except Exception as exc:
+        bar.close()
+        _drop_if_new_and_empty(store, name, existed)
+        if isinstance(exc, HybridEmbedError):
+            raise
+        raise StoreError(f"indexing into {name!r} stopped: {type(exc).__name__}: {exc}; "
+                         f"{written} chunks were written, none half-way") from exc
+    finally:
+        store.close()
     took = time.perf_counter() - began
-    print(f"{len(docs)} chunks from {len(args.paths)} path(s) in {took:.1f} s "
-          f"({len(docs) / took if took else 0:.1f} docs/s); collection {args.collection!r} "
-          f"({store.kind}) holds {store.count(args.collection)}")
-    store.close()
+    where = f"collection {name!r} ({store.kind})"
+    print(f"{written} chunks from {len(files)} file(s) in {took:.1f} s "
+          f"({written / took if took else 0:.1f} docs/s); "
+          + (f"{where} holds {held}" if existed is not None
+             else f"nothing to index: {where} was not created"))
+    if skipped:
+        print(f"hybridembed: {len(skipped)} file(s) or record(s) skipped (listed above); "
+              "the rest was indexed", file=sys.stderr)
+        return 1
     return 0
+
+
+def _batches(docs, size: int):
+    """Lists of at most ``size`` documents, a new list before a repeated id (a JSONL file
+    may hold one id twice: the later record wins, as two upserts would)."""
+    batch, keys = [], set()
+    for doc in docs:
+        if len(batch) >= size or doc.key in keys:
+            yield batch
+            batch, keys = [], set()
+        batch.append(doc)
+        keys.add(doc.key)
+    if batch:
+        yield batch
+
+
+def _drop_if_new_and_empty(store, name: str, existed: bool | None) -> None:
+    if existed is False:
+        with contextlib.suppress(Exception):
+            if store.count(name) == 0:
+                store.drop_collection(name)
 
 
 def _parse_filter(items: list[str]) -> dict:
@@ -348,11 +443,17 @@ def _parse_filter(items: list[str]) -> dict:
 
 
 def cmd_search(args) -> int:
+    from .stores import CollectionNotFoundError
+
     store = _store(args)
-    hits = store.search(args.collection, args.query, mode=args.mode, fusion=args.fusion,
-                        k=args.k, filter=_parse_filter(args.filter), rerank=args.rerank,
-                        weights=tuple(args.weights))
-    store.close()
+    try:
+        hits = store.search(args.collection, args.query, mode=args.mode, fusion=args.fusion,
+                            k=args.k, filter=_parse_filter(args.filter), rerank=args.rerank,
+                            weights=tuple(args.weights))
+    except CollectionNotFoundError as exc:
+        raise CollectionNotFoundError(f"{exc}{_old_default_hint(args)}") from None
+    finally:
+        store.close()
     if args.json:
         json.dump([h.to_dict() for h in hits], sys.stdout, indent=2)
         print()
@@ -364,18 +465,30 @@ def cmd_search(args) -> int:
     for rank, hit in enumerate(hits, 1):
         why = " ".join(f"{r[0]}:{v['rank']}" for r, v in hit.retrievers.items())
         snippet = " ".join(hit.text.split())[:70]
-        print(f"{rank:>4} {hit.score:>9.4f}  {why:<26} {hit.id[:24]:<24} {snippet}")
+        shown = hit.id if len(hit.id) <= 24 else "…" + hit.id[-23:]  # a path's end tells
+        print(f"{rank:>4} {hit.score:>9.4f}  {why:<26} {shown:<24} {snippet}")
     return 0
 
 
 def cmd_collections(args) -> int:
-    settings = Settings.from_env(store=args.store, store_url=args.url, data_dir=args.data_dir)
+    settings = _store_settings(args)
     backend = _backend(args)
-    rows = []
-    for name in backend.list():
-        schema = backend.meta(name)["schema"]
-        rows.append({"name": name, "count": backend.count(name), **schema})
-    backend.close()
+    try:
+        if args.action == "drop":
+            if not args.name:
+                raise InvalidOptionError("collections drop needs the collection's name", "name")
+            backend.drop(args.name)
+            print(f"dropped {args.name!r} from the {settings.store} store")
+            return 0
+        if args.name:
+            raise InvalidOptionError(f"collections list takes no name (got {args.name!r})",
+                                     "name")
+        rows = []
+        for name in backend.list():
+            schema = backend.meta(name)["schema"]
+            rows.append({"name": name, "count": backend.count(name), **schema})
+    finally:
+        backend.close()
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
@@ -384,8 +497,22 @@ def cmd_collections(args) -> int:
         print(f"{row['name']:<24} {row['count']:>8} docs  {row['model']} ({row['dense_dim']}-d, "
               f"sparse {row['sparse_kind']}, multivector {row['multivector_dim'] or 'no'})")
     if not rows:
-        print(f"no collections in the {settings.store} store")
+        where = f" in {settings.data_dir.absolute()}" if settings.store == "edge" else ""
+        print(f"no collections in the {settings.store} store{where}"
+              f"{_old_default_hint(args)}")
     return 0
+
+
+def _old_default_hint(args) -> str:
+    """Collections indexed before the data directory moved out of the working directory
+    (./.hybridembed) are not lost: say where they are."""
+    settings = _store_settings(args)
+    old = Path(".hybridembed")
+    if (settings.store != "edge" or not (old / "collections").is_dir()
+            or old.resolve() == Path(settings.data_dir).resolve()):
+        return ""
+    return (f"; note: {old.absolute()} holds an older data directory, use it with "
+            "--data-dir .hybridembed")
 
 
 def _outputs(text: str) -> tuple[str, ...]:
@@ -437,8 +564,7 @@ def cmd_bench(args) -> int:
 def _backend(args):
     from .stores import open_backend
 
-    settings = Settings.from_env(store=args.store, store_url=args.url, data_dir=args.data_dir)
-    return open_backend(**settings.store_options())
+    return open_backend(**_store_settings(args).store_options())
 
 
 def cmd_reembed(args) -> int:
@@ -485,7 +611,29 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_migrate(args) -> int:
-    from .migrate.pgvector import PgMigration, Target
+    """A migration step; a database error is one line and exit 2 like any other, and
+    Ctrl-C stops with a one-line note of how to resume (exit 130)."""
+    import psycopg
+
+    from .migrate.pgvector import MigrationError
+
+    try:
+        return _migrate_step(args)
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MigrationError(f"migrate {args.step}: database error: {first}") from None
+    except KeyboardInterrupt:
+        kept = {"backfill": "every committed batch is kept",
+                "swap": "the columns are renamed only if the swap finished (`migrate status` "
+                        "says); an unfinished index is rebuilt"}.get(args.step, "nothing was "
+                                                                    "half-written")
+        print(f"hybridembed: interrupted during `migrate {args.step}`; {kept}; run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
+
+
+def _migrate_step(args) -> int:
+    from .migrate.pgvector import MigrationError, PgMigration, Target
 
     target = Target(args.table, args.id_col, args.text_col, args.column, args.sparse, args.schema)
     if args.step == "backfill" and args.ray:
@@ -497,32 +645,66 @@ def cmd_migrate(args) -> int:
                                    too_long=args.too_long,
                                    gpus_per_worker=args.gpus_per_worker,
                                    embedder_options={"device": settings.device,
-                                                     "dtype": settings.dtype})
+                                                     "dtype": settings.dtype},
+                                   retry_failed=args.retry_failed)
         print(json.dumps(result, indent=None if args.json else 2))
         return 0
-    needs_model = args.step in ("plan", "add", "backfill")
     embedder = None
-    if needs_model:
+    if args.step == "backfill":
         from .service import Embedder
 
         embedder = Embedder(**_settings(args).embedder_options())
+    elif args.step in ("plan", "add"):  # the model's spec (dimension, sparse space) will do
+        from types import SimpleNamespace
+
+        spec = registry.resolve(_settings(args).model)
+        embedder = SimpleNamespace(spec=spec, model=spec.name)
     m = PgMigration(args.dsn, target, embedder, batch_size=args.batch, too_long=args.too_long)
+    if args.step == "failures":
+        for key, reason in m.failures():
+            print(f"{key}\t{reason}")
+        return 0
     if args.step == "backfill":
         from tqdm import tqdm
 
-        total = m.status().get("remaining")
-        with tqdm(total=total, unit="row", desc=f"backfill {args.table}") as bar:
-            stats = m.backfill(progress=bar.update)
-        result = {"embedded": stats.embedded, "skipped": stats.skipped,
-                  "skipped_ids": stats.skipped_ids[:100], "batches": stats.batches,
-                  "retries": stats.retries, "seconds": round(stats.seconds, 2),
-                  "rows_per_s": round((stats.embedded + stats.skipped) / stats.seconds, 1)
-                  if stats.seconds else 0}
+        status = m.status()
+        if "remaining" not in status:
+            raise MigrationError("no new columns: run `migrate add` first")
+        total = status["remaining"] + (status["failed"] if args.retry_failed else 0)
+        with tqdm(total=total, unit="row", desc=f"backfill {args.table}", disable=None) as bar:
+            stats = m.backfill(progress=bar.update, retry_failed=args.retry_failed)
+        result = {"embedded": stats.embedded, "skipped": stats.skipped, "failed": stats.failed,
+                  "skipped_ids": stats.skipped_ids[:100],
+                  "failures": [{"key": k, "reason": r} for k, r in stats.failed_rows[:100]],
+                  "batches": stats.batches, "retries": stats.retries,
+                  "seconds": round(stats.seconds, 2),
+                  "rows_per_s": round(stats.rows / stats.seconds, 1) if stats.seconds else 0}
     else:
         result = {"plan": m.plan, "add": lambda: {"added": m.add()}, "status": m.status,
                   "swap": lambda: m.swap(force=args.force), "rollback": m.rollback,
                   "drop-old": lambda: {"dropped": m.drop_old(yes=args.yes)}}[args.step]()
     print(json.dumps(result, indent=None if args.json else 2, default=str))
+    return 0
+
+
+def cmd_postgres(args) -> int:
+    from . import postgres
+
+    result = {"start": postgres.start, "stop": postgres.stop,
+              "status": postgres.status}[args.action](args.dir)
+    if args.json:
+        print(json.dumps(result))
+    elif args.action == "start":
+        print(result["dsn"])  # alone on stdout: DSN=$(hybridembed postgres start)
+        print(f"PostgreSQL with pgvector runs from {result['dir']} (pid {result['pid']}); "
+              "`hybridembed postgres stop` stops it", file=sys.stderr)
+    elif args.action == "stop":
+        print(f"stopped; its data stays in {result['dir']}")
+    elif result["running"]:
+        print(f"running from {result['dir']} (pid {result['pid']}): {result['dsn']}")
+    else:
+        print(f"not running ({result['dir']}"
+              f"{'' if result['initialized'] else ', no data yet'})")
     return 0
 
 

@@ -4,12 +4,22 @@ object and passed down explicitly. Nothing here holds a model."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import InvalidOptionError
 
 ENV_PREFIX = "HYBRIDEMBED_"
+
+
+def default_data_dir() -> Path:
+    """Where hybridembed keeps its data unless told (``HYBRIDEMBED_DATA_DIR``,
+    ``--data-dir``): one folder per user, ``$XDG_DATA_HOME/hybridembed`` or
+    ``~/.local/share/hybridembed`` — never a folder that depends on the working directory,
+    so ``index`` and ``search`` run from different folders see the same collections."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "hybridembed"
 
 
 @dataclass(frozen=True)
@@ -24,7 +34,7 @@ class Settings:
     max_batch_size: int = 0  # 0: no cap beyond the token budget
     cache_size: int = 10_000
     threads: int = 0  # 0: torch's default (all cores)
-    data_dir: Path = Path(".hybridembed")
+    data_dir: Path = field(default_factory=default_data_dir)
     store: str = "edge"  # edge | qdrant | pgvector
     store_url: str = ""  # Qdrant URL or PostgreSQL DSN
     # server
@@ -96,7 +106,8 @@ ENV_DOC: dict[str, str] = {
     "HYBRIDEMBED_MAX_BATCH_SIZE": "texts per forward pass cap (0 = none)",
     "HYBRIDEMBED_CACHE_SIZE": "entries in the result cache (0 disables it)",
     "HYBRIDEMBED_THREADS": "CPU threads for torch (0 = all cores)",
-    "HYBRIDEMBED_DATA_DIR": "where hybridembed keeps its data (default ./.hybridembed)",
+    "HYBRIDEMBED_DATA_DIR": "where hybridembed keeps its data (default "
+                            "$XDG_DATA_HOME/hybridembed, i.e. ~/.local/share/hybridembed)",
     "HYBRIDEMBED_STORE": "vector store: edge (embedded Qdrant Edge, default), qdrant, pgvector",
     "HYBRIDEMBED_STORE_URL": "Qdrant server URL or PostgreSQL DSN for the store",
     "HYBRIDEMBED_HOST": "server bind address (default 127.0.0.1)",

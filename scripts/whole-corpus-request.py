@@ -15,13 +15,14 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 
 
 def corpus(n: int, seed: int = 0) -> list[str]:
-    words = open(__file__).read().split() + "the of and a to in is for on with".split() * 20
+    words = Path(__file__).read_text().split() + "the of and a to in is for on with".split() * 20
     rng = random.Random(seed)
     # ~200 words is about 250 MiniLM tokens (each text distinct: no cache hits)
     return [f"{i} " + " ".join(rng.choice(words) for _ in range(190)) for i in range(n)]
@@ -60,7 +61,7 @@ def main() -> int:
         r = httpx.post(url + args.route, content=payload, timeout=None,
                        headers={"content-type": "application/json"})
         wall = time.perf_counter() - started
-        hwm = next(line for line in open(f"/proc/{server.pid}/status")
+        hwm = next(line for line in Path(f"/proc/{server.pid}/status").read_text().splitlines()
                    if line.startswith("VmHWM")).split()[1]
         assert r.status_code == 200, r.text[:500]
         out = r.json()
@@ -82,7 +83,10 @@ def main() -> int:
                           "load_average": os.getloadavg()}))
     finally:
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
     return 0
 
 

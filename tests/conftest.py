@@ -1,9 +1,12 @@
 """Test set-up: nothing reaches a model hub; shared models are built or loaded once."""
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the default data directory is per user (~/.local/share/hybridembed): tests never write there
+os.environ["HYBRIDEMBED_DATA_DIR"] = tempfile.mkdtemp(prefix="hybridembed-test-data-")
 
 import pytest  # noqa: E402
 

@@ -15,33 +15,35 @@ class _RangeWorker:
     """A Ray actor: one embedder, many id ranges."""
 
     def __init__(self, dsn: str, target: dict, model: str, embedder_options: dict,
-                 batch_size: int, too_long: str):
+                 batch_size: int, too_long: str, retry_failed: bool = False):
         from ..service import Embedder
 
         self.migration = PgMigration(dsn, Target(**target),
                                      Embedder(model, cache_size=0, **embedder_options),
                                      batch_size=batch_size, too_long=too_long)
+        self.retry_failed = retry_failed
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        embedded, skipped = [], []
+        embedded, skipped, failed = [], [], []
         for ids in batch["ids"]:
-            e, s = self.migration.process_ids(list(ids))
-            embedded.append(e)
-            skipped.append(s)
-        return {"embedded": embedded, "skipped": skipped}
+            stats = self.migration.process_ids(list(ids), retry_failed=self.retry_failed)
+            embedded.append(stats.embedded)
+            skipped.append(stats.skipped)
+            failed.append(stats.failed)
+        return {"embedded": embedded, "skipped": skipped, "failed": failed}
 
 
 def backfill_with_ray(dsn: str, target: Target, model: str, *, address: str | None = None,
                       workers: int = 2, batch_size: int = 256, too_long: str = "truncate",
                       embedder_options: dict | None = None, gpus_per_worker: float = 0,
-                      progress=None) -> dict[str, Any]:
+                      progress=None, retry_failed: bool = False) -> dict[str, Any]:
     import ray
 
     from ..registry import resolve
 
-    ids = PgMigration(dsn, target, None).pending_ids()
+    ids = PgMigration(dsn, target, None).pending_ids(retry_failed=retry_failed)
     if not ids:
-        return {"embedded": 0, "skipped": 0, "ranges": 0, "workers": 0}
+        return {"embedded": 0, "skipped": 0, "failed": 0, "ranges": 0, "workers": 0}
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -56,11 +58,11 @@ def backfill_with_ray(dsn: str, target: Target, model: str, *, address: str | No
         _RangeWorker, batch_size=1, concurrency=workers, **resources,
         fn_constructor_kwargs={"dsn": dsn, "target": vars(target), "model": model,
                                "embedder_options": options, "batch_size": batch_size,
-                               "too_long": too_long})
-    embedded = skipped = 0
+                               "too_long": too_long, "retry_failed": retry_failed})
+    totals = {"embedded": 0, "skipped": 0, "failed": 0}
     for row in dataset.iter_rows():
-        embedded += int(row["embedded"])
-        skipped += int(row["skipped"])
+        for name in totals:
+            totals[name] += int(row[name])
         if progress:
-            progress(int(row["embedded"]) + int(row["skipped"]))
-    return {"embedded": embedded, "skipped": skipped, "ranges": len(ranges), "workers": workers}
+            progress(sum(int(row[name]) for name in totals))
+    return {**totals, "ranges": len(ranges), "workers": workers}

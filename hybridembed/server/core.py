@@ -25,9 +25,12 @@ from .errors import ApiError
 from .metrics import CLOCK, Metrics, StageClock, lap
 
 log = logging.getLogger(__name__)
-# Texts per part of a large request in the queue: several batches' worth at the CPU budget,
-# small enough that two parts in flight keep memory bounded on a 20,000-text request.
-PART_TEXTS = 512
+# Texts per part of a large request in the queue, at least: a part is about four batches
+# of the longest texts (64 texts at MiniLM's CPU budget, 2,048 at the CUDA one), so two
+# parts in flight keep the device busy while memory stays bounded, and each part finishes
+# within seconds on a CPU (the request timeout restarts whenever one does).
+PART_TEXTS = 64
+PART_TEXTS_MAX = 4_096
 # Inputs per request by protocol when --max-inputs is not set (None: no cap).
 PROTOCOL_INPUT_LIMITS = {"openai": 2048}
 
@@ -167,7 +170,7 @@ class ServerCore:
         """Queue a request value built by :meth:`Embedder.request` (validated there, not
         here) and wait for it while watching whether the HTTP client (``request``) leaves.
 
-        A request of more than :data:`PART_TEXTS` texts (a whole corpus, as
+        A request of more than :meth:`part_texts` texts (a whole corpus, as
         langchain-ollama sends) goes through the queue in parts, at most two in flight, so
         memory stays bounded and other clients' requests interleave. Only the first part
         can be refused as overload (429); later parts wait for room. The request timeout
@@ -181,8 +184,9 @@ class ServerCore:
             self.arrived(clock)
             raise
         watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
-        parts = [EmbedRequest(embed.texts[a:a + PART_TEXTS], embed.options)
-                 for a in range(0, len(embed), PART_TEXTS)]
+        size = self.part_texts()
+        parts = [EmbedRequest(embed.texts[a:a + size], embed.options)
+                 for a in range(0, len(embed), size)]
         stamps: list[dict[str, float]] = [{} for _ in parts]
         pending: list[asyncio.Future] = []
         results: list[EmbedResult] = []
@@ -191,7 +195,7 @@ class ServerCore:
                 pending.append(asyncio.ensure_future(self._submit(part, k == 0, stamps[k])))
                 if len(pending) >= 2 or k == len(parts) - 1:
                     while len(pending) > (0 if k == len(parts) - 1 else 1):
-                        start = len(results) * PART_TEXTS
+                        start = len(results) * size
                         results.append(await self._wait(pending.pop(0), watch, start))
         finally:
             if watch:
@@ -203,6 +207,11 @@ class ServerCore:
             clock.seconds["inference"] = sum(s["inference"] for s in stamps)
             clock.last = stamps[-1]["finished"]
         return results[0] if len(results) == 1 else concat_results(results)
+
+    def part_texts(self) -> int:
+        """Texts per queue part of a large request (see :data:`PART_TEXTS`)."""
+        emb = self.ready()
+        return max(PART_TEXTS, min(PART_TEXTS_MAX, 4 * emb.max_batch_tokens // emb.max_length))
 
     async def _submit(self, part: EmbedRequest, first: bool, stamps: dict[str, float]
                       ) -> EmbedResult:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config import default_data_dir
 from ..errors import InvalidOptionError
 from .base import (
     CollectionExistsError,
@@ -23,10 +24,12 @@ STORES: tuple[str, ...] = ("edge", "qdrant", "pgvector")
 
 
 def open_backend(kind: str = "edge", *, url: str | None = None,
-                 data_dir: str | os.PathLike = ".hybridembed"):
-    """The adapter for ``kind``: ``edge`` (embedded Qdrant Edge under ``data_dir``),
+                 data_dir: str | os.PathLike | None = None):
+    """The adapter for ``kind``: ``edge`` (embedded Qdrant Edge under ``data_dir``, by
+    default :func:`~hybridembed.config.default_data_dir`),
     ``qdrant`` (a Qdrant server at ``url``, or ``:memory:`` / a path for qdrant-client's
     local mode), ``pgvector`` (PostgreSQL at the DSN ``url``)."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     if kind == "edge":
         from .qdrant_edge import QdrantEdgeBackend
 

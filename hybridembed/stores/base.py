@@ -9,13 +9,15 @@ embedders (anything with ``embed``), never the service layer.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ..errors import HybridEmbedError, InvalidOptionError
+from ..errors import HybridEmbedError, InvalidInputError, InvalidOptionError, NonFiniteOutputError
+from ..textcheck import check_text, nonfinite_rows
 
 MODES: tuple[str, ...] = ("dense", "sparse", "hybrid")
 FUSIONS: tuple[str, ...] = ("rrf", "dbsf", "weighted")
@@ -176,21 +178,73 @@ def check_documents(docs: Sequence[Document]) -> list[Document]:
                            payload=doc.get("payload") or {})
         if not isinstance(doc, Document) or not isinstance(doc.text, str):
             raise InvalidOptionError(f"document #{i} needs a string 'text'", "documents")
+        check_text(doc.text, i, "document", allow_nul=False)
+        if isinstance(doc.id, str):
+            _check_string(doc.id, i, "id")
         if doc.id is not None and (isinstance(doc.id, bool)
                                    or not isinstance(doc.id, str | int) or doc.id == ""):
             raise InvalidOptionError(f"document #{i} id must be a non-empty string or an integer",
                                      "documents")
         if not isinstance(doc.payload, Mapping):
             raise InvalidOptionError(f"document #{i} payload must be an object", "documents")
-        for key in doc.payload:
+        for key, value in doc.payload.items():
             if not isinstance(key, str) or not _FIELD.match(key):
                 raise InvalidOptionError(f"document #{i} payload field {key!r} is not a valid "
                                          "name (letters, digits, '_')", "documents")
+            _check_json(value, i, f"payload field {key!r}")
         out.append(doc)
     # One id twice in a request (given twice, or derived from equal texts): the later
     # document wins, exactly as two upserts in a row would leave it.
     last = {d.key: i for i, d in enumerate(out)}
     return [d for i, d in enumerate(out) if last[d.key] == i]
+
+
+def _check_string(text: str, i: int, where: str) -> None:
+    """A string a store keeps (id, payload value): the same hygiene as a document's text."""
+    try:
+        check_text(text, None, where, allow_nul=False)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"document #{i} {exc}", i) from None
+
+
+def _check_json(value: Any, i: int, where: str) -> None:
+    """A payload value every store can keep: JSON (objects with string keys, lists,
+    strings, finite numbers, booleans, null), strings as :func:`_check_string`."""
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidOptionError(f"document #{i} {where} is {value}; payload numbers must be "
+                                     "finite (JSON has no NaN or infinity)", "documents")
+    elif isinstance(value, str):
+        _check_string(value, i, where)
+    elif isinstance(value, list | tuple):
+        for n, item in enumerate(value):
+            _check_json(item, i, f"{where}[{n}]")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidOptionError(f"document #{i} {where} has the key {key!r}; JSON "
+                                         "object keys are strings", "documents")
+            _check_string(key, i, f"{where} key")
+            _check_json(item, i, f"{where}[{key!r}]")
+    else:
+        raise InvalidOptionError(f"document #{i} {where} is a {type(value).__name__}; payload "
+                                 "values must be JSON: string, number, boolean, null, list or "
+                                 "object", "documents")
+
+
+def check_records(records: Sequence[Record]) -> None:
+    """What every adapter checks before it writes records computed elsewhere (a re-embed,
+    a benchmark): texts as :func:`check_documents` checks them, and every vector finite.
+    Raises :class:`InvalidInputError` or :class:`NonFiniteOutputError` naming the record's
+    position; nothing has been written then."""
+    for i, rec in enumerate(records):
+        check_text(rec.text, i, "document", allow_nul=False)
+    bad = nonfinite_rows([r.dense for r in records], [r.sparse for r in records],
+                         [r.multivector for r in records])
+    if bad:
+        raise NonFiniteOutputError(bad)
 
 
 @dataclass

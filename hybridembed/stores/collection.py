@@ -1,9 +1,11 @@
 """:class:`VectorStore`: the one entry point for indexing and searching, over any adapter.
 
 It embeds (dense + sparse + multi-vector in one forward pass per batch), checks that the
-collection was built by the same model and options, validates names, documents and
-filters before anything is written, asks the adapter for fused candidates, and applies a
-cross-encoder rerank when asked. Adapters only move vectors.
+collection was built by the same model and options, validates names, documents (text
+hygiene as :mod:`hybridembed.textcheck`: no NUL, no unpaired surrogate) and filters, and
+embeds a whole upsert and checks every vector is finite before anything is written, asks
+the adapter for fused candidates, and applies a cross-encoder rerank when asked.
+Adapters only move vectors.
 
 An upsert of at least :data:`BULK_MIN_DOCS` documents that at least doubles the
 collection runs inside the adapter's ``bulk()`` where it has one: pgvector then builds its
@@ -12,11 +14,12 @@ HNSW indexes once at the end instead of row by row, Qdrant Edge optimises once a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, NonFiniteOutputError
+from ..textcheck import nonfinite_rows
 from .base import (
     CollectionSchema,
     Document,
@@ -43,6 +46,7 @@ class VectorStore:
         self._reranker = reranker
         self.reranker_model = reranker_model
         self.batch_size = batch_size
+        self._loading: set[str] = set()  # collections inside bulk()
 
     @property
     def kind(self) -> str:
@@ -84,32 +88,65 @@ class VectorStore:
 
     # -- documents ------------------------------------------------------------------------
     def upsert(self, name: str, docs: Sequence[Document | Mapping], progress=None) -> int:
-        """Embed and write ``docs``; every vector of a document goes in one record.
-        Validation happens before anything is written."""
+        """Embed and write ``docs``, all or nothing; every vector of a document goes in one
+        record. Everything is checked and embedded before the first write: a bad document
+        (NUL byte, unpaired surrogate, non-JSON payload...) raises
+        :class:`~hybridembed.errors.InvalidInputError` /
+        :class:`~hybridembed.errors.InvalidOptionError` naming it, a non-finite vector
+        raises :class:`~hybridembed.errors.NonFiniteOutputError` naming the documents, and
+        the collection is unchanged. The records are then written in one adapter call
+        (one transaction on pgvector, one update on Qdrant). ``progress(n)`` is called as
+        documents are embedded. Memory holds every vector of ``docs`` at once: callers
+        with a large corpus upsert it in batches (``hybridembed index`` does)."""
         meta, schema = self._checked_meta(name)
         docs = check_documents(docs)
+        records = []
+        for start in range(0, len(docs), self.batch_size):
+            chunk = docs[start:start + self.batch_size]
+            records.extend(self._records(chunk, start, bool(schema.multivector_dim)))
+            if progress:
+                progress(len(chunk))
         fields = set(meta.get("fields", []))
         new_fields = {k for d in docs for k in d.payload} - fields
         if new_fields:  # record fields first: a filter on them must never be refused
             meta["fields"] = sorted(fields | new_fields)
             self.backend.update_meta(name, meta)
-        bulk = getattr(self.backend, "bulk", None)
-        if bulk is None or len(docs) < BULK_MIN_DOCS or len(docs) < self.backend.count(name):
-            bulk = None
-        with bulk(name) if bulk else nullcontext():
-            for start in range(0, len(docs), self.batch_size):
-                chunk = docs[start:start + self.batch_size]
-                result = self.embedder.embed([d.text for d in chunk], dense=True, sparse=True,
-                                             multivector=bool(schema.multivector_dim))
-                records = [Record(key=d.key, text=d.text, payload=dict(d.payload),
-                                  dense=result.dense[i], sparse=result.sparse[i],
-                                  multivector=result.multivector[i] if result.multivector
-                                  else None)
-                           for i, d in enumerate(chunk)]
-                self.backend.write(name, records)
-                if progress:
-                    progress(len(chunk))
+        big = len(docs) >= BULK_MIN_DOCS and len(docs) >= self.backend.count(name)
+        with self.bulk(name) if big else nullcontext():
+            self.backend.write(name, records)
         return len(docs)
+
+    @contextmanager
+    def bulk(self, name: str) -> Iterator[None]:
+        """Upserts inside run as one bulk load where the adapter has one: pgvector drops
+        its HNSW indexes and builds them once at the end (readers meanwhile get exact
+        scans), Qdrant Edge optimises once at the end. Nested calls are one load."""
+        bulk = getattr(self.backend, "bulk", None)
+        if bulk is None or name in self._loading:
+            yield
+            return
+        self._loading.add(name)
+        try:
+            with bulk(check_name(name)):
+                yield
+        finally:
+            self._loading.discard(name)
+
+    def _records(self, docs: list[Document], offset: int, multivector: bool) -> list[Record]:
+        """``docs`` embedded, as records; raises NonFiniteOutputError naming documents by
+        their position in the upsert (``offset`` + their index here)."""
+        texts = [d.text for d in docs]
+        try:
+            result = self.embedder.embed(texts, dense=True, sparse=True, multivector=multivector)
+        except NonFiniteOutputError as exc:
+            raise NonFiniteOutputError([offset + i for i in exc.indices]) from None
+        bad = nonfinite_rows(result.dense, result.sparse, result.multivector)
+        if bad:  # an embedder that does not check its outputs itself
+            raise NonFiniteOutputError([offset + i for i in bad])
+        return [Record(key=d.key, text=d.text, payload=dict(d.payload), dense=result.dense[i],
+                       sparse=result.sparse[i],
+                       multivector=result.multivector[i] if result.multivector else None)
+                for i, d in enumerate(docs)]
 
     def optimize(self, name: str) -> bool:
         """Let the store build what indexes it lacks: Qdrant Edge merges and indexes new
@@ -136,7 +173,8 @@ class VectorStore:
         meta, schema = self._checked_meta(name)
         if rerank == "multivector" and not schema.multivector_dim:
             raise SchemaMismatchError(f"collection {name!r} stores no multi-vectors; rerank with "
-                                      "cross-encoder or recreate it with multivector=True")
+                                      "cross-encoder, or recreate it with multivector=True "
+                                      "(hybridembed index --multivector)")
         flt = check_filter(filter, meta.get("fields", []), name)
         if unmatched_fields(flt, meta.get("fields", [])):
             return []  # equality on a field no document has matches nothing

@@ -63,6 +63,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidOptionError
+from ..pgcommon import (
+    BM25_SPACE,
+    HALFVEC_INDEX_MAX_DIM,
+    MAX_DIM,
+    SPARSE_INDEX_MAX_NNZ,
+    VECTOR_INDEX_MAX_DIM,
+    map_bm25,
+)
 from ..scores import maxsim
 from ..sparse import SparseVector, prune
 from .base import (
@@ -75,14 +83,10 @@ from .base import (
     Record,
     StoreError,
     check_name,
+    check_records,
 )
 
 CATALOGUE = "hybridembed_collections"
-BM25_SPACE = 1_000_000_000  # pgvector's largest sparsevec dimension
-SPARSE_INDEX_MAX_NNZ = 1000  # pgvector's HNSW limit on non-zero entries
-VECTOR_INDEX_MAX_DIM = 2000  # HNSW on vector(D)
-HALFVEC_INDEX_MAX_DIM = 4000  # HNSW on halfvec(D)
-MAX_DIM = 16000
 EF_SEARCH_MAX = 1000
 _POOL_IDLE = 8
 MAINTENANCE_WORK_MEM = "512MB"  # an HNSW build is fast while the graph fits in it
@@ -96,13 +100,6 @@ def _psycopg():
         raise StoreError("the pgvector store needs psycopg 3 and pgvector: "
                          "pip install 'psycopg[binary]' pgvector") from exc
     return psycopg, sql
-
-
-def map_bm25(vector: SparseVector) -> SparseVector:
-    """BM25 hash indices folded into pgvector's sparse space (collisions summed)."""
-    if not len(vector):
-        return vector
-    return SparseVector.from_pairs(vector.indices % BM25_SPACE, vector.values, reduce="sum")
 
 
 def bm25_idf(n: int, df: int) -> float:
@@ -189,8 +186,14 @@ class PgVectorBackend:
     kind = "pgvector"
 
     def __init__(self, dsn: str):
-        _psycopg()
+        psycopg, _ = _psycopg()
         self.dsn = dsn
+        try:  # where collections are looked for, for messages (never the password)
+            info = psycopg.conninfo.conninfo_to_dict(dsn)
+            self.where = (f"database {info.get('dbname', '?')!r} on {info.get('host', 'localhost')}"
+                          f":{info.get('port', 5432)}")
+        except psycopg.ProgrammingError:
+            self.where = "the database"
         self._lock = threading.Lock()
         self._idle: list[Any] = []
         self._closed = False
@@ -277,7 +280,11 @@ class PgVectorBackend:
             sql.Identifier(CATALOGUE), sql.SQL(" FOR SHARE") if lock else sql.SQL(""))
         row = conn.execute(query, (name,)).fetchone()
         if row is None:
-            raise CollectionNotFoundError(f"no collection {name!r}")
+            names = [r[0] for r in conn.execute(sql.SQL("SELECT name FROM {} ORDER BY name")
+                                                .format(sql.Identifier(CATALOGUE)))]
+            raise CollectionNotFoundError(f"collection {name!r} does not exist in {self.where} "
+                                          f"(pgvector store); existing there: "
+                                          f"{', '.join(names) or 'none'}")
         return row[0]
 
     def _layout(self, conn: Any, name: str, lock: bool = False) -> _Layout:
@@ -338,7 +345,8 @@ class PgVectorBackend:
             row = conn.execute(sql.SQL("DELETE FROM {} WHERE name = %s RETURNING meta").format(
                 sql.Identifier(CATALOGUE)), (name,)).fetchone()
             if row is None:
-                raise CollectionNotFoundError(f"no collection {name!r}")
+                raise CollectionNotFoundError(f"collection {name!r} does not exist in "
+                                              f"{self.where} (pgvector store)")
             layout = _Layout(name, row[0])
             tables = [name, f"{name}_df"] if layout.bm25 else [name]
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
@@ -358,7 +366,8 @@ class PgVectorBackend:
             cur = conn.execute(sql.SQL("UPDATE {} SET meta = %s WHERE name = %s").format(
                 sql.Identifier(CATALOGUE)), (Jsonb(meta), name))
             if cur.rowcount == 0:
-                raise CollectionNotFoundError(f"no collection {name!r}")
+                raise CollectionNotFoundError(f"collection {name!r} does not exist in "
+                                              f"{self.where} (pgvector store)")
 
     # -- writing ------------------------------------------------------------------------
     def _lock_collection(self, conn: Any, name: str) -> None:
@@ -384,6 +393,7 @@ class PgVectorBackend:
         _, sql = _psycopg()
         from psycopg.types.json import Jsonb
 
+        check_records(records)
         if not records:
             with self._conn() as conn:
                 self._layout(conn, name)

@@ -1,7 +1,7 @@
 """Qdrant server through qdrant-client: the same record layout and query plan as the
-embedded adapter — named vectors ``dense``/``sparse``/``multivector``, hybrid as
-``Prefetch`` + ``RrfQuery``/``FusionQuery`` and a MaxSim rerank on ``multivector`` in the
-same request. The collection's schema lives in Qdrant's collection ``metadata``.
+embedded adapter — named vectors ``dense``/``sparse``/``multivector``, per-retriever
+searches in one batch, fused and tie-broken by :mod:`.qdrant_common`, and a MaxSim rerank
+on ``multivector``. The collection's schema lives in Qdrant's collection ``metadata``.
 
 ``url`` is a server URL (``http://host:6333``), or ``:memory:`` / a folder for
 qdrant-client's local mode, which the tests use: the code path is identical.
@@ -20,6 +20,7 @@ from .base import (
     QuerySpec,
     Record,
     check_name,
+    check_records,
     point_uuid,
 )
 from .qdrant_common import Step, query
@@ -38,6 +39,7 @@ class QdrantBackend:
     kind = "qdrant"
 
     def __init__(self, url: str, api_key: str | None = None):
+        self.url = url
         if url.startswith(("http://", "https://")):
             self.client = QdrantClient(url=url, api_key=api_key)
         elif url == ":memory:":
@@ -56,7 +58,8 @@ class QdrantBackend:
             return name
         real = self.aliases().get(name)
         if real is None:
-            raise CollectionNotFoundError(f"collection {name!r} does not exist; existing: "
+            raise CollectionNotFoundError(f"collection {name!r} does not exist at {self.url} "
+                                          f"(qdrant store); existing there: "
                                           f"{', '.join(self.list()) or 'none'}")
         return real
 
@@ -124,6 +127,7 @@ class QdrantBackend:
         self.client.update_collection(name, metadata=meta)
 
     def write(self, name: str, records: list[Record]) -> None:
+        check_records(records)
         name = self._need(name)
         points = []
         for r in records:
@@ -160,22 +164,22 @@ class _ClientSteps:
         self.client, self.name = client, name
 
     def run(self, steps: list[Step], spec: QuerySpec) -> list[list[Any]]:
-        requests = [models.QueryRequest(**self._args(s, spec), with_payload=s.with_payload)
+        requests = [models.QueryRequest(**self._args(s, spec), with_payload=["key"])
                     for s in steps]
         return [r.points for r in self.client.query_batch_points(self.name, requests)]
 
+    def fetch(self, point_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not point_ids:
+            return {}
+        records = self.client.retrieve(self.name, point_ids, with_payload=True,
+                                       with_vectors=False)
+        return {str(r.id): r.payload or {} for r in records}
+
     def _args(self, step: Step, spec: QuerySpec) -> dict[str, Any]:
-        if step.fusion == "dbsf":
-            target: dict[str, Any] = {"query": models.FusionQuery(fusion=models.Fusion.DBSF)}
-        elif step.fusion:  # Qdrant ranks from 0, our RRF from 1
-            target = {"query": models.RrfQuery(rrf=models.Rrf(k=spec.rrf_k + 1))}
-        else:
-            vector = (models.SparseVector(indices=spec.sparse.indices.tolist(),
-                                          values=spec.sparse.values.tolist())
-                      if step.using == "sparse" else
-                      (spec.dense if step.using == "dense" else spec.multivector).tolist())
-            target = {"query": vector, "using": step.using}
+        vector = (models.SparseVector(indices=spec.sparse.indices.tolist(),
+                                      values=spec.sparse.values.tolist())
+                  if step.using == "sparse" else
+                  (spec.dense if step.using == "dense" else spec.multivector).tolist())
         flt = (models.Filter(must=[models.HasIdCondition(has_id=step.ids)])
                if step.ids is not None else qdrant_filter(step.filter))
-        prefetch = [models.Prefetch(**self._args(p, spec)) for p in step.prefetch]
-        return {**target, "filter": flt, "limit": step.limit, "prefetch": prefetch or None}
+        return {"query": vector, "using": step.using, "filter": flt, "limit": step.limit}

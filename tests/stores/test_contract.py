@@ -68,11 +68,18 @@ def test_upsert_is_idempotent_and_delete_counts(store, name):
 
 def test_bad_documents_write_nothing(store, name):
     store.create_collection(name)
-    for bad in ([{"id": "x"}], [{"text": 5}], [{"text": "a", "id": "d"}, {"text": "b", "id": "d"}],
+    for bad in ([{"id": "x"}], [{"text": 5}],
                 [{"text": "a", "payload": {"bad key": 1}}], [{"text": "a", "colour": "red"}]):
         with pytest.raises(InvalidOptionError):
             store.upsert(name, bad)
     assert store.count(name) == 0
+
+
+def test_one_id_twice_in_an_upsert_keeps_the_later(store, name):
+    store.create_collection(name)
+    store.upsert(name, [{"text": "first", "id": "d"}, {"text": "second", "id": "d"}])
+    assert store.count(name) == 1
+    assert store.search(name, "second", k=1)[0].text == "second"
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
@@ -136,10 +143,12 @@ def test_bad_search_options(store, name):
     for options, valid in (({"mode": "fuzzy"}, "dense, sparse, hybrid"),
                            ({"fusion": "max"}, "rrf, dbsf, weighted"),
                            ({"rerank": "llm"}, "multivector, cross-encoder"),
-                           ({"k": 0}, "1 to 1000"),
-                           ({"rerank": "multivector"}, "no multi-vectors")):
+                           ({"k": 0}, "1 to 1000")):
         with pytest.raises(InvalidOptionError, match=valid):
             store.search(name, "q", **options)
+    # a conflict with how the collection was built (HTTP 409), not a bad option
+    with pytest.raises(SchemaMismatchError, match="no multi-vectors"):
+        store.search(name, "q", rerank="multivector")
 
 
 def test_another_model_is_refused(backend, minilm, tiny_m3, name):
