@@ -277,10 +277,21 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("collection")
     _add_store_flags(al)
 
-    load = sub.add_parser("loadtest", help="server throughput vs in-process, and latency")
+    load = sub.add_parser("loadtest", help="server vs in-process throughput under 64 single-"
+                          "text clients and 8 list clients, latency, batch fill and the "
+                          "server's per-stage times, in rounds")
     load.add_argument("--model", default="minilm")
-    load.add_argument("--texts", type=int, default=1000)
-    load.add_argument("--concurrency", type=int, default=64)
+    load.add_argument("--runtime", help="torch (default) or onnx, for server and in-process")
+    load.add_argument("--texts", type=int, default=600)
+    load.add_argument("--concurrency", type=int, default=64,
+                      help="clients sending one text per request")
+    load.add_argument("--list-clients", type=int, default=8,
+                      help="clients sending --list-size texts per request")
+    load.add_argument("--list-size", type=int, default=32)
+    load.add_argument("--single", type=int, default=100,
+                      help="requests of the one-client latency load")
+    load.add_argument("--rounds", type=int, default=3,
+                      help="server then in-process, this many times (report the spread)")
     load.add_argument("--json", action="store_true")
     return parser
 
@@ -810,7 +821,8 @@ def cmd_postgres(args) -> int:
 def cmd_loadtest(args) -> int:
     from .bench import loadtest
 
-    report = loadtest.run(args.model, args.texts, args.concurrency,
+    report = loadtest.run(args.model, args.texts, args.concurrency, args.single, args.rounds,
+                          args.runtime, args.list_clients, args.list_size,
                           progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps(report, indent=2) if args.json else loadtest.format_report(report))
     return 0

@@ -1,9 +1,25 @@
-"""Server overhead, measured: in-process batch throughput versus the HTTP server under N
-concurrent single-text clients, and single-request latency, in one run.
+"""Server overhead, measured: the HTTP server against in-process ``Embedder.embed`` on the
+same texts, in one run, repeated.
 
-The server runs in a child process (as in production) with the result cache off, so
-every request is computed; the load generator is this process, which loads no model
-until the server is gone."""
+Each round starts ``hybridembed serve`` in a child process (result cache off, so every
+request is computed) and drives it with three loads, then measures in-process in another
+child process (so no two models share a process or its thread pools):
+
+- ``concurrent``: ``concurrency`` clients (64) each sending one text per request;
+- ``lists``: ``list_clients`` clients (8) each sending ``list_size`` texts (32) per request;
+- ``single``: one client, one text per request, one request at a time.
+
+In-process: every text in one ``Embedder.embed`` call (throughput), then one text per
+call (latency). Each server load reports texts/s and its ratio to in-process throughput,
+latency p50/p95/p99, mean texts per batch, mean batch fill (tokens / batch budget), the
+server process's CPU seconds per text (against in-process CPU per text: steadier than
+texts/s on a machine shared with other work) and the mean seconds per request of each
+stage from the server's ``/metrics`` (``hybridembed_request_stage_seconds``). The
+machine's load average is recorded with every load: compare ratios within a round.
+
+The load generator is a hand-rolled HTTP/1.1 keep-alive client on raw sockets: a client
+library's own CPU per request would come out of the server's share of a small machine.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +37,8 @@ import httpx
 
 from . import corpus
 
+STAGES = ("parse", "validate", "tokenize", "queue", "inference", "serialize", "write")
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -33,9 +51,25 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` and its threads so far (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 async def _post(reader, writer, host: str, path: str, payload: bytes) -> bytes:
-    """One HTTP/1.1 POST on a kept-alive connection. A hand-rolled client costs a fraction
-    of a full client library's CPU, which on a 2-core machine is CPU the server needs."""
+    """One HTTP/1.1 POST on a kept-alive connection."""
     writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
     head = await reader.readuntil(b"\r\n\r\n")
@@ -50,10 +84,14 @@ async def _post(reader, writer, host: str, path: str, payload: bytes) -> bytes:
     return body
 
 
-async def _concurrent(url: str, texts: list[str], concurrency: int) -> tuple[float, list[float]]:
+async def _drive(url: str, requests: list[list[str]], concurrency: int
+                 ) -> tuple[float, list[float]]:
+    """Send every request (a list of texts each) with ``concurrency`` clients; returns the
+    wall time and each request's latency."""
     host, port = url.removeprefix("http://").split(":")
-    payloads = [json.dumps({"model": "any-name-ok", "input": t, "encoding_format": "base64"}
-                           ).encode() for t in texts]
+    payloads = [json.dumps({"model": "any-name-ok", "input": texts, "encoding_format": "base64"}
+                           ).encode() for texts in requests]
+    payloads.reverse()  # popped from the end: sent in order
     latencies: list[float] = []
 
     async def client():
@@ -72,11 +110,58 @@ async def _concurrent(url: str, texts: list[str], concurrency: int) -> tuple[flo
     return time.perf_counter() - began, latencies
 
 
+def _scrape(url: str) -> dict[str, float]:
+    """The server's ``/metrics`` sums and counts this report reads."""
+    out: dict[str, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(("hybridembed_request_stage_seconds_", "hybridembed_batch_")) and (
+                "_sum" in line or "_count" in line):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def _delta_report(before: dict[str, float], after: dict[str, float]) -> dict:
+    def d(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    batches = d("hybridembed_batch_texts_count")
+    stages = {}
+    for stage in STAGES:
+        label = f'{{stage="{stage}"}}'
+        n = d(f"hybridembed_request_stage_seconds_count{label}")
+        if n:
+            stages[stage] = 1000 * d(f"hybridembed_request_stage_seconds_sum{label}") / n
+    return {"batches": int(batches),
+            "mean_texts_per_batch": d("hybridembed_batch_texts_sum") / batches if batches else 0,
+            "mean_batch_fill": d("hybridembed_batch_fill_sum") / batches if batches else 0,
+            "stage_ms": stages}
+
+
+def _load(url: str, name: str, requests: list[list[str]], concurrency: int, pid: int) -> dict:
+    before = _scrape(url)
+    load = _load_average()
+    cpu = _cpu_seconds(pid)
+    wall, latencies = asyncio.run(_drive(url, requests, concurrency))
+    cpu_after = _cpu_seconds(pid)
+    texts = sum(len(r) for r in requests)
+    return {"load": name, "clients": concurrency, "texts_per_request": len(requests[0]),
+            "texts_per_s": texts / wall,
+            # CPU per text is steadier than texts/s on a machine shared with other work
+            "server_cpu_ms_per_text": None if cpu is None or cpu_after is None
+            else 1000 * (cpu_after - cpu) / texts,
+            "p50_ms": 1000 * statistics.median(latencies),
+            "p95_ms": 1000 * _percentile(latencies, 0.95),
+            "p99_ms": 1000 * _percentile(latencies, 0.99),
+            "load_average": load, **_delta_report(before, _scrape(url))}
+
+
 @contextlib.contextmanager
 def child_server(flags: list[str], env: dict[str, str] | None = None,
                  ready_seconds: float = 300):
-    """``hybridembed serve FLAGS`` in a child process on a free port, offline; yields its
-    URL once ``/ready`` answers 200, and stops it afterwards."""
+    """``hybridembed serve FLAGS`` in a child process on a free port, offline; yields the
+    process (its ``url`` attribute: the server's URL) once ``/ready`` answers 200, and
+    stops it afterwards."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     server = subprocess.Popen([sys.executable, "-m", "hybridembed", "serve", *flags,
@@ -94,83 +179,137 @@ def child_server(flags: list[str], env: dict[str, str] | None = None,
             if time.time() > deadline or server.poll() is not None:
                 raise RuntimeError("the server did not become ready")
             time.sleep(0.25)
-        yield url
+        server.url = url  # the caller may read the child's pid too
+        yield server
     finally:
         server.terminate()
         server.wait(30)
 
 
-def serve_and_load(model: str, texts: list[str], concurrency: int = 64,
-                   single: int = 100, progress=print) -> dict:
-    """Start ``hybridembed serve`` in a child process (cache off), drive it with
-    ``concurrency`` single-text clients, then ``single`` sequential requests."""
+def serve_and_load(model: str, texts: list[str], concurrency: int = 64, single: int = 100,
+                   list_clients: int = 8, list_size: int = 32, runtime: str | None = None,
+                   progress=print) -> dict:
+    """Start ``hybridembed serve`` in a child process (cache off) and run the three loads
+    against it. Returns ``{load name: report}``."""
     env = {"HYBRIDEMBED_CACHE_SIZE": "0"}
-    with child_server(["--model", model, "--served-model-name", "any-name-ok"], env) as url:
-        progress(f"server: {concurrency} concurrent clients, one text per request ...")
-        asyncio.run(_concurrent(url, texts[:64], concurrency))  # warm connections and pools
+    if runtime:
+        env["HYBRIDEMBED_RUNTIME"] = runtime
+    flags = ["--model", model, "--served-model-name", "any-name-ok"]
+    with child_server(flags, env, ready_seconds=600) as server:  # a busy machine loads slowly
+        url = server.url
+        asyncio.run(_drive(url, [[t] for t in texts[:64]], concurrency))  # warm up
+        progress(f"server: {concurrency} clients x 1 text ...")
         cpu = time.process_time()
-        wall, latencies = asyncio.run(_concurrent(url, texts, concurrency))
-        client_cpu = time.process_time() - cpu
-        progress(f"server: {single} sequential single-text requests ...")
-        _, singles = asyncio.run(_concurrent(url, texts[:single], 1))
-        metrics = httpx.get(url + "/metrics").text
-    sums = {line.split()[0]: float(line.split()[-1]) for line in metrics.splitlines()
-            if line.startswith(("hybridembed_batch_texts_sum", "hybridembed_batch_texts_count"))}
-    count = sums.get("hybridembed_batch_texts_count", 0.0)
-    return {"texts_per_s": len(texts) / wall,
-            "load_p50_ms": 1000 * statistics.median(latencies),
-            "load_p95_ms": 1000 * _percentile(latencies, 0.95),
-            "single_p50_ms": 1000 * statistics.median(singles),
-            "single_p95_ms": 1000 * _percentile(singles, 0.95),
-            "single_p99_ms": 1000 * _percentile(singles, 0.99),
-            "mean_texts_per_batch": sums.get("hybridembed_batch_texts_sum", 0.0) / count
-            if count else 0.0,
-            "load_generator_cpu_s": client_cpu}
+        out = {"concurrent": _load(url, "concurrent", [[t] for t in texts], concurrency,
+                                   server.pid)}
+        out["concurrent"]["load_generator_cpu_s"] = time.process_time() - cpu
+        progress(f"server: {list_clients} clients x {list_size} texts ...")
+        lists = [texts[i:i + list_size] for i in range(0, len(texts) - list_size + 1, list_size)]
+        out["lists"] = _load(url, "lists", lists, list_clients, server.pid)
+        progress(f"server: 1 client x 1 text, {single} requests ...")
+        out["single"] = _load(url, "single", [[t] for t in texts[:single]], 1, server.pid)
+    return out
 
 
-def run(model: str = "minilm", n: int = 1000, concurrency: int = 64, single: int = 100,
-        progress=print) -> dict:
+def in_process(model: str, texts: list[str], single: int = 100, runtime: str | None = None
+               ) -> dict:
+    """In-process throughput (every text in one call, after a warm-up call) and
+    single-text latency, with the result cache off."""
     from ..service import Embedder
 
-    texts = corpus.texts(n)
-    server = serve_and_load(model, texts, concurrency, single, progress)
-    # In-process last, once the server is gone, so the load generator above never shares
-    # this process with a busy torch thread pool.
-    progress(f"in-process: embedding {n} texts with {model} ...")
-    emb = Embedder(model, cache_size=0)
-    began = time.perf_counter()
+    emb = Embedder(model, cache_size=0, runtime=runtime or "torch")
+    emb.embed(texts[:64])
+    load = _load_average()
+    began, cpu = time.perf_counter(), time.process_time()
     result = emb.embed(texts)
-    inproc = time.perf_counter() - began
-    single_inproc = []
+    seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
+    singles = []
     for text in texts[:single]:
         began = time.perf_counter()
         emb.embed([text])
-        single_inproc.append(time.perf_counter() - began)
-    return {
-        "model": model, "texts": n, "tokens": result.usage.total_tokens,
-        "concurrency": concurrency,
-        "in_process_texts_per_s": n / inproc,
-        "server_texts_per_s": server["texts_per_s"],
-        "server_vs_in_process": server["texts_per_s"] / (n / inproc),
-        "server_latency_p50_ms": server["load_p50_ms"],
-        "server_latency_p95_ms": server["load_p95_ms"],
-        "single_request_p50_ms": server["single_p50_ms"],
-        "single_request_p95_ms": server["single_p95_ms"],
-        "mean_texts_per_batch": server["mean_texts_per_batch"],
-        "load_generator_cpu_s": server["load_generator_cpu_s"],
-        "in_process_single_p50_ms": 1000 * statistics.median(single_inproc),
-    }
+        singles.append(time.perf_counter() - began)
+    return {"texts_per_s": len(texts) / seconds, "tokens": result.usage.total_tokens,
+            "cpu_ms_per_text": 1000 * cpu / len(texts),
+            "single_p50_ms": 1000 * statistics.median(singles),
+            "single_p95_ms": 1000 * _percentile(singles, 0.95),
+            "single_p99_ms": 1000 * _percentile(singles, 0.99), "load_average": load}
+
+
+def _in_process_child(model: str, n: int, single: int, runtime: str | None) -> dict:
+    args = json.dumps({"model": model, "n": n, "single": single, "runtime": runtime})
+    done = subprocess.run([sys.executable, "-m", "hybridembed.bench.loadtest", args],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"in-process measurement failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(model: str = "minilm", n: int = 600, concurrency: int = 64, single: int = 100,
+        rounds: int = 3, runtime: str | None = None, list_clients: int = 8,
+        list_size: int = 32, progress=print) -> dict:
+    """``rounds`` rounds of: the server under each load, then in-process. Returns every
+    round and, per load, the ratio server / in-process of each round."""
+    texts = corpus.texts(n)
+    all_rounds = []
+    for r in range(rounds):
+        progress(f"round {r + 1}/{rounds} (load average {_load_average()})")
+        server = serve_and_load(model, texts, concurrency, single, list_clients, list_size,
+                                runtime, progress)
+        progress(f"in-process: {n} texts with {model} ...")
+        inproc = _in_process_child(model, n, single, runtime)
+        for load in ("concurrent", "lists"):
+            server[load]["vs_in_process"] = server[load]["texts_per_s"] / inproc["texts_per_s"]
+        server["single"]["p50_over_in_process_ms"] = (server["single"]["p50_ms"]
+                                                      - inproc["single_p50_ms"])
+        all_rounds.append({"server": server, "in_process": inproc})
+        progress(_format_round(r + 1, all_rounds[-1]))
+    summary = {}
+    for load in ("concurrent", "lists"):
+        ratios = [r["server"][load]["vs_in_process"] for r in all_rounds]
+        summary[load] = {"ratios": ratios, "median": statistics.median(ratios)}
+    deltas = [r["server"]["single"]["p50_over_in_process_ms"] for r in all_rounds]
+    summary["single"] = {"p50_over_in_process_ms": deltas, "median": statistics.median(deltas)}
+    return {"model": model, "runtime": runtime or "torch", "texts": n,
+            "tokens": all_rounds[0]["in_process"]["tokens"], "concurrency": concurrency,
+            "list_clients": list_clients, "list_size": list_size, "rounds": all_rounds,
+            "summary": summary}
 
 
 def format_report(r: dict) -> str:
-    return "\n".join([
-        f"model {r['model']}: {r['texts']} texts, {r['tokens']} tokens, "
-        f"{r['concurrency']} concurrent clients",
-        f"  in-process batch      {r['in_process_texts_per_s']:8.1f} texts/s",
-        f"  server (concurrent)   {r['server_texts_per_s']:8.1f} texts/s  "
-        f"= {r['server_vs_in_process']:.2f}x in-process; p50 {r['server_latency_p50_ms']:.0f} ms,"
-        f" p95 {r['server_latency_p95_ms']:.0f} ms; {r['mean_texts_per_batch']:.1f} texts/batch",
-        f"  single request        p50 {r['single_request_p50_ms']:.1f} ms, "
-        f"p95 {r['single_request_p95_ms']:.1f} ms (in-process p50 "
-        f"{r['in_process_single_p50_ms']:.1f} ms)",
-    ])
+    lines = [f"model {r['model']} ({r['runtime']}): {r['texts']} texts, {r['tokens']} tokens; "
+             f"loads: {r['concurrency']} clients x 1 text, {r['list_clients']} clients x "
+             f"{r['list_size']} texts, 1 client x 1 text"]
+    lines += [_format_round(i, rnd) for i, rnd in enumerate(r["rounds"], 1)]
+    s = r["summary"]
+    lines.append("summary: server / in-process "
+                 + "; ".join(f"{k} {min(v['ratios']):.2f}-{max(v['ratios']):.2f}x (median "
+                             f"{v['median']:.2f}x)" for k, v in s.items() if "ratios" in v)
+                 + f"; single p50 over in-process: median {s['single']['median']:+.1f} ms")
+    return "\n".join(lines)
+
+
+def _format_round(i: int, rnd: dict) -> str:
+    ip = rnd["in_process"]
+    lines = [f"round {i}: in-process {ip['texts_per_s']:.1f} texts/s "
+             f"({ip['cpu_ms_per_text']:.2f} CPU ms/text), single p50 "
+             f"{ip['single_p50_ms']:.1f} ms (load average {ip['load_average']})"]
+    for name, s in rnd["server"].items():
+        ratio = (f"{s['vs_in_process']:.2f}x in-process" if "vs_in_process" in s else
+                 f"p50 {s['p50_over_in_process_ms']:+.1f} ms over in-process")
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in s["stage_ms"].items())
+        cpu = s["server_cpu_ms_per_text"]
+        lines.append(
+            f"  {name:<10} {s['clients']:>2} x {s['texts_per_request']:<2} "
+            f"{s['texts_per_s']:7.1f} texts/s = {ratio}; p50/p95/p99 {s['p50_ms']:.1f}/"
+            f"{s['p95_ms']:.1f}/{s['p99_ms']:.1f} ms; {s['mean_texts_per_batch']:.1f} "
+            f"texts/batch, fill {s['mean_batch_fill']:.2f} (load average "
+            f"{s['load_average']})")
+        lines.append(f"             stage ms/request: {stages}"
+                     + (f"; server CPU {cpu:.2f} ms/text" if cpu is not None else ""))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the in-process child of :func:`run`
+    a = json.loads(sys.argv[1])
+    print(json.dumps(in_process(a["model"], corpus.texts(a["n"]), a["single"], a["runtime"])))

@@ -195,7 +195,8 @@ def mixed_load(seconds: float = 30.0, embed_clients: int = 64, rerank_clients: i
         folder = minilm_cross_encoder(Path(tmp) / "minilm-ce")
         flags = ["--model", "minilm", "--model", f"rr={folder}", "--device", "cpu",
                  "--request-timeout", "600"]
-        with child_server(flags) as url:
+        with child_server(flags) as server:
+            url = server.url
             progress(f"embed alone, {seconds:g} s")
             alone = asyncio.run(phase(url, False))
             progress(f"embed + rerank, {seconds:g} s")

@@ -90,9 +90,13 @@ class Encoder:
         self._workers: ThreadPoolExecutor | None = None  # made at the first side-by-side call
 
     def encode(self, ids: Sequence[Sequence[int]], want: Outputs,
-               origin: Sequence[int] | None = None) -> list[RawRow]:
+               origin: Sequence[int] | None = None, threads: int | None = None
+               ) -> list[RawRow]:
         """Encode token id lists. ``origin[i]`` is the caller's index of ``ids[i]``, used
-        to name the text in an out-of-memory error."""
+        to name the text in an out-of-memory error. ``threads`` (runtimes with
+        ``parallel_forwards`` > 1): run the batches one after another on the calling
+        thread with that many compute threads, for a caller that runs such calls side by
+        side itself."""
         rows = [RawRow() for _ in ids]
         if not want.any or not ids:
             return rows
@@ -105,6 +109,10 @@ class Encoder:
                        self.special_ids)
 
         side_by_side = getattr(self.runtime, "parallel_forwards", 1)
+        if threads is not None and side_by_side > 1:
+            for batch in batches:
+                self._run(batch, ids, want, origin, finish, threads)
+            return rows
         if side_by_side > 1 and len(batches) >= SIDE_BY_SIDE_MIN_BATCHES * side_by_side:
             self._side_by_side(side_by_side, batches, ids, want, origin, finish)
             return rows

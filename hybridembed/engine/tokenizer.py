@@ -39,6 +39,7 @@ class TextTokenizer:
                      if full[i:i + len(bare)] == bare), 0)
         self.special_prefix: list[int] = full[:lead]
         self.special_suffix: list[int] = full[lead + len(bare):]
+        self._counter = None  # a private copy of the Rust tokenizer for lengths()
 
     def _call(self, *args, **kwargs):
         with self._lock:
@@ -86,6 +87,26 @@ class TextTokenizer:
         ids = np.asarray(enc["input_ids"], dtype=np.int64)
         offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(len(ids), 2)
         return ids, offsets
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token count of each text (special tokens included, never truncated), from a
+        private copy of the Rust tokenizer whose settings never change: no lock, so the
+        server counting a request's tokens on its event loop never waits for a batch
+        being tokenised on another thread."""
+        if not texts:
+            return []
+        if self._counter is None:
+            backend = getattr(self._tok, "_tokenizer", None) if self._tok.is_fast else None
+            if backend is None:
+                return [len(ids) for ids in self.encode(texts)]
+            from tokenizers import Tokenizer
+
+            counter = Tokenizer.from_str(backend.to_str())
+            counter.no_truncation()
+            counter.no_padding()
+            self._counter = counter
+        if len(texts) == 1:
+            return [len(self._counter.encode(texts[0], add_special_tokens=True))]
+        return [len(e) for e in self._counter.encode_batch(list(texts), add_special_tokens=True)]
 
     def encode_truncated(self, texts: Sequence[str], side: str = "right") -> list[list[int]]:
         """Token ids cut to :attr:`max_length` (special tokens kept) on ``side``:

@@ -27,6 +27,7 @@ from . import (
 )
 from .core import ServerCore
 from .errors import ApiError, from_exception, protocol_of, render
+from .metrics import CLOCK, StageClock
 from .models import readiness
 from .schemas import ReadyResponse, Status, complete_openapi, ok
 from .token_ids import POLICIES
@@ -46,13 +47,22 @@ def route_label(path: str, routes: set[str]) -> str:
     return "other"
 
 
+def _may_embed(path: str) -> bool:
+    """Whether a POST to ``path`` may queue on the default model's embedding batcher (the
+    batcher waits briefly for announced requests; reranks, collections, tokenising and
+    late chunking never arrive there)."""
+    return not (path.startswith("/v1/collections") or "rerank" in path
+                or "tokenize" in path or path.endswith("/embed_chunks"))
+
+
 class _TooLarge(Exception):
     pass
 
 
 class EdgeMiddleware:
     """Pure ASGI (it must not break disconnect detection): bearer auth, body size limit,
-    and request metrics by route and status."""
+    request metrics by route and status, and the stage clock of each request (announcing
+    POSTs to the batcher, so a batch about to start waits for them to be queued)."""
 
     def __init__(self, app, core: ServerCore, routes: set[str]):
         self.app = app
@@ -67,11 +77,20 @@ class EdgeMiddleware:
         route = route_label(path, self.routes)
         started = time.perf_counter()
         status = [500]
+        clock = StageClock()
+        context = CLOCK.set(clock)
+        if scope["method"] == "POST" and _may_embed(path):
+            self.core.announce(clock)
 
         async def send_tracked(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if "inference" in clock.seconds:
+                    clock.lap("serialize")
             await send(message)
+            if (message["type"] == "http.response.body" and not message.get("more_body")
+                    and "serialize" in clock.seconds):
+                clock.lap("write")
 
         if scope["method"] == "POST":  # every POST body here is JSON, whatever curl says
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
@@ -97,9 +116,12 @@ class EdgeMiddleware:
                 await render(protocol, ApiError(413, f"request body over {limit} bytes",
                                                 "too_large"))(scope, receive, send_tracked)
         finally:
+            self.core.arrived(clock)
+            CLOCK.reset(context)
             m = self.core.metrics
             m.requests.labels(route, str(status[0])).inc()
             m.latency.labels(route).observe(time.perf_counter() - started)
+            m.record_stages(clock)
 
     def _refuse(self, scope, path: str) -> ApiError | None:
         headers = dict(scope.get("headers") or [])

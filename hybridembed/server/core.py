@@ -1,7 +1,8 @@
 """What every protocol route shares: the models (a :class:`ModelRegistry`), admission
 checks (input count, per-text token limit, token counting) and waiting with a timeout while
 watching for the client to leave, for embedding and for reranking. Routes only translate
-their wire format."""
+their wire format. Each stage of an embedding request is timed on its
+:class:`~.metrics.StageClock`."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ..errors import (
 from ..service.batcher import DynamicBatcher
 from ..types import EmbedRequest, EmbedResult, RerankRequest, RerankResult, Usage
 from .errors import ApiError
-from .metrics import Metrics
+from .metrics import CLOCK, Metrics, StageClock, lap
 
 log = logging.getLogger(__name__)
 # Texts per part of a large request in the queue, at least: a part is about four batches
@@ -123,20 +124,46 @@ class ServerCore:
     async def count_tokens(self, request: EmbedRequest, emb=None) -> int:
         """Tokens the request will occupy (each text at most the model's limit), for
         admission and batch packing; whether a text may be cut is the Embedder's call.
-        ``emb``: the request's model (default: the default embedding model)."""
+        ``emb``: the request's model (default: the default embedding model). Strings are
+        counted on the tokenizer's private copy (:meth:`TextTokenizer.lengths`): no lock,
+        so counting on the event loop never waits for a batch being tokenised."""
         emb = emb or self.ready()
-        texts = [t for t in request.texts if isinstance(t, str)]
-        ids = [t for t in request.texts if not isinstance(t, str)]
-        if len(texts) > 64:
-            ids += await asyncio.to_thread(emb.tokenize, texts, False)
-        elif texts:
-            ids += emb.tokenize(texts, truncate=False)
+        strings = [t for t in request.texts if isinstance(t, str)]  # checked already
+        lengths = [len(t) for t in request.texts if not isinstance(t, str)]  # token ids
+        if len(strings) > 64:
+            lengths += await asyncio.to_thread(emb.tokenizer.lengths, strings)
+        else:
+            lengths += emb.tokenizer.lengths(strings)
         if request.options.overflow == "chunk":  # every token goes through the model
-            return sum(len(x) for x in ids)
+            return sum(lengths)
         limit = emb.max_length
-        return sum(min(len(x), limit) for x in ids)
+        return sum(min(n, limit) for n in lengths)
 
     # -- the one embedding path -----------------------------------------------------------
+    def announce(self, clock: StageClock) -> None:
+        """The edge received a request that may become an embedding: batches about to
+        start wait for it to be queued (see :meth:`DynamicBatcher.expect`)."""
+        if self.batcher is not None and clock.announced is None:
+            self.batcher.expect()
+            clock.announced = self.batcher
+
+    @staticmethod
+    def arrived(clock: StageClock | None) -> None:
+        """The announced request was queued, refused or answered: stop waiting for it."""
+        if clock is not None and clock.announced is not None:
+            clock.announced.arrived()
+            clock.announced = None
+
+    @staticmethod
+    def request(emb, texts, **options) -> EmbedRequest:
+        """The request value for ``texts`` and ``options`` on the embedder ``emb``,
+        checked by :meth:`Embedder.request` (its errors pass through); times parse and
+        validate."""
+        lap("parse")
+        embed = emb.request(texts, **options)
+        lap("validate")
+        return embed
+
     async def embed(self, request, embed: EmbedRequest, protocol: str = "native", *,
                     slot=None) -> EmbedResult:
         """Queue a request value built by :meth:`Embedder.request` (validated there, not
@@ -148,19 +175,27 @@ class ServerCore:
         langchain-ollama sends) goes through the queue in parts, at most two in flight, so
         memory stays bounded and other clients' requests interleave. Only the first part
         can be refused as overload (429); later parts wait for room. The request timeout
-        bounds waiting without progress: it restarts whenever a part completes."""
-        if slot is None:
-            self.ready()
-        self.check_inputs(embed.texts, protocol)
+        bounds waiting without progress: it restarts whenever a part completes. The stage
+        clock gets the first part's queue time and the parts' inference times summed."""
+        clock = CLOCK.get()
+        try:
+            if slot is None:
+                self.ready()
+            self.check_inputs(embed.texts, protocol)
+        except ApiError:
+            self.arrived(clock)
+            raise
         watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
         size = self.part_texts(slot.embedder if slot else None)
         parts = [EmbedRequest(embed.texts[a:a + size], embed.options)
                  for a in range(0, len(embed), size)]
+        stamps: list[dict[str, float]] = [{} for _ in parts]
         pending: list[asyncio.Future] = []
         results: list[EmbedResult] = []
         try:
             for k, part in enumerate(parts):
-                pending.append(asyncio.ensure_future(self._submit(part, k == 0, slot)))
+                pending.append(asyncio.ensure_future(
+                    self._submit(part, k == 0, stamps[k], slot)))
                 if len(pending) >= 2 or k == len(parts) - 1:
                     while len(pending) > (0 if k == len(parts) - 1 else 1):
                         start = len(results) * size
@@ -170,6 +205,10 @@ class ServerCore:
                 watch.cancel()
             for job in pending:
                 job.cancel()
+        if clock is not None and all("finished" in s for s in stamps):
+            clock.seconds["queue"] = stamps[0]["queue"]
+            clock.seconds["inference"] = sum(s["inference"] for s in stamps)
+            clock.last = stamps[-1]["finished"]
         return results[0] if len(results) == 1 else concat_results(results)
 
     def part_texts(self, emb=None) -> int:
@@ -178,16 +217,30 @@ class ServerCore:
         emb = emb or self.ready()
         return max(PART_TEXTS, min(PART_TEXTS_MAX, 4 * emb.max_batch_tokens // emb.max_length))
 
-    async def _submit(self, part: EmbedRequest, first: bool, slot=None) -> EmbedResult:
-        tokens = await self.count_tokens(part, slot.embedder if slot else None)
+    async def _submit(self, part: EmbedRequest, first: bool, stamps: dict[str, float],
+                      slot=None) -> EmbedResult:
+        clock = CLOCK.get()  # the request's (a task starts with a copy of the context)
         batcher = slot.batcher if slot else self.batcher
-        while True:
-            try:
-                return await batcher.submit(part, tokens)
-            except OverloadedError as exc:
-                if first:
-                    raise
-                await asyncio.sleep(min(0.05, exc.retry_after))
+        try:
+            tokens = await self.count_tokens(part, slot.embedder if slot else None)
+            if first:
+                lap("tokenize")
+            while True:
+                try:
+                    job = batcher.enqueue(part, tokens, stamps)
+                    break
+                except OverloadedError as exc:
+                    if first:
+                        raise
+                    await asyncio.sleep(min(0.05, exc.retry_after))
+        finally:
+            if first:  # queued (or refused) in the same step: no lane waits for it
+                self.arrived(clock)
+        try:
+            return await job
+        finally:
+            if not job.done():
+                job.cancel()
 
     # -- the one rerank path --------------------------------------------------------------
     async def rerank(self, request, rerank: RerankRequest, slot,

@@ -285,7 +285,11 @@ class ModelRegistry:
                       max_queued_texts=s.max_queued_requests,
                       max_queued_tokens=s.max_queued_tokens or None, on_batch=self.on_batch)
         if slot.task == "embed":
-            batcher = DynamicBatcher(obj, max_batch_tokens=obj.max_batch_tokens, **limits)
+            # On a multi-core CPU, one batch per core with one compute thread each (see the
+            # batcher); elsewhere one batch at a time with the runtime's own threads.
+            lanes = getattr(obj, "parallel_forwards", 1)
+            batcher = DynamicBatcher(obj, max_batch_tokens=obj.max_batch_tokens, lanes=lanes,
+                                     threads=1 if lanes > 1 else None, **limits)
             await batcher.start()
             slot.embedder, slot.batcher = obj, batcher
         if slot.can_rerank:

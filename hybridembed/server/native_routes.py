@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from pydantic import Field
 
 from .models import describe
@@ -22,6 +22,7 @@ from .wire import (
     NO_CONTRADICTION,
     NativeModel,
     OverflowFields,
+    VectorsResponse,
     accounting_headers,
     as_list,
     schema_of,
@@ -83,36 +84,37 @@ class NativeTokenizeRequest(NativeModel):
 
 
 @router.post("/v1/embed", responses=ok(NativeEmbedResponse))
-async def embed(body: NativeEmbedRequest, request: Request, response: Response):
+async def embed(body: NativeEmbedRequest, request: Request):
     core = request.app.state.core
     texts = as_list(body.inputs)
     async with core.models.use(body.model, "embed") as slot:
         emb = slot.embedder
-        result = await core.embed(request, emb.request(
-            texts, dense=body.dense, sparse=body.sparse, multivector=body.multivector,
+        result = await core.embed(request, core.request(
+            emb, texts, dense=body.dense, sparse=body.sparse, multivector=body.multivector,
             kind=body.kind, prompt_name=body.prompt_name, truncate=body.truncate,
             truncation_side=body.truncation_side, dimensions=body.dimensions,
             normalize=body.normalize, **body.overflow_options()), slot=slot)
-    accounting_headers(response, result.usage)
     data = []
     for i, item in enumerate(result):
         data.append({"index": i, **result.usage.row(i),
                      **_row(emb, item, texts[i], body.sparse_tokens)})
-    return {"model": emb.model, "data": data,
-            "usage": {**usage_lists(result.usage), "total_tokens": result.usage.total_tokens}}
+    return VectorsResponse({"model": emb.model, "data": data, "usage": {
+        **usage_lists(result.usage), "total_tokens": result.usage.total_tokens}},
+        headers=accounting_headers(result.usage))
 
 
 def _row(emb, item, text: str, sparse_tokens: bool) -> dict:
-    """The vectors of one embedded text (or chunk) as the native API writes them."""
+    """The vectors of one embedded text (or chunk) as the native API writes them (arrays
+    as they are: :class:`VectorsResponse` renders them)."""
     row: dict = {}
     if item.dense is not None:
-        row["dense"] = item.dense.tolist()
+        row["dense"] = item.dense
     if item.sparse is not None:
         row["sparse"] = item.sparse.to_json()
         if sparse_tokens:
             row["sparse"]["tokens"] = emb.sparse_tokens(item.sparse, text)
     if item.multivector is not None:
-        row["multivector"] = item.multivector.tolist()
+        row["multivector"] = item.multivector
     return row
 
 
@@ -133,9 +135,9 @@ async def embed_chunks(body: NativeChunksRequest, request: Request):
     data = [{"index": i, "text": c.text, "start": c.start, "end": c.end, "tokens": c.tokens,
              **_row(emb, item, c.text, body.sparse_tokens)}
             for i, (c, item) in enumerate(got)]
-    return {"model": emb.model, "data": data,
-            "usage": {"document_tokens": got.document_tokens, "windows": got.windows,
-                      "total_tokens": got.tokens}}
+    return VectorsResponse({"model": emb.model, "data": data, "usage": {
+        "document_tokens": got.document_tokens, "windows": got.windows,
+        "total_tokens": got.tokens}})
 
 
 @router.post("/v1/tokenize", responses=ok(NativeTokenizeResponse))

@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from .. import __version__
@@ -24,6 +24,7 @@ from .wire import (
     NO_CONTRADICTION,
     KeepAlive,
     OverflowFields,
+    VectorsResponse,
     WireModel,
     accounting_headers,
     as_list,
@@ -63,7 +64,7 @@ class OllamaShowRequest(WireModel):
 
 
 @router.post("/api/embed", responses=ok(OllamaEmbedResponse))
-async def embed(body: OllamaEmbedRequest, request: Request, response: Response):
+async def embed(body: OllamaEmbedRequest, request: Request):
     core = request.app.state.core
     started = time.perf_counter_ns()
     # As Ollama does: "" and [] (a preload, or with keep_alive 0 an unload) give no
@@ -75,13 +76,13 @@ async def embed(body: OllamaEmbedRequest, request: Request, response: Response):
         if not texts:
             slot.embedder.request([], **options)  # options still checked
             return {"model": body.model, "embeddings": []}
-        embed = slot.embedder.request(texts, **options)
+        embed = core.request(slot.embedder, texts, **options)
         result = await core.embed(request, embed, "ollama", slot=slot)
-    accounting_headers(response, result.usage)
-    return {"model": body.model, "embeddings": result.dense.tolist(),
-            "total_duration": time.perf_counter_ns() - started,
-            "prompt_eval_count": result.usage.total_tokens,
-            "usage": usage_lists(result.usage)}
+    return VectorsResponse({"model": body.model, "embeddings": result.dense,
+                            "total_duration": time.perf_counter_ns() - started,
+                            "prompt_eval_count": result.usage.total_tokens,
+                            "usage": usage_lists(result.usage)},
+                           headers=accounting_headers(result.usage))
 
 
 @router.post("/api/embeddings", responses=ok(OllamaEmbeddingsResponse))
@@ -91,9 +92,9 @@ async def embeddings(body: OllamaEmbeddingsRequest, request: Request):
         if not body.prompt:
             return {"embedding": []}
         # Ollama's legacy route returns the model's raw (unnormalised) vector.
-        embed = slot.embedder.request([body.prompt], normalize=False)
+        embed = core.request(slot.embedder, [body.prompt], normalize=False)
         result = await core.embed(request, embed, "ollama", slot=slot)
-    return {"embedding": result.dense[0].tolist()}
+    return VectorsResponse({"embedding": result.dense[0]})
 
 
 def _model_entry(core, slot) -> dict:

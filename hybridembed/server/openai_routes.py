@@ -6,7 +6,7 @@ import base64
 from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from pydantic import Field
 
 from .errors import ApiError
@@ -14,6 +14,7 @@ from .schemas import OpenAIEmbeddingsResponse, ok
 from .token_ids import CL100K_MAX_ID, read_token_ids
 from .wire import (
     OverflowFields,
+    VectorsResponse,
     WholeNumber,
     WireModel,
     accounting_headers,
@@ -72,20 +73,19 @@ def _inputs(core, value) -> list[str] | list[list[int]]:
 def _encode(vector: np.ndarray, fmt: str):
     if fmt == "base64":
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return vector.tolist()
+    return vector
 
 
 @router.post("/v1/embeddings", responses=ok(OpenAIEmbeddingsResponse))
 @router.post("/embeddings", include_in_schema=False)
-async def embeddings(body: OpenAIEmbeddingsRequest, request: Request, response: Response):
+async def embeddings(body: OpenAIEmbeddingsRequest, request: Request):
     core = request.app.state.core
     async with core.models.use(body.model, "embed") as slot:
-        embed = slot.embedder.request(_inputs(core, body.input), dimensions=body.dimensions,
-                                      truncation_side=body.truncation_side,
-                                      **body.overflow_options())
+        embed = core.request(slot.embedder, _inputs(core, body.input),
+                             dimensions=body.dimensions, truncation_side=body.truncation_side,
+                             **body.overflow_options())
         result = await core.embed(request, embed, "openai", slot=slot)
-    accounting_headers(response, result.usage)
-    return {
+    return VectorsResponse({
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
                  for i, v in enumerate(result.dense)],
@@ -93,4 +93,4 @@ async def embeddings(body: OpenAIEmbeddingsRequest, request: Request, response: 
         "usage": {"prompt_tokens": result.usage.total_tokens,
                   "total_tokens": result.usage.total_tokens,
                   **usage_lists(result.usage)},
-    }
+    }, headers=accounting_headers(result.usage))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from pydantic import Field
 
 from .. import __version__
@@ -15,6 +15,7 @@ from .schemas import SparseEntry, Status, TEIInfo, TEIToken, ok
 from .wire import (
     NO_CONTRADICTION,
     OverflowFields,
+    VectorsResponse,
     WireModel,
     accounting_headers,
     as_list,
@@ -46,7 +47,7 @@ class TEITokenizeRequest(WireModel):
     add_special_tokens: bool = True
 
 
-def _request(emb, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
+def _request(core, emb, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
     """The request value of a TEI body. As TEI does, an empty batch is 400 ``Empty``, an
     empty text 413 ``Validation``, and the request's ``truncation_direction`` (not the
     folder's tokenizer config) decides which end of an over-long text is kept."""
@@ -57,21 +58,21 @@ def _request(emb, body: TEIEmbedRequest, **outputs) -> EmbedRequest:
         raise ApiError(413, f"`inputs` cannot be empty (input {texts.index('')} is an empty "
                        "string)", "validation", "inputs")
     kind = "query" if body.prompt_name == "query" else "document"
-    return emb.request(
-        texts, kind=kind, prompt_name=body.prompt_name, truncate=body.truncate,
+    return core.request(
+        emb, texts, kind=kind, prompt_name=body.prompt_name, truncate=body.truncate,
         truncation_side=body.truncation_direction.lower(), **body.overflow_options(),
         **outputs)
 
 
-async def _embed(request: Request, response: Response, body: TEIEmbedRequest, **outputs):
+async def _embed(request: Request, body: TEIEmbedRequest, render, **outputs):
     """TEI has no model field: the default embedding model answers. TEI's bare lists have
-    no room for token accounting: it goes in ``x-hybridembed-*`` headers."""
+    no room for token accounting: it goes in ``x-hybridembed-*`` headers. ``render`` makes
+    the body from the result."""
     core = request.app.state.core
     async with core.models.use(None, "embed") as slot:
-        result = await core.embed(request, _request(slot.embedder, body, **outputs), "tei",
-                                  slot=slot)
-    accounting_headers(response, result.usage)
-    return result
+        result = await core.embed(request, _request(core, slot.embedder, body, **outputs),
+                                  "tei", slot=slot)
+    return VectorsResponse(render(result), headers=accounting_headers(result.usage))
 
 
 @router.post("/embed", responses=ok(list[list[float]]))
@@ -79,25 +80,23 @@ async def _embed(request: Request, response: Response, body: TEIEmbedRequest, **
              summary="Embed (TEI's root route; GET / is Ollama's liveness text)")
 @router.post("/invocations", responses=ok(list[list[float]]),
              summary="Embed (TEI's SageMaker route)")
-async def embed(body: TEIEmbedRequest, request: Request, response: Response):
-    result = await _embed(request, response, body, dimensions=body.dimensions,
-                          normalize=body.normalize)
-    return result.dense.tolist()
+async def embed(body: TEIEmbedRequest, request: Request):
+    return await _embed(request, body, lambda r: r.dense, dimensions=body.dimensions,
+                        normalize=body.normalize)
 
 
 @router.post("/embed_sparse", responses=ok(list[list[SparseEntry]]))
-async def embed_sparse(body: TEIEmbedRequest, request: Request, response: Response):
-    result = await _embed(request, response, body, dense=False, sparse=True,
-                          dimensions=body.dimensions)
-    return [[{"index": i, "value": v} for i, v in zip(s.indices.tolist(), s.values.tolist(),
-                                                      strict=True)] for s in result.sparse]
+async def embed_sparse(body: TEIEmbedRequest, request: Request):
+    return await _embed(request, body, lambda r: [
+        [{"index": i, "value": v} for i, v in zip(s.indices.tolist(), s.values.tolist(),
+                                                  strict=True)] for s in r.sparse],
+        dense=False, sparse=True, dimensions=body.dimensions)
 
 
 @router.post("/embed_all", responses=ok(list[list[list[float]]]))
-async def embed_all(body: TEIEmbedRequest, request: Request, response: Response):
-    result = await _embed(request, response, body, dense=False, multivector=True,
-                          dimensions=body.dimensions)
-    return [m.tolist() for m in result.multivector]
+async def embed_all(body: TEIEmbedRequest, request: Request):
+    return await _embed(request, body, lambda r: r.multivector, dense=False, multivector=True,
+                        dimensions=body.dimensions)
 
 
 @router.post("/tokenize", responses=ok(list[list[TEIToken]]))

@@ -2,10 +2,25 @@
 
 Every request enters one queue. Admission counts each *text* and its tokens, whether it
 came alone or in a list, and refuses at once (:class:`OverloadedError`) past the limits.
-A worker takes queued requests with the same options up to a token budget, drops those
-whose caller went away, and runs :meth:`Embedder.embed` off the event loop. Up to
-``prefetch + 1`` batches are in flight, so the next batch is tokenised while the previous
-one holds the model. A failed batch fails every request in it: none is left waiting.
+A free *lane* takes the oldest live request and every queued request with the same options
+after it, up to a token budget, drops those whose caller went away, and runs
+:meth:`Embedder.run` off the event loop. A failed batch fails every request in it: none is
+left waiting.
+
+Lanes: ``lanes`` batches run at once, each with ``threads`` compute threads; a batch
+taken when nothing else waits and nothing runs (or large enough for every lane) takes every
+lane and runs with the embedder's own threads instead. On a CPU the
+server runs one lane per core with one thread each: whole batches side by side use small
+encoder matrices better than one batch split across cores (the in-process engine does the
+same for large calls), and a lane that finishes picks the next batch at once instead of
+waiting for the slowest half of a shared call. A compute thread per core also leaves the
+operating system free to run the event loop between them; a pool of spinning threads
+spanning every core starved it, so requests waited unparsed and batches stayed small.
+
+Settling: before taking a batch, a lane waits (``settle_ms`` at a time, ``max_settle_ms``
+at most) while requests the edge has received (``arriving()``) are still being parsed and
+tokenised, unless a full batch is already queued. With nothing arriving, a request is
+taken at once: a lone client never waits for company.
 """
 
 from __future__ import annotations
@@ -14,6 +29,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -30,39 +46,57 @@ class _Job:
     request: EmbedRequest
     tokens: int
     future: asyncio.Future
+    stamps: dict | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
 class BatchRecord:
-    """What a batch looked like, for metrics."""
+    """What a batch looked like, for metrics. ``tokens``: as embedded (after truncation);
+    ``budget``: the batch token budget it was packed against; ``seconds``: its
+    ``Embedder.run``."""
 
     texts: int
     tokens: int
     requests: int
     seconds: float
+    budget: int = 0
 
 
 class DynamicBatcher:
+    """Merges concurrent :class:`EmbedRequest` values into batches for ``embedder.run``.
+
+    ``max_batch_tokens``: tokens per batch (admission counts, see :meth:`submit`); a single
+    request over it is a batch of its own. ``lanes``: batches run at once; ``threads``:
+    compute threads each batch asks ``embedder.run`` for (``None``: the embedder's own).
+    ``max_queued_texts`` / ``max_queued_tokens``: admission limits. ``on_batch`` receives a
+    :class:`BatchRecord` after every batch."""
+
     def __init__(self, embedder, *, max_batch_tokens: int, max_batch_requests: int | None = None,
                  max_queued_texts: int = 4096, max_queued_tokens: int | None = None,
-                 prefetch: int = 0, settle_ms: float = 2.0, max_settle_ms: float = 20.0,
-                 on_batch=None):
+                 lanes: int = 1, threads: int | None = None, settle_ms: float = 1.0,
+                 max_settle_ms: float = 20.0,
+                 on_batch: Callable[[BatchRecord], None] | None = None):
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.embedder = embedder
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_requests = max_batch_requests
         self.max_queued_texts = max_queued_texts
         self.max_queued_tokens = max_queued_tokens
+        self.lanes = lanes
+        self.threads = threads
         self.on_batch = on_batch
         self.settle = settle_ms / 1000
         self.max_settle = max_settle_ms / 1000
         self._queue: deque[_Job] = deque()
         self._queued_texts = 0
         self._queued_tokens = 0
+        self._expected = 0  # requests the edge announced (monotonic)
+        self._arrived = 0  # of those, queued or given up (monotonic)
         self._wakeup: asyncio.Event | None = None
-        self._slots: asyncio.Semaphore | None = None
-        self._pool = ThreadPoolExecutor(max_workers=prefetch + 1, thread_name_prefix="embed")
-        self._prefetch = prefetch
+        self._free_lanes: asyncio.Semaphore | None = None
+        self._pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="embed")
         self._worker: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
 
@@ -74,9 +108,19 @@ class DynamicBatcher:
     def queued_tokens(self) -> int:
         return self._queued_tokens
 
+    def expect(self) -> None:
+        """The edge received a request that may be submitted soon: a lane about to take a
+        batch waits for it (at most ``max_settle_ms``). Pair every call with
+        :meth:`arrived`."""
+        self._expected += 1
+
+    def arrived(self) -> None:
+        """A request announced by :meth:`expect` was submitted, refused or abandoned."""
+        self._arrived += 1
+
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(self._prefetch + 1)
+        self._free_lanes = asyncio.Semaphore(self.lanes)
         self._worker = asyncio.create_task(self._work(), name="hybridembed-batcher")
 
     async def stop(self) -> None:
@@ -86,10 +130,25 @@ class DynamicBatcher:
         self._fail_all(RuntimeError("the server is shutting down"))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, request: EmbedRequest, tokens: int) -> EmbedResult:
+    async def submit(self, request: EmbedRequest, tokens: int, stamps: dict | None = None
+                     ) -> EmbedResult:
         """Queue a validated ``request`` (``tokens``: its count after truncation, for
         admission and packing) and wait for its result. Cancelling the wait drops the
-        texts before they are computed."""
+        texts before they are computed. With ``stamps`` given, its ``queue`` and
+        ``inference`` entries are set to the seconds the request waited and its batch ran,
+        and ``finished`` to the batch's end (``time.perf_counter``)."""
+        future = self.enqueue(request, tokens, stamps)
+        try:
+            return await future
+        finally:
+            if not future.done():
+                future.cancel()
+
+    def enqueue(self, request: EmbedRequest, tokens: int, stamps: dict | None = None
+                ) -> asyncio.Future:
+        """:meth:`submit` without the wait: queue ``request`` now (or raise
+        :class:`OverloadedError`) and return the future of its result; cancelling the
+        future drops the texts before they are computed."""
         if self._worker is None or self._worker.done():
             raise RuntimeError("the batcher is not running")
         n = len(request)
@@ -100,16 +159,12 @@ class DynamicBatcher:
                 f"limits {self.max_queued_texts} texts"
                 + (f" / {self.max_queued_tokens} tokens" if self.max_queued_tokens else "")
                 + "); retry shortly")
-        job = _Job(request, tokens, asyncio.get_running_loop().create_future())
+        job = _Job(request, tokens, asyncio.get_running_loop().create_future(), stamps)
         self._queue.append(job)
         self._queued_texts += n
         self._queued_tokens += tokens
         self._wakeup.set()
-        try:
-            return await job.future
-        finally:
-            if not job.future.done():
-                job.future.cancel()
+        return job.future
 
     # -- worker ---------------------------------------------------------------------------
     def _take(self, job: _Job) -> None:
@@ -117,8 +172,9 @@ class DynamicBatcher:
         self._queued_tokens -= job.tokens
 
     def _next_batch(self) -> list[_Job]:
-        """The oldest live request plus queued requests with the same options, up to the
-        token budget and request cap. Cancelled requests are dropped here."""
+        """The oldest live request plus queued requests with the same options, in queue
+        order, up to the token budget and request cap. Cancelled requests are dropped
+        here."""
         batch: list[_Job] = []
         tokens = 0
         keep: deque[_Job] = deque()
@@ -148,49 +204,71 @@ class DynamicBatcher:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            await self._slots.acquire()
+            await self._free_lanes.acquire()
             await self._settle()
             batch = self._next_batch()
             if not batch:
-                self._slots.release()
+                self._free_lanes.release()
                 continue
-            task = asyncio.create_task(self._run(batch))
+            lanes = 1
+            if self.lanes > 1 and not self._queue and (not self._running or sum(
+                    job.tokens for job in batch) >= self.lanes * self.max_batch_tokens):
+                # Nothing else waiting, and nothing else running or a call big enough for
+                # every lane: it gets the whole machine, with the embedder's own threads
+                # (a lone client's text as fast as in-process; a large call's batches
+                # spread over the cores by the embedder).
+                for _ in range(self.lanes - 1):
+                    await self._free_lanes.acquire()
+                lanes = self.lanes
+            task = asyncio.create_task(self._run(batch, lanes))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
     async def _settle(self) -> None:
-        """Let requests that arrived while the model was busy finish parsing and join the
-        queue: wait while the queue keeps growing, ``settle`` at a time, ``max_settle`` at
-        most. On a CPU the forward pass starves the event loop, so without this the next
-        batch would hold only the few requests parsed so far."""
+        """Wait, ``settle`` at a time and ``max_settle`` at most, until the requests the
+        edge has received so far are queued (while a batch runs on a CPU they wait to be
+        parsed), unless a full batch is queued already. Without announcements from the
+        edge, nothing is waited for."""
+        target = self._expected
         deadline = time.perf_counter() + self.max_settle
-        while time.perf_counter() < deadline:
-            before = self._queued_texts
+        while (self._arrived < target and self._queued_tokens < self.max_batch_tokens
+               and time.perf_counter() < deadline):
             await asyncio.sleep(self.settle)
-            if self._queued_texts == before:
-                return
 
-    async def _run(self, batch: list[_Job]) -> None:
+    def _call(self, request: EmbedRequest, lanes: int) -> tuple[EmbedResult, float, float]:
+        started = time.perf_counter()
+        if lanes == 1 and self.threads is not None:
+            result = self.embedder.run(request, threads=self.threads)
+        else:
+            result = self.embedder.run(request)
+        return result, started, time.perf_counter()
+
+    async def _run(self, batch: list[_Job], lanes: int = 1) -> None:
         try:
             texts = tuple(t for job in batch for t in job.request.texts)
             merged = EmbedRequest(texts, batch[0].request.options)  # parts already validated
-            started = time.perf_counter()
             loop = asyncio.get_running_loop()
+            started = time.perf_counter()
             try:
-                result = await loop.run_in_executor(self._pool, self.embedder.run, merged)
+                result, started, finished = await loop.run_in_executor(
+                    self._pool, self._call, merged, lanes)
                 failed, failure = set(), None
             except (InputTooLongError, NonFiniteOutputError) as exc:
                 # Some texts failed; the others were embedded. Each request gets its own
                 # rows, or the error re-addressed to its own indexes: a bad text of one
                 # client never fails the clients merged into the same batch.
+                finished = time.perf_counter()
                 result, failed, failure = _spread(exc, len(texts)), _failed_of(exc), exc
             if self.on_batch:
                 self.on_batch(BatchRecord(len(texts), result.usage.total_tokens, len(batch),
-                                          time.perf_counter() - started))
+                                          finished - started, self.max_batch_tokens))
             start = 0
             for job in batch:
                 stop = start + len(job.request)
                 mine = [i - start for i in sorted(failed) if start <= i < stop]
+                if job.stamps is not None:
+                    job.stamps.update(queue=max(0.0, started - job.enqueued),
+                                      inference=finished - started, finished=finished)
                 if not job.future.done():
                     if mine:
                         job.future.set_exception(_readdressed(failure, mine, result, start,
@@ -201,7 +279,8 @@ class DynamicBatcher:
         except BaseException as exc:  # every waiting request gets an answer
             fail_batch(batch, exc, "batch")
         finally:
-            self._slots.release()
+            for _ in range(lanes):
+                self._free_lanes.release()
 
     def _fail_all(self, exc: Exception) -> None:
         while self._queue:

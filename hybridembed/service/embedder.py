@@ -125,6 +125,12 @@ class Embedder:
     def max_batch_tokens(self) -> int:
         return self._encoder.max_batch_tokens
 
+    @property
+    def parallel_forwards(self) -> int:
+        """Forward passes the runtime can run side by side (CPU cores for torch; 1 for
+        accelerators and ONNX Runtime, which spreads one pass over its own threads)."""
+        return getattr(self._runtime, "parallel_forwards", 1)
+
     def stats(self) -> dict[str, Any]:
         enc = self._encoder.stats
         return {
@@ -178,9 +184,14 @@ class Embedder:
             dimensions=dimensions, normalize=normalize, overflow=overflow,
             chunk_pooling=chunk_pooling, chunk_overlap=chunk_overlap))
 
-    def run(self, request: EmbedRequest) -> EmbedResult:
+    def run(self, request: EmbedRequest, *, threads: int | None = None) -> EmbedResult:
         """Answer a request made by :meth:`request`: serve what the cache holds (keyed by
-        the whole :class:`EmbedOptions` and the text's hash), encode the rest."""
+        the whole :class:`EmbedOptions` and the text's hash), encode the rest.
+
+        ``threads`` (CPU runtimes with :attr:`parallel_forwards` > 1): run this call's
+        forward passes one after another with that many compute threads, alongside other
+        such calls instead of waiting for them (the server's batcher runs one call per
+        core this way). ``None``: the runtime's threads, one call at a time."""
         texts, options = list(request.texts), request.options
         self._calls += 1
         key = (self._model_key, options)
@@ -200,7 +211,7 @@ class Embedder:
             for i, t in enumerate(texts):
                 first_index.setdefault(t, i)
             computed, failed, nonfinite = self._compute(
-                missing, [first_index[t] for t in missing], options)
+                missing, [first_index[t] for t in missing], options, threads)
             for text, entry in computed.items():
                 self._cache.put((key, _input_key(text)), entry)
             entries.update(computed)
@@ -279,7 +290,8 @@ class Embedder:
         return vector.to_tokens(lambda i: names.get(i, f"#{i}"))
 
     # -- internals ------------------------------------------------------------------------
-    def _compute(self, texts: list[str], origin: list[int], options: EmbedOptions
+    def _compute(self, texts: list[str], origin: list[int], options: EmbedOptions,
+                 threads: int | None = None
                  ) -> tuple[dict[str, _Entry], dict[str, int], set[str]]:
         """Encode ``texts`` (unique, not cached). Returns their entries, the over-long ones
         refused (``{text: tokens}``) and those whose outputs were not finite."""
@@ -325,11 +337,13 @@ class Embedder:
                     if not isinstance(prompted[j], str):
                         ids[j] = self.tokenizer.truncate_ids(prompted[j], o.truncation_side)
                 parts = [w for j in split for w in windows[j]]
-                with self._lock:
+                # With ``threads``, the caller runs calls side by side: no lock.
+                lane = {"threads": threads} if threads and self.parallel_forwards > 1 else {}
+                with contextlib.nullcontext() if lane else self._lock:
                     got = self._encoder.encode(
                         [ids[j] for j in chunk_keep] + parts, want,
                         [origin[j] for j in chunk_keep]
-                        + [origin[j] for j in split for _ in windows[j]])
+                        + [origin[j] for j in split for _ in windows[j]], **lane)
                 rows += got[:len(chunk_keep)]
                 at = len(chunk_keep)
                 for j in split:

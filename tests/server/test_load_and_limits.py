@@ -1,5 +1,6 @@
 """Concurrency, overload, auth, limits and a bad-input matrix against a real server."""
 
+import base64
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -39,10 +40,85 @@ def test_64_concurrent_single_text_clients_are_batched(server_url, minilm):
     assert batches < 64 and batches - singles >= 1  # some batches held more than one text
 
 
-def test_overload_refuses_cleanly_and_recovers(minilm):
+@pytest.fixture(scope="module")
+def uncached():
+    """A second MiniLM without a result cache: what the server answers is computed in its
+    own batches, never read back from an in-process call."""
+    from hybridembed import Embedder
+
+    return Embedder("minilm", device="cpu", cache_size=0)
+
+
+def _ask(c, protocol: str, texts: list[str]) -> list[list[float]]:
+    """Embed ``texts`` (dimensions 128) through one protocol; the dense rows."""
+    if protocol == "openai-float":
+        r = c.post("/v1/embeddings", json={"model": "minilm", "input": texts, "dimensions": 128})
+        assert r.status_code == 200, r.text
+        return [d["embedding"] for d in r.json()["data"]]
+    if protocol == "openai-base64":
+        r = c.post("/v1/embeddings", json={"model": "minilm", "input": texts, "dimensions": 128,
+                                           "encoding_format": "base64"})
+        assert r.status_code == 200, r.text
+        return [np.frombuffer(base64.b64decode(d["embedding"]), "<f4").tolist()
+                for d in r.json()["data"]]
+    if protocol == "ollama":
+        r = c.post("/api/embed", json={"model": "minilm", "input": texts, "dimensions": 128})
+        assert r.status_code == 200, r.text
+        return r.json()["embeddings"]
+    if protocol == "tei":
+        r = c.post("/embed", json={"inputs": texts, "dimensions": 128})
+        assert r.status_code == 200, r.text
+        return r.json()
+    r = c.post("/v1/embed", json={"inputs": texts, "dimensions": 128})
+    assert r.status_code == 200, r.text
+    return [d["dense"] for d in r.json()["data"]]
+
+
+def test_sustained_mixed_load_gives_each_client_its_own_vectors(uncached, minilm):
+    """16 clients, 6 requests each one after another, every protocol, 1-3 texts per
+    request: each answer equals in-process, rows in the order sent, and every request's
+    stages are on /metrics."""
+    protocols = ("openai-float", "openai-base64", "ollama", "tei", "native")
+    jobs = [[[f"client {c} asks question {k} part {j} about {(c * k + j) % 7}"
+              for j in range(1 + (c + k) % 3)] for k in range(6)] for c in range(16)]
+    every = [t for client in jobs for texts in client for t in texts]
+    expected = dict(zip(every, minilm.embed(every, dimensions=128).dense, strict=True))
+    with running_server(uncached) as url:
+        def client(c):
+            with httpx.Client(base_url=url, timeout=120) as http:
+                return [(texts, _ask(http, protocols[(c + k) % 5], texts))
+                        for k, texts in enumerate(jobs[c])]
+
+        before = httpx.get(url + "/metrics").text
+        with ThreadPoolExecutor(16) as pool:
+            answers = [a for per_client in pool.map(client, range(16)) for a in per_client]
+        after = httpx.get(url + "/metrics").text
+    for texts, rows in answers:
+        assert len(rows) == len(texts)
+        for text, row in zip(texts, rows, strict=True):
+            np.testing.assert_allclose(row, expected[text], atol=1e-5)
+    requests = len(answers)
+    for stage in ("parse", "validate", "tokenize", "queue", "inference", "serialize", "write"):
+        name = f'hybridembed_request_stage_seconds_count{{stage="{stage}"}}'
+        assert _metric(after, name) - _metric(before, name) == requests, stage
+    batches = _metric(after, "hybridembed_batch_texts_count") - _metric(
+        before, "hybridembed_batch_texts_count")
+    assert batches < requests  # requests were merged
+
+
+def test_float_vectors_read_back_to_the_same_float32():
+    from hybridembed.server.wire import VectorsResponse
+
+    rows = np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32)
+    body = json.loads(VectorsResponse({"data": rows}).body)
+    assert np.array_equal(np.asarray(body["data"], np.float32), rows)
+
+
+def test_overload_refuses_cleanly_and_recovers(minilm, uncached):
     texts = [f"overload text {i} " + "filler words " * 60 for i in range(48)]
     expected = minilm.embed(texts, dimensions=200).dense
-    with running_server(minilm, max_queued_requests=3) as url:
+    # the server computes every text (no cache), so the queue of 3 really overflows
+    with running_server(uncached, max_queued_requests=3) as url:
         def call(i):
             path, body = (("/api/embed", {"model": "minilm", "input": texts[i], "dimensions": 200})
                           if i % 2 else ("/v1/embed", {"inputs": texts[i], "dimensions": 200}))

@@ -42,7 +42,7 @@ def run(coro):
 def test_waiting_requests_merge_and_each_gets_its_rows():
     async def main():
         emb = RecordingEmbedder()
-        b = DynamicBatcher(emb, max_batch_tokens=1000, prefetch=0)
+        b = DynamicBatcher(emb, max_batch_tokens=1000)
         await b.start()
         emb.gate.clear()
         first = asyncio.create_task(b.submit(req(["a"]), 1))
@@ -64,7 +64,7 @@ def test_waiting_requests_merge_and_each_gets_its_rows():
 def test_callers_who_left_are_dropped_before_compute():
     async def main():
         emb = RecordingEmbedder()
-        b = DynamicBatcher(emb, max_batch_tokens=1000, prefetch=0)
+        b = DynamicBatcher(emb, max_batch_tokens=1000)
         await b.start()
         emb.gate.clear()
         busy = asyncio.create_task(b.submit(req(["busy"]), 1))
@@ -85,7 +85,7 @@ def test_callers_who_left_are_dropped_before_compute():
 def test_admission_counts_texts_not_requests():
     async def main():
         emb = RecordingEmbedder()
-        b = DynamicBatcher(emb, max_batch_tokens=1000, max_queued_texts=3, prefetch=0)
+        b = DynamicBatcher(emb, max_batch_tokens=1000, max_queued_texts=3)
         await b.start()
         emb.gate.clear()
         hold = asyncio.create_task(b.submit(req(["hold"]), 1))
@@ -116,3 +116,171 @@ def test_a_failed_batch_fails_every_waiting_request():
 
     results = run(main())
     assert all(isinstance(r, RuntimeError) and "on fire" in str(r) for r in results)
+
+
+class WorkingEmbedder:
+    """Stands in for the model under sustained load: each text's row is derived from the
+    text alone (so a row given to the wrong caller shows), a batch takes time in proportion
+    to its texts (``time.sleep`` frees the GIL, as a forward pass does), and every call's
+    shape is recorded: texts, options, threads, and how many calls ran at once."""
+
+    def __init__(self, per_text: float = 0.0005, per_batch: float = 0.002):
+        self.per_text, self.per_batch = per_text, per_batch
+        self.calls: list[tuple[int, EmbedOptions, int | None]] = []
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most_running = 0
+        self.whole_machine = False  # a call with the embedder's own threads is running
+        self.overlaps = 0  # calls that ran beside one that should have had the machine
+
+    @staticmethod
+    def row(text: str, width: int = 4) -> list[float]:
+        return [float(len(text)), float(sum(map(ord, text)) % 9973), float(ord(text[-1])),
+                float(width)][:width]
+
+    def run(self, request, threads=None):
+        with self.lock:
+            if self.whole_machine or (threads is None and self.running):
+                self.overlaps += 1
+            self.whole_machine = threads is None
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            self.calls.append((len(request.texts), request.options, threads))
+        try:
+            import time
+
+            time.sleep(self.per_batch + self.per_text * len(request.texts))
+            width = request.options.dimensions or 4
+            dense = np.array([self.row(t, width) for t in request.texts], np.float32)
+            return EmbedResult("fake", dense, None, None, Usage([1] * len(request.texts)))
+        finally:
+            with self.lock:
+                self.running -= 1
+                if threads is None:
+                    self.whole_machine = False
+
+
+async def _behind_a_held_batch(emb: RecordingEmbedder, b: DynamicBatcher,
+                               jobs: list[tuple[EmbedRequest, int]]) -> list[EmbedResult]:
+    """Submit ``jobs`` (request, tokens) while a first request holds the model, then let
+    it go; every result, the holder's first."""
+    await b.start()
+    emb.gate.clear()
+    hold = asyncio.create_task(b.submit(req(["hold"]), 1))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.create_task(b.submit(r, tokens)) for r, tokens in jobs]
+    await asyncio.sleep(0.05)
+    emb.gate.set()
+    results = await asyncio.gather(hold, *rest)
+    await b.stop()
+    return results
+
+
+@pytest.mark.parametrize("waiting", [1, 4, 16])
+def test_batch_fill_grows_with_the_work_waiting(waiting):
+    """While the model is busy, requests pile up; the next batch takes all of them (up to
+    the budget), so a batch holds as much as waits."""
+    emb = RecordingEmbedder()
+    run(_behind_a_held_batch(emb, DynamicBatcher(emb, max_batch_tokens=64),
+                             [(req([f"t{i}"]), 4) for i in range(waiting)]))
+    sizes = [len(c) for c in emb.calls]
+    # 64 tokens / 4 per request: at most 16 per batch
+    assert sizes[0] == 1 and sizes[1] == min(waiting, 16) and sum(sizes) == waiting + 1
+
+
+def test_full_batches_fill_the_token_budget_exactly():
+    emb = RecordingEmbedder()
+    results = run(_behind_a_held_batch(emb, DynamicBatcher(emb, max_batch_tokens=100),
+                                       [(req([f"t{i}"]), 10) for i in range(45)]))
+    calls = emb.calls
+    assert [len(c) for c in calls] == [1, 10, 10, 10, 10, 5]
+    # queue order is kept: batch k holds requests 10k .. 10k+9
+    assert calls[1:] == [[f"t{i}" for i in range(k, min(k + 10, 45))] for k in range(0, 45, 10)]
+    assert [r.dense[0, 0] for r in results[1:]] == [len(f"t{i}") for i in range(45)]
+
+
+def test_sustained_concurrent_load_keeps_every_answer_with_its_caller():
+    """32 clients, each sending 12 requests one after another (1-3 texts, two option sets),
+    against two lanes: nothing is lost, reordered or mixed up, option sets never share a
+    batch, lanes run side by side with one thread each (a call with every thread only
+    alone), and batches fill up under load."""
+    options = [EmbedOptions(), EmbedOptions(dimensions=3)]
+
+    async def client(b, c):
+        answers = []
+        for k in range(12):
+            texts = [f"client {c} request {k} text {j}" + "x" * ((c * 7 + k) % 5)
+                     for j in range(1 + (c + k) % 3)]
+            opts = options[(c + k) % 2]
+            result = await b.submit(EmbedRequest(tuple(texts), opts), 5 * len(texts))
+            answers.append((texts, opts, result))
+        return answers
+
+    async def main():
+        emb = WorkingEmbedder()
+        records = []
+        b = DynamicBatcher(emb, max_batch_tokens=200, lanes=2, threads=1,
+                           on_batch=records.append)
+        await b.start()
+        answers = await asyncio.gather(*(client(b, c) for c in range(32)))
+        await b.stop()
+        return emb, records, [a for per_client in answers for a in per_client]
+
+    emb, records, answers = run(main())
+    assert len(answers) == 32 * 12
+    for texts, opts, result in answers:
+        width = opts.dimensions or 4
+        assert result.dense.shape == (len(texts), width)
+        np.testing.assert_array_equal(result.dense, [WorkingEmbedder.row(t, width)
+                                                     for t in texts])
+    assert sum(r.texts for r in records) == sum(len(t) for t, _, _ in answers)
+    assert emb.overlaps == 0
+    assert emb.most_running == 2  # both lanes busy at once
+    assert sum(threads == 1 for _, _, threads in emb.calls) > len(emb.calls) / 2
+    # 32 clients keep work waiting: batches hold several requests, not one each
+    assert sum(r.requests for r in records) / len(records) > 3
+
+
+def test_a_call_alone_gets_the_whole_machine():
+    """With nothing else queued or running, a request (one text of a lone client, or one
+    call of lanes x budget tokens) runs with the embedder's own threads; a large call
+    that arrives while a lane is busy waits for it, then runs alone; under load, lanes."""
+    async def main():
+        emb = WorkingEmbedder(per_text=0, per_batch=0.05)
+        b = DynamicBatcher(emb, max_batch_tokens=100, lanes=2, threads=1)
+        await b.start()
+        small = await b.submit(req(["small"]), 5)
+        busy = asyncio.create_task(b.submit(req(["busy"]), 5))
+        await asyncio.sleep(0.01)
+        side = asyncio.create_task(b.submit(req(["side"]), 5))
+        await asyncio.sleep(0.01)
+        big = asyncio.create_task(b.submit(req([f"big {i}" for i in range(50)]), 250))
+        await asyncio.gather(busy, side, big)
+        await b.stop()
+        return emb, small, big.result()
+
+    emb, small, big = run(main())
+    assert [(n, threads) for n, _, threads in emb.calls] == [(1, None), (1, None), (1, 1),
+                                                              (50, None)]
+    assert emb.overlaps == 0 and small.dense[0, 0] == 5 and big.dense.shape == (50, 4)
+
+
+def test_a_free_lane_waits_for_requests_the_edge_announced():
+    """The edge announces a request as it arrives; a lane about to start waits until it is
+    queued, so it joins the batch instead of running alone after it."""
+    async def main():
+        emb = RecordingEmbedder()
+        b = DynamicBatcher(emb, max_batch_tokens=1000, max_settle_ms=2000)
+        await b.start()
+        b.expect()
+        b.expect()
+        first = b.enqueue(req(["first"]), 1)
+        b.arrived()
+        await asyncio.sleep(0.05)  # still being parsed, in the real server
+        second = b.enqueue(req(["second"]), 1)
+        b.arrived()
+        await asyncio.gather(first, second)
+        await b.stop()
+        return emb.calls
+
+    assert run(main()) == [["first", "second"]]
