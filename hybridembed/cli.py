@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--no-dense", action="store_true", help="skip the dense vector")
     embed.add_argument("--query", action="store_true", help="embed as queries, not documents")
     embed.add_argument("--dimensions", type=int, help="truncate dense vectors (Matryoshka)")
+    embed.add_argument("--max-active-dims", type=int, metavar="K",
+                       help="keep only the K heaviest entries of each sparse vector")
     embed.add_argument("--no-truncate", action="store_true",
                        help="fail on texts over the model's limit (same as --overflow error)")
     embed.add_argument("--overflow", help="texts over the model's limit: error, truncate "
@@ -357,7 +359,8 @@ def cmd_embed(args) -> int:
                             truncate=False if args.no_truncate else None,
                             dimensions=args.dimensions, overflow=args.overflow,
                             truncation_side=args.truncation_side,
-                            chunk_pooling=args.chunk_pooling, chunk_overlap=args.chunk_overlap)
+                            chunk_pooling=args.chunk_pooling, chunk_overlap=args.chunk_overlap,
+                            max_active_dims=args.max_active_dims)
     if args.json:
         rows = []
         for i, (text, item) in enumerate(zip(texts, result, strict=True)):

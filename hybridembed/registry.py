@@ -115,6 +115,9 @@ class ModelSpec:
     query_max_length: int | None = None
     architectures: tuple[str, ...] = ()
     max_active_dims: int | None = None  # SPLADE: keep only this many heaviest entries
+    # "left" for decoders whose tokenizer pads on the left (Qwen3-Embedding): the torch
+    # runtime then runs batches left-padded, as sentence-transformers does
+    padding_side: str = "right"
 
     @property
     def dim(self) -> int:
@@ -582,10 +585,10 @@ def read_spec(folder: Path, name: str | None = None, hf_id: str | None = None) -
         positions -= int(config.get("pad_token_id", 1)) + 1  # positions start after padding_idx
     limits = [positions]
     st_cfg = pipe.transformer or _read_json(folder / "sentence_bert_config.json") or {}
+    tok_cfg = _read_json(encoder_dir / "tokenizer_config.json") or {}
     if st_cfg.get("max_seq_length"):
         limits.append(int(st_cfg["max_seq_length"]))
     else:
-        tok_cfg = _read_json(encoder_dir / "tokenizer_config.json") or {}
         tok_max = tok_cfg.get("model_max_length")
         if isinstance(tok_max, int) and tok_max < 1_000_000:
             limits.append(tok_max)
@@ -616,6 +619,8 @@ def read_spec(folder: Path, name: str | None = None, hf_id: str | None = None) -
         query_max_length=int(query_max) if query_max else None,
         architectures=tuple(architectures),
         max_active_dims=int(st["max_active_dims"]) if st.get("max_active_dims") else None,
+        padding_side="left" if pooling == "lasttoken"
+        and tok_cfg.get("padding_side") == "left" else "right",
     )
 
 

@@ -28,7 +28,9 @@ class EmbedOptions:
 
     ``kind`` picks query or document mode (BM25 weighting, the default prompt);
     ``prompt_name`` picks another of the model's prompts (``None``: the one named by
-    ``kind``, if any); ``dimensions`` cuts dense vectors (Matryoshka).
+    ``kind``, if any); ``dimensions`` cuts dense vectors (Matryoshka);
+    ``max_active_dims`` keeps only that many heaviest entries of each sparse vector
+    (after the model's own ``max_active_dims``, if it has one).
 
     ``overflow`` says what happens to a text over the model's token limit: ``"error"``
     refuses it, ``"truncate"`` cuts it on ``truncation_side`` (``"left"`` keeps its end),
@@ -49,6 +51,7 @@ class EmbedOptions:
     chunk_overlap: int = 0
     dimensions: int | None = None
     normalize: bool = True
+    max_active_dims: int | None = None
 
     @property
     def truncate(self) -> bool:

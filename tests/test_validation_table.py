@@ -54,6 +54,15 @@ CASES: dict[str, dict] = {
         "ollama": ({"model": "minilm", "input": "x", "dimensions": True}, 400, "dimensions"),
         "tei": ({"inputs": "x", "dimensions": True}, 422, "dimensions"),
     },
+    "sparse pruning below one entry": {
+        "python": (["x"], {"sparse": True, "max_active_dims": 0}, InvalidOptionError,
+                   "max_active_dims"),
+        "native": ({"inputs": "x", "sparse": True, "max_active_dims": 0}, 400,
+                   "max_active_dims"),
+        "tei": ({"inputs": "x", "max_active_dims": True}, 422, "max_active_dims"),
+        "cli": (["embed", "--sparse", "--max-active-dims", "0", "x"], None, 2,
+                "max_active_dims"),
+    },
     "a string as a boolean": {
         "python": (["x"], {"normalize": "no"}, InvalidOptionError, "normalize"),
         "native": ({"inputs": "x", "normalize": "no"}, 400, "normalize"),
@@ -377,3 +386,26 @@ def test_one_definition_of_the_embed_options():
              and "class EmbedOptions" not in p.read_text()]
     assert [p.name for p in defined] == ["types.py"]
     assert [p.relative_to(package).as_posix() for p in built] == ["service/request.py"]
+
+
+def test_max_active_dims_keeps_the_heaviest_entries_everywhere(minilm, url, capsys):
+    """Per-request sparse pruning: the Python API, the native and TEI routes and the CLI
+    keep each sparse vector's k heaviest entries — the same ones."""
+    texts = ["sparse vectors keep their heaviest lexical weights only", "one two"]
+    full = minilm.embed(texts, dense=False, sparse=True).sparse
+    got = minilm.embed(texts, dense=False, sparse=True, max_active_dims=3).sparse
+    for whole, cut in zip(full, got, strict=True):
+        assert len(cut) == min(3, len(whole))
+        assert set(cut.to_dict().values()) <= set(whole.to_dict().values())
+        assert min(cut.values) >= np.sort(whole.values)[-len(cut)]
+    with httpx.Client(base_url=url, timeout=60) as client:
+        native = client.post("/v1/embed", json={"inputs": texts, "dense": False,
+                                                "sparse": True, "max_active_dims": 3}).json()
+        tei = client.post("/embed_sparse", json={"inputs": texts, "max_active_dims": 3}).json()
+    for i, cut in enumerate(got):
+        assert native["data"][i]["sparse"]["indices"] == cut.indices.tolist()
+        assert [e["index"] for e in tei[i]] == cut.indices.tolist()
+    assert cli.main(["embed", "--sparse", "--no-dense", "--max-active-dims", "3", "--json",
+                     "--device", "cpu", *texts]) == 0
+    rows = json.loads(capsys.readouterr().out)["data"]
+    assert [len(r["sparse"]["indices"]) for r in rows] == [len(v) for v in got]

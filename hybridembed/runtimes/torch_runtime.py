@@ -115,6 +115,20 @@ class TorchRuntime:
         self.max_active_dims = spec.max_active_dims
         self.late = (LateInteractionTokens(spec.late_interaction, spec.path)
                      if spec.late_interaction is not None else None)
+        self.left_pad = spec.padding_side == "left"
+
+    def _encode_left_padded(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states of a right-padded batch computed left-padded, as the model's
+        tokenizer pads (decoders such as Qwen3-Embedding, whose reference runs them so),
+        and handed back right-aligned so every head and row slice reads them as usual:
+        row ``r`` is rotated right by its padding, run, and rotated back."""
+        width = ids.shape[1]
+        pad = width - mask.sum(dim=1, keepdim=True)  # (batch, 1) padding per row
+        cols = torch.arange(width, device=ids.device).unsqueeze(0)
+        to_left = (cols - pad) % width  # left[r, j] = right[r, (j - pad_r) mod width]
+        hidden = self.module.encode(ids.gather(1, to_left), mask.gather(1, to_left))
+        back = ((cols + pad) % width).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        return hidden.gather(1, back)
 
     def pooled_head(self, pooled: np.ndarray) -> np.ndarray:
         """``(n, hidden)`` float32 pooled states through the pipeline's Dense modules (if
@@ -186,7 +200,10 @@ class TorchRuntime:
             with torch.inference_mode():
                 ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
                 mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
-                hidden = self.module.encode(ids, mask)
+                if self.left_pad:
+                    hidden = self._encode_left_padded(ids, mask)
+                else:
+                    hidden = self.module.encode(ids, mask)
                 pooled, weights, vectors = self.module.heads(hidden, mask, dense, sparse,
                                                              multivector)
                 weights = None if weights is None else weights.float().cpu().numpy()

@@ -52,6 +52,8 @@ class NativeEmbedRequest(NativeModel, OverflowFields):
     truncation_side: Literal["right", "left"] = "right"
     dimensions: whole_number(ge=1) | None = None
     normalize: bool = True
+    max_active_dims: whole_number(ge=1) | None = Field(
+        None, description="keep only this many heaviest entries of each sparse vector")
     sparse_tokens: bool = False
 
 
@@ -73,6 +75,8 @@ class NativeChunksRequest(NativeModel):
     prompt_name: str | None = None
     dimensions: whole_number(ge=1) | None = None
     normalize: bool = True
+    max_active_dims: whole_number(ge=1) | None = Field(
+        None, description="keep only this many heaviest entries of each sparse vector")
     window_overlap: whole_number(ge=0) | None = None
     sparse_tokens: bool = False
 
@@ -93,6 +97,7 @@ async def embed(body: NativeEmbedRequest, request: Request):
             emb, texts, dense=body.dense, sparse=body.sparse, multivector=body.multivector,
             kind=body.kind, prompt_name=body.prompt_name, truncate=body.truncate,
             truncation_side=body.truncation_side, dimensions=body.dimensions,
+            max_active_dims=body.max_active_dims,
             normalize=body.normalize, **body.overflow_options()), slot=slot)
     data = []
     for i, item in enumerate(result):
@@ -131,7 +136,7 @@ async def embed_chunks(body: NativeChunksRequest, request: Request):
             overlap=body.overlap, chunks=body.chunks, dense=body.dense, sparse=body.sparse,
             multivector=body.multivector, kind=body.kind, prompt_name=body.prompt_name,
             dimensions=body.dimensions, normalize=body.normalize,
-            window_overlap=body.window_overlap)
+            window_overlap=body.window_overlap, max_active_dims=body.max_active_dims)
     data = [{"index": i, "text": c.text, "start": c.start, "end": c.end, "tokens": c.tokens,
              **_row(emb, item, c.text, body.sparse_tokens)}
             for i, (c, item) in enumerate(got)]

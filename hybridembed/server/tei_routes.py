@@ -40,6 +40,9 @@ class TEIEmbedRequest(WireModel, OverflowFields):
     prompt_name: str | None = Field(None, description="a key of the model's prompts "
                                     "(query and document always work)")
     dimensions: whole_number(ge=1) | None = None
+    max_active_dims: whole_number(ge=1) | None = Field(
+        None, description="hybridembed extension for /embed_sparse: keep only this many "
+        "heaviest entries of each sparse vector")
 
 
 class TEITokenizeRequest(WireModel):
@@ -90,7 +93,8 @@ async def embed_sparse(body: TEIEmbedRequest, request: Request):
     return await _embed(request, body, lambda r: [
         [{"index": i, "value": v} for i, v in zip(s.indices.tolist(), s.values.tolist(),
                                                   strict=True)] for s in r.sparse],
-        dense=False, sparse=True, dimensions=body.dimensions)
+        dense=False, sparse=True, dimensions=body.dimensions,
+        max_active_dims=body.max_active_dims)
 
 
 @router.post("/embed_all", responses=ok(list[list[list[float]]]))

@@ -21,7 +21,7 @@ from ..engine.windows import windows as window_spans
 from ..errors import InputTooLongError, InvalidOptionError, NonFiniteOutputError
 from ..registry import DEFAULT_MODEL, ModelSpec, resolve
 from ..runtimes import load_runtime
-from ..sparse import SparseVector
+from ..sparse import SparseVector, prune
 from ..textcheck import check_texts, nonfinite_rows
 from ..types import (
     TRUNCATION_SIDES,
@@ -147,7 +147,8 @@ class Embedder:
                 prompt_name: str | None = None, truncate: bool | None = None,
                 truncation_side: str = "right", dimensions: int | None = None,
                 normalize: bool = True, overflow: str | None = None,
-                chunk_pooling: str = "mean", chunk_overlap: int = 0) -> EmbedRequest:
+                chunk_pooling: str = "mean", chunk_overlap: int = 0,
+                max_active_dims: int | None = None) -> EmbedRequest:
         """Check ``texts`` and the options once and return the :class:`EmbedRequest` that
         :meth:`run` answers (the server builds one per HTTP request this way). An item of
         ``texts`` may be a list of this model's token ids (no special tokens): it is
@@ -158,6 +159,7 @@ class Embedder:
                              truncate=truncate, truncation_side=truncation_side,
                              dimensions=dimensions, normalize=normalize, overflow=overflow,
                              chunk_pooling=chunk_pooling, chunk_overlap=chunk_overlap,
+                             max_active_dims=max_active_dims,
                              vocab_size=self.tokenizer.vocab_size)
 
     def embed(self, texts: Sequence[str] | str, *, dense: bool = True, sparse: bool = False,
@@ -165,7 +167,7 @@ class Embedder:
               truncate: bool | None = None, truncation_side: str = "right",
               dimensions: int | None = None, normalize: bool = True,
               overflow: str | None = None, chunk_pooling: str = "mean",
-              chunk_overlap: int = 0) -> EmbedResult:
+              chunk_overlap: int = 0, max_active_dims: int | None = None) -> EmbedResult:
         """Embed ``texts``; each output is optional. ``kind`` picks query or document mode
         (prompts, BM25 weighting); ``prompt_name`` another of the model's prompts.
 
@@ -174,15 +176,17 @@ class Embedder:
         end); ``"error"`` (or ``truncate=False``) raises :class:`InputTooLongError`;
         ``"chunk"`` embeds windows of the limit sharing ``chunk_overlap`` tokens and pools
         them (``chunk_pooling`` ``"mean"`` or ``"max"``). ``result.usage`` says per text
-        what was embedded, dropped and chunked. A text whose vectors come out NaN or
-        infinite raises :class:`NonFiniteOutputError`. Both errors carry the other texts'
-        results in ``.partial``. Bad texts or options raise :class:`InvalidInputError` /
-        :class:`InvalidOptionError` before any work."""
+        what was embedded, dropped and chunked. ``max_active_dims`` keeps each sparse
+        vector's heaviest entries only (SPLADE ``top_k`` pruning). A text whose vectors
+        come out NaN or infinite raises :class:`NonFiniteOutputError`. Both errors carry
+        the other texts' results in ``.partial``. Bad texts or options raise
+        :class:`InvalidInputError` / :class:`InvalidOptionError` before any work."""
         return self.run(self.request(
             texts, dense=dense, sparse=sparse, multivector=multivector, kind=kind,
             prompt_name=prompt_name, truncate=truncate, truncation_side=truncation_side,
             dimensions=dimensions, normalize=normalize, overflow=overflow,
-            chunk_pooling=chunk_pooling, chunk_overlap=chunk_overlap))
+            chunk_pooling=chunk_pooling, chunk_overlap=chunk_overlap,
+            max_active_dims=max_active_dims))
 
     def run(self, request: EmbedRequest, *, threads: int | None = None) -> EmbedResult:
         """Answer a request made by :meth:`request`: serve what the cache holds (keyed by
@@ -229,7 +233,8 @@ class Embedder:
                      overlap: int = 0, chunks: Sequence[str] | None = None, dense: bool = True,
                      sparse: bool = False, multivector: bool = False, kind: str = "document",
                      prompt_name: str | None = None, dimensions: int | None = None,
-                     normalize: bool = True, window_overlap: int | None = None) -> LateChunks:
+                     normalize: bool = True, window_overlap: int | None = None,
+                     max_active_dims: int | None = None) -> LateChunks:
         """Late chunking: one result per chunk of ``document``, each pooled from token
         states computed with the whole document in view (arXiv:2409.04701).
 
@@ -237,7 +242,8 @@ class Embedder:
         ``every`` (tokens per chunk, neighbours sharing ``overlap``) or ``chunks`` (texts
         that concatenate to ``document``). Per chunk: dense = the model's pooling over its
         token span (mean for CLS models), learned sparse = max per token over the span
-        (BM25 of the chunk's text for models without a sparse head), multi-vector = the
+        (SPLADE: its head over the span; BM25 of the chunk's text for models without a
+        sparse head; ``max_active_dims`` prunes as in :meth:`embed`), multi-vector = the
         span's ``(tokens, dim)`` vectors. A document over the model's limit goes through
         windows of the limit overlapping by ``window_overlap`` tokens (default a quarter
         window); each token's state comes from the window where it has most context.
@@ -252,7 +258,8 @@ class Embedder:
         return embed_chunks(self, document, spans=spans, every=every, overlap=overlap,
                             chunks=chunks, dense=dense, sparse=sparse, multivector=multivector,
                             kind=kind, prompt_name=prompt_name, dimensions=dimensions,
-                            normalize=normalize, window_overlap=window_overlap)
+                            normalize=normalize, window_overlap=window_overlap,
+                            max_active_dims=max_active_dims)
 
     def iter_chunks(self, document: str, **options) -> Iterator[LateChunks]:
         """:meth:`embed_chunks` in parts, each yielded as soon as all of its chunks' tokens
@@ -366,8 +373,8 @@ class Embedder:
                 continue
             out[texts[j]] = _Entry(
                 dense=None if dense_rows is None else dense_rows[r],
-                sparse=(lexical[r] if lexical is not None else rows[r].sparse) if o.sparse
-                else None,
+                sparse=_pruned(lexical[r] if lexical is not None else rows[r].sparse,
+                               o.max_active_dims) if o.sparse else None,
                 multivector=rows[r].multivector,
                 tokens=sum(map(len, windows[j])) if j in windows else len(ids[j]),
                 input_tokens=full[j], chunks=len(windows.get(j, (None,))))
@@ -459,3 +466,8 @@ def _chunk_bounds(n: int, first: int, most: int) -> list[tuple[int, int]]:
         start += size
         size = min(2 * size, most)
     return bounds
+
+
+def _pruned(vector, k: int | None):
+    """``vector`` cut to its ``k`` heaviest entries (``None``: as it is)."""
+    return vector if k is None or vector is None else prune(vector, top_k=k)

@@ -38,6 +38,7 @@ from ..errors import (
     NonFiniteOutputError,
     UnsupportedOutputError,
 )
+from ..sparse import prune
 from ..textcheck import nonfinite_rows
 from ..types import Chunk, EmbedResult, LateChunks, Usage
 from .request import prompt_of
@@ -147,13 +148,14 @@ def _pooled_parts(embedder, document: str, *, spans=None, every: int | None = No
                   overlap: int = 0, chunks: Sequence[str] | None = None, dense: bool = True,
                   sparse: bool = False, multivector: bool = False, kind: str = "document",
                   prompt_name: str | None = None, dimensions: int | None = None,
-                  normalize: bool = True, window_overlap: int | None = None
+                  normalize: bool = True, window_overlap: int | None = None,
+                  max_active_dims: int | None = None
                   ) -> Iterator[tuple[list[int], list[Chunk], LateChunks]]:
     """``(plan indices, plan, part)`` per group of windows that finished some chunks;
     every option is checked before the model runs."""
     o = embedder.request([document], dense=dense, sparse=sparse, multivector=multivector,
                          kind=kind, prompt_name=prompt_name, dimensions=dimensions,
-                         normalize=normalize).options
+                         normalize=normalize, max_active_dims=max_active_dims).options
     if not getattr(embedder._runtime, "token_states", False):
         raise UnsupportedOutputError(f"late chunking pools token states, which the "
                                      f"{embedder.runtime_name} runtime does not give; use "
@@ -298,6 +300,8 @@ class _Pooler:
                       else static.embed([self.ids[c.token_start:c.token_end].tolist()
                                          for c in plan]) if static
                       else [self.sparse[i] for i in indices])
+            if o.max_active_dims:
+                sparse = [prune(v, top_k=o.max_active_dims) for v in sparse]
         vectors = [self.vectors[i] for i in indices] if o.multivector else None
         for i in indices:
             self.dense[i] = self.sparse[i] = self.vectors[i] = None

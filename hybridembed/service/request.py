@@ -51,6 +51,7 @@ def build_request(spec: ModelSpec, texts, *, dense: bool = True, sparse: bool = 
                   truncation_side: str = "right", dimensions: int | None = None,
                   normalize: bool = True, overflow: str | None = None,
                   chunk_pooling: str = "mean", chunk_overlap: int = 0,
+                  max_active_dims: int | None = None,
                   vocab_size: int | None = None) -> EmbedRequest:
     """Check ``texts`` and every option against the model ``spec`` and return the
     request value. With ``vocab_size``, an item of ``texts`` may also be a list of the
@@ -61,7 +62,8 @@ def build_request(spec: ModelSpec, texts, *, dense: bool = True, sparse: bool = 
     (``False``: ``"error"``; ``True`` or not given: ``"truncate"``). ``truncate=False``
     with an ``overflow`` other than ``"error"`` contradicts itself and is refused.
     ``chunk_overlap`` (tokens shared by neighbouring windows) runs from 0 to half the
-    model's limit.
+    model's limit. ``max_active_dims`` (a whole number >= 1) prunes each sparse vector to
+    its heaviest entries.
 
     Raises :class:`InvalidInputError` (a text is not a string or is not valid Unicode,
     naming its index) or :class:`InvalidOptionError` (naming the option, what was given
@@ -93,7 +95,7 @@ def build_request(spec: ModelSpec, texts, *, dense: bool = True, sparse: bool = 
         multivector=_flag("multivector", multivector), kind=kind, prompt_name=prompt_name,
         overflow=overflow, truncation_side=truncation_side, chunk_pooling=chunk_pooling,
         chunk_overlap=chunk_overlap, dimensions=dimensions,
-        normalize=_flag("normalize", normalize))
+        normalize=_flag("normalize", normalize), max_active_dims=max_active_dims)
     if not (dense or sparse or multivector):
         raise InvalidOptionError("ask for at least one output: dense, sparse or multivector",
                                  "outputs")
@@ -111,6 +113,12 @@ def build_request(spec: ModelSpec, texts, *, dense: bool = True, sparse: bool = 
                                    or not 1 <= dimensions <= spec.dim):
         raise InvalidOptionError(f"dimensions must be a whole number from 1 to {spec.dim} "
                                  f"(this model's size), got {dimensions!r}", "dimensions")
+    if max_active_dims is not None and (isinstance(max_active_dims, bool)
+                                        or not isinstance(max_active_dims, int)
+                                        or max_active_dims < 1):
+        raise InvalidOptionError(f"max_active_dims must be a whole number of at least 1 (sparse "
+                                 f"entries kept per text), got {max_active_dims!r}",
+                                 "max_active_dims")
     return EmbedRequest(checked, options)
 
 
