@@ -26,7 +26,7 @@ class RerankBatcher(DynamicBatcher):
         super().__init__(service, **options)
         self.service = service
 
-    async def _run(self, batch) -> None:
+    async def _run(self, batch, lanes: int = 1) -> None:
         try:
             started = time.perf_counter()
             loop = asyncio.get_running_loop()
@@ -48,4 +48,5 @@ class RerankBatcher(DynamicBatcher):
         except BaseException as exc:  # every waiting request gets an answer
             fail_batch(batch, exc, "rerank batch")
         finally:
-            self._slots.release()
+            for _ in range(lanes):  # the lanes the worker took for this batch
+                self._free_lanes.release()
