@@ -34,13 +34,18 @@ def main() -> int:
     ap.add_argument("--route", default="/api/embed",
                     choices=["/api/embed", "/v1/embeddings", "/embed"])
     ap.add_argument("--check", type=int, default=200, help="vectors compared in process")
+    ap.add_argument("--model", default="minilm",
+                    help="alias or folder (a tiny model measures the pipeline's memory fast)")
     args = ap.parse_args()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
     server = subprocess.Popen([sys.executable, "-m", "hybridembed", "serve", "--port", str(port),
-                               "--device", "cpu", "--log-level", "warning"],
+                               "--model", args.model, "--served-model-name", "minilm",
+                               "--device", "cpu", "--log-level", "warning",
+                               # OpenAI's route caps inputs at 2048 as OpenAI does
+                               "--max-inputs", str(max(args.texts, 2048))],
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -72,10 +77,10 @@ def main() -> int:
         from hybridembed import Embedder
 
         pick = random.Random(1).sample(range(len(texts)), min(args.check, len(texts)))
-        expected = Embedder("minilm", device="cpu").embed([texts[i] for i in pick]).dense
+        expected = Embedder(args.model, device="cpu").embed([texts[i] for i in pick]).dense
         got = np.asarray([vectors[i] for i in pick], np.float32)
         cos = float(np.min(np.sum(got * expected, axis=1)))
-        print(json.dumps({"route": args.route, "texts": len(texts),
+        print(json.dumps({"route": args.route, "model": args.model, "texts": len(texts),
                           "body_mb": round(len(payload) / 2**20, 1),
                           "seconds": round(wall, 1), "texts_per_s": round(len(texts) / wall, 1),
                           "server_peak_rss_mb": round(int(hwm) / 1024),

@@ -109,12 +109,30 @@ def usage_lists(usage: Usage) -> dict[str, list[int]]:
             "dropped_tokens": usage.dropped_tokens, "chunks": list(usage.chunks)}
 
 
+# Per-text lists in headers stop here: HTTP clients and proxies refuse large header
+# blocks (h11, which httpx uses, reads at most 16 KiB of them; nginx 4-8 KiB by default).
+HEADER_LIST_BYTES = 8192
+
+
 def accounting_headers(usage: Usage) -> dict[str, str]:
-    """The same accounting as response headers (``x-hybridembed-tokens`` etc., one
-    comma-separated number per text), for protocols whose body has no room (TEI's bare
-    lists) and beside the body everywhere else."""
-    return {"x-hybridembed-" + name.replace("_", "-"): ",".join(map(str, values))
-            for name, values in usage_lists(usage).items()}
+    """The same accounting as response headers, for protocols whose body has no room (TEI's
+    bare lists) and beside the body everywhere else: totals always
+    (``x-hybridembed-total-tokens``, ``-total-input-tokens``, ``-total-dropped-tokens``,
+    ``-total-chunks``, and ``-cut-inputs``: how many texts were truncated or chunked), and
+    the per-text lists (``x-hybridembed-tokens`` etc., one comma-separated number per
+    text) while they fit in :data:`HEADER_LIST_BYTES`; a larger request gets the totals
+    only (its per-text accounting is in the body where the protocol has one)."""
+    lists = usage_lists(usage)
+    headers = {"x-hybridembed-total-" + name.replace("_", "-"): str(sum(values))
+               for name, values in lists.items()}
+    headers["x-hybridembed-cut-inputs"] = str(sum(
+        1 for dropped, chunks in zip(lists["dropped_tokens"], lists["chunks"], strict=True)
+        if dropped or chunks > 1))
+    per_text = {"x-hybridembed-" + name.replace("_", "-"): ",".join(map(str, values))
+                for name, values in lists.items()}
+    if sum(len(k) + len(v) + 4 for k, v in per_text.items()) <= HEADER_LIST_BYTES:
+        headers.update(per_text)
+    return headers
 
 
 class OverflowFields(BaseModel):
