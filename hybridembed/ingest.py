@@ -12,8 +12,8 @@ and ``text`` (or the record's ``payload`` object).
 A file that cannot be read (permissions, not in the given encoding, a NUL byte, ...) or a
 JSONL line that is not a valid record is reported through ``on_skip`` and skipped; the
 rest is read. Memory is bounded by one file's text and one chunk window: files are
-tokenized in segments of :data:`SEGMENT_CHARS` characters and chunks are yielded as they
-are cut, so a single-line file of megabytes never becomes one huge token list.
+tokenized in segments (``TextTokenizer.content``) and chunks are yielded as they are
+cut, so a single-line file of megabytes never becomes one huge token list.
 
 :func:`late_chunked` cuts the same chunks (same ids, texts and payloads) but embeds them by
 late chunking: each record goes through the model whole, in windows of the model's limit,
@@ -33,7 +33,6 @@ from .textcheck import check_text, decode
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-SEGMENT_CHARS = 65_536  # characters tokenized at once
 
 
 def chunk_text(text: str, spans: Sequence[tuple[int, int]], size: int,
@@ -45,7 +44,7 @@ def chunk_text(text: str, spans: Sequence[tuple[int, int]], size: int,
 
 def iter_chunks(text: str, tokenizer, size: int, overlap: int) -> Iterator[str]:
     """:func:`chunk_text` of ``text`` with its spans from ``tokenizer`` (a
-    ``TextTokenizer``), tokenizing :data:`SEGMENT_CHARS` characters at a time."""
+    ``TextTokenizer``), which tokenizes a long text in segments."""
     return _windows(text, _spans(text, tokenizer), size, overlap)
 
 
@@ -69,16 +68,10 @@ def _windows(text: str, spans: Iterator[tuple[int, int]], size: int,
 
 
 def _spans(text: str, tokenizer) -> Iterator[tuple[int, int]]:
-    """Token spans of ``text``, tokenized in segments cut at whitespace."""
-    start = 0
-    while start < len(text):
-        end = min(start + SEGMENT_CHARS, len(text))
-        if end < len(text):
-            space = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
-            end = space + 1 if space > start else end
-        for a, b in tokenizer.spans(text[start:end]):
-            yield start + a, start + b
-        start = end
+    """Token spans of ``text`` (tokenised in segments by ``TextTokenizer.content``)."""
+    offsets = tokenizer.content(text)[1]  # (n, 2) int64: 16 bytes a token
+    for a, b in offsets:
+        yield int(a), int(b)
 
 
 def source_files(paths: Sequence[str | Path]) -> list[Path]:

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from hybridembed import ingest
 from hybridembed.ingest import chunk_text, iter_chunks
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -70,7 +69,9 @@ def test_chunks_overlap_at_token_boundaries():
 def test_streamed_chunks_equal_chunks_of_the_whole_text(minilm, monkeypatch):
     """Files are tokenized in segments (a 2.1 MB single-line file peaked at 5 GB RSS as one
     token list); the chunks must be those of the whole text."""
-    monkeypatch.setattr(ingest, "SEGMENT_CHARS", 200)
+    from hybridembed.engine import tokenizer
+
+    monkeypatch.setattr(tokenizer, "SEGMENT_CHARS", 200)
     text = "Hybrid search finds meaning and exact keywords alike; " * 40
     whole = chunk_text(text, minilm.tokenizer.spans(text), 16, 4)
     assert len(whole) > 10

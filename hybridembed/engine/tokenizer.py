@@ -16,6 +16,61 @@ from pathlib import Path
 
 import numpy as np
 
+SEGMENT_CHARS = 65_536  # characters tokenised at once in a long text
+
+
+def segments(text: str, size: int = SEGMENT_CHARS, cut: str = "drop"
+             ) -> list[tuple[int, int]]:
+    """``[start, end)`` pieces of ``text`` of at most ``size`` characters, cut at a space
+    or newline where there is one, so that tokenising the pieces gives the tokens of the
+    whole: ``cut="drop"`` leaves that one whitespace character out of both pieces
+    (WordPiece, which splits on it), ``"drop-space"`` does so at spaces only
+    (SentencePiece's Metaspace, which turns the next piece's first word into ``▁word`` as
+    the space did, but keeps a newline as a character), ``"before"`` starts the next
+    piece with it (byte-level BPE, whose tokens carry their leading space)."""
+    out, start = [], 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end == len(text):
+            out.append((start, end))
+            break
+        space = text.rfind(" ", start, end)
+        if cut != "drop-space":
+            space = max(space, text.rfind("\n", start, end))
+        if space <= start:  # no whitespace to cut at: a piece may split a word
+            out.append((start, end))
+            start = end
+        elif cut == "before":
+            out.append((start, space))
+            start = space
+        else:
+            out.append((start, space))
+            start = space + 1
+    return out
+
+
+def _segment_cut(tok) -> str | None:
+    """How :func:`segments` may cut text for this tokenizer (``None``: not at all),
+    from its pre-tokenizer: WordPiece-style whitespace splitting and Metaspace with a
+    prefix on every input drop it (``"drop"``, ``"drop-space"``), byte-level BPE cuts
+    ``"before"``."""
+    import json
+
+    try:
+        pre = json.loads(tok.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    except Exception:
+        return None
+    kinds = [p.get("type") for p in pre.get("pretokenizers", [pre])]
+    if any(k == "ByteLevel" for k in kinds):
+        return "before"
+    if all(k in ("BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Punctuation", "Digits")
+           for k in kinds) and kinds:
+        return "drop"
+    if kinds == ["Metaspace"] and pre.get("prepend_scheme", "always") in ("always", "first") \
+            and pre.get("add_prefix_space", True):
+        return "drop-space"
+    return None
+
 
 class TextTokenizer:
     def __init__(self, path: Path, max_length: int):
@@ -40,6 +95,7 @@ class TextTokenizer:
         self.special_prefix: list[int] = full[:lead]
         self.special_suffix: list[int] = full[lead + len(bare):]
         self._counter = None  # a private copy of the Rust tokenizer for lengths()
+        self._cut = _segment_cut(self._tok) if self._tok.is_fast else None
 
     def _call(self, *args, **kwargs):
         with self._lock:
@@ -80,13 +136,31 @@ class TextTokenizer:
 
     def content(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, offsets)`` of every token of ``text`` without special tokens, never
-        truncated: ``(n,)`` int64 ids and ``(n, 2)`` int64 character ``[start, stop)``."""
-        enc = self._call(text, add_special_tokens=False, truncation=False, verbose=False,
-                         return_offsets_mapping=True, return_attention_mask=False,
-                         return_token_type_ids=False)
-        ids = np.asarray(enc["input_ids"], dtype=np.int64)
-        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(len(ids), 2)
-        return ids, offsets
+        truncated: ``(n,)`` int64 ids and ``(n, 2)`` int64 character ``[start, stop)``.
+        A long text is tokenised :data:`SEGMENT_CHARS` characters at a time, cut at
+        whitespace (:func:`segments`) where the tokenizer's pre-tokenizer makes that exact,
+        so its per-token objects never exist for a whole multi-megabyte document at once."""
+        ids, offsets = [], []
+        pieces = (segments(text, SEGMENT_CHARS, self._cut) if self._cut
+                  else [(0, len(text))])
+        for start, end in pieces:
+            enc = self._call(text[start:end], add_special_tokens=False, truncation=False,
+                             verbose=False, return_offsets_mapping=True,
+                             return_attention_mask=False, return_token_type_ids=False)
+            ids.append(np.asarray(enc["input_ids"], dtype=np.int64))
+            offsets.append(np.asarray(enc["offset_mapping"], dtype=np.int64)
+                           .reshape(len(ids[-1]), 2) + start)
+            if self._cut == "drop-space" and start and len(offsets[-1]) \
+                    and offsets[-1][0, 0] == start:
+                # the piece's first "▁word" (or a bare "▁") stands for the dropped space,
+                # whose character it spans in the whole text
+                offsets[-1][0, 0] = start - 1
+                if self._tok.convert_ids_to_tokens(int(ids[-1][0])) == "\u2581":
+                    offsets[-1][0, 1] = start
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
+        return np.concatenate(ids), np.concatenate(offsets)
+
     def lengths(self, texts: Sequence[str]) -> list[int]:
         """Token count of each text (special tokens included, never truncated), from a
         private copy of the Rust tokenizer whose settings never change: no lock, so the

@@ -4,6 +4,9 @@ every call, so unguarded concurrent calls fail or mix settings)."""
 
 import threading
 
+import numpy as np
+import pytest
+
 from hybridembed.engine import TextTokenizer
 from hybridembed.registry import resolve
 
@@ -54,3 +57,20 @@ def test_full_ids_equal_what_transformers_gives(tiny_m3_dir):
         expected = tok._tok(texts, add_special_tokens=True, truncation=False)["input_ids"]
         assert tok.encode(texts) == expected
         assert len(tok.encode(texts)[-1]) > limit
+
+
+@pytest.mark.parametrize("model", ["minilm", "tiny_m3"])
+def test_long_texts_tokenise_in_segments_to_the_same_tokens(request, model, monkeypatch):
+    """``content`` of a long text, tokenised in whitespace-cut segments, gives exactly the
+    ids and character offsets of one call over the whole text (WordPiece and BPE)."""
+    from hybridembed.engine import tokenizer as module
+
+    tok = request.getfixturevalue(model).tokenizer
+    words = ["hybrid", "retrieval,", "naïve", "chunk-level", "(context)", "ünïcödé", "x"]
+    text = "\n".join(" ".join(words[(i * j) % len(words)] for j in range(9)) for i in range(60))
+    whole = tok.content(text)
+    monkeypatch.setattr(module, "SEGMENT_CHARS", 37)
+    ids, offsets = tok.content(text)
+    assert len(module.segments(text, 37)) > 10
+    np.testing.assert_array_equal(ids, whole[0])
+    np.testing.assert_array_equal(offsets, whole[1])
