@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import InvalidInputError
@@ -185,6 +186,21 @@ def _documented(module) -> list[tuple[str, object]]:
     return found
 
 
+def explained(module, seen: set[str]) -> Iterator[tuple[str, str, str]]:
+    """``(name, summary, explanation)`` of each documented object of ``module`` (see
+    :func:`_documented`) whose explanation has at least 12 words and is not in ``seen``
+    (which it joins: inherited docstrings count once)."""
+    for name, obj in _documented(module):
+        doc = getattr(obj, "__doc__", None)
+        if not isinstance(doc, str):
+            continue
+        summary, body = _split_docstring(doc)
+        if len(body.split()) < 12 or body in seen:
+            continue
+        seen.add(body)
+        yield name, summary, body
+
+
 def stdlib_docstrings() -> Dataset:
     """A labelled set from the standard library's own docstrings: each documented function,
     class or method whose docstring has a one-paragraph summary (4-40 words) and a longer
@@ -203,14 +219,7 @@ def stdlib_docstrings() -> Dataset:
                 module = importlib.import_module(module_name)
             except ImportError:  # a build without sqlite3 or ssl, say
                 continue
-            for name, obj in _documented(module):
-                doc = getattr(obj, "__doc__", None)
-                if not isinstance(doc, str):
-                    continue
-                summary, body = _split_docstring(doc)
-                if len(body.split()) < 12 or body in seen_bodies:
-                    continue
-                seen_bodies.add(body)
+            for name, summary, body in explained(module, seen_bodies):
                 key = f"{module_name}.{name}"
                 docs.append({"id": key, "text": body[:1500]})
                 if 4 <= len(summary.split()) <= 40 and summary not in seen_summaries:

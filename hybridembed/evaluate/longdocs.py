@@ -36,7 +36,7 @@ from typing import Any
 
 from ..errors import InvalidOptionError
 from ..stores.base import Document
-from .datasets import STDLIB_MODULES, _documented, _split_docstring, stdlib_version
+from .datasets import STDLIB_MODULES, explained, stdlib_version
 from .metrics import per_query
 
 METHODS: tuple[str, ...] = ("naive", "overlap", "late")
@@ -62,14 +62,7 @@ def stdlib_long_documents(min_paragraphs: int = 4) -> tuple[list[dict], list[dic
             if len(topic.split()) < 3:
                 continue
             text, found = head, []
-            for name, obj in _documented(module):
-                doc = getattr(obj, "__doc__", None)
-                if not isinstance(doc, str):
-                    continue
-                summary, body = _split_docstring(doc)
-                if len(body.split()) < 12 or body in seen:
-                    continue
-                seen.add(body)
+            for name, summary, body in explained(module, seen):
                 start = len(text) + 2
                 text = f"{text}\n\n{body}"
                 if 4 <= len(summary.split()) <= 40:
