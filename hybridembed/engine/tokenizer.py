@@ -244,12 +244,5 @@ class TextTokenizer:
                 out.append((tid, text[a:b], False, a, b))
         return out
 
-    def spans(self, text: str) -> list[tuple[int, int]]:
-        """Character (start, end) of every content token of ``text``, untruncated."""
-        enc = self._call(text, add_special_tokens=False, truncation=False, verbose=False,
-                         return_offsets_mapping=True, return_attention_mask=False,
-                         return_token_type_ids=False)
-        return [tuple(span) for span in enc["offset_mapping"]]
-
     def id_to_token(self, token_id: int) -> str:
         return self._tok.convert_ids_to_tokens(int(token_id))

@@ -186,6 +186,20 @@ def _documented(module) -> list[tuple[str, object]]:
     return found
 
 
+def stdlib_modules() -> Iterator[tuple[str, object]]:
+    """``(name, module)`` of each of :data:`STDLIB_MODULES` this Python has (a build
+    without sqlite3 or ssl, say, lacks some), with warnings silenced while the caller
+    walks them (deprecated modules and attributes warn on import and access)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for module_name in STDLIB_MODULES:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                continue
+            yield module_name, module
+
+
 def explained(module, seen: set[str]) -> Iterator[tuple[str, str, str]]:
     """``(name, summary, explanation)`` of each documented object of ``module`` (see
     :func:`_documented`) whose explanation has at least 12 words and is not in ``seen``
@@ -212,19 +226,13 @@ def stdlib_docstrings() -> Dataset:
     queries: list[dict] = []
     seen_bodies: set[str] = set()
     seen_summaries: set[str] = set()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for module_name in STDLIB_MODULES:
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError:  # a build without sqlite3 or ssl, say
-                continue
-            for name, summary, body in explained(module, seen_bodies):
-                key = f"{module_name}.{name}"
-                docs.append({"id": key, "text": body[:1500]})
-                if 4 <= len(summary.split()) <= 40 and summary not in seen_summaries:
-                    seen_summaries.add(summary)
-                    queries.append({"id": f"q:{key}", "text": summary})
+    for module_name, module in stdlib_modules():
+        for name, summary, body in explained(module, seen_bodies):
+            key = f"{module_name}.{name}"
+            docs.append({"id": key, "text": body[:1500]})
+            if 4 <= len(summary.split()) <= 40 and summary not in seen_summaries:
+                seen_summaries.add(summary)
+                queries.append({"id": f"q:{key}", "text": summary})
     return docs, queries, {q["id"]: {q["id"][2:]: 1} for q in queries}
 
 

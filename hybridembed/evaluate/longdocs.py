@@ -24,19 +24,17 @@ reports nDCG@k, MRR@k and Recall@100 per search mode with each method's encode t
 
 from __future__ import annotations
 
-import importlib
 import re
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidOptionError
 from ..stores.base import Document
-from .datasets import STDLIB_MODULES, explained, stdlib_version
+from .datasets import explained, stdlib_modules, stdlib_version
 from .metrics import per_query
 
 METHODS: tuple[str, ...] = ("naive", "overlap", "late")
@@ -50,28 +48,22 @@ def stdlib_long_documents(min_paragraphs: int = 4) -> tuple[list[dict], list[dic
     ``doc``. Deterministic for a Python version."""
     docs, queries = [], []
     seen: set[str] = set()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for module_name in STDLIB_MODULES:
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError:
-                continue
-            head = _paragraphs(module.__doc__ or "")
-            topic = _SENTENCE.split(head, maxsplit=1)[0].strip() if head else ""
-            if len(topic.split()) < 3:
-                continue
-            text, found = head, []
-            for name, summary, body in explained(module, seen):
-                start = len(text) + 2
-                text = f"{text}\n\n{body}"
-                if 4 <= len(summary.split()) <= 40:
-                    found.append({"id": f"q:{module_name}.{name}", "text": f"{summary} ({topic})",
-                                  "topic": topic, "doc": module_name, "start": start,
-                                  "end": len(text)})
-            if len(found) >= min_paragraphs:
-                docs.append({"id": module_name, "text": text})
-                queries += found
+    for module_name, module in stdlib_modules():
+        head = _paragraphs(module.__doc__ or "")
+        topic = _SENTENCE.split(head, maxsplit=1)[0].strip() if head else ""
+        if len(topic.split()) < 3:
+            continue
+        text, found = head, []
+        for name, summary, body in explained(module, seen):
+            start = len(text) + 2
+            text = f"{text}\n\n{body}"
+            if 4 <= len(summary.split()) <= 40:
+                found.append({"id": f"q:{module_name}.{name}", "text": f"{summary} ({topic})",
+                              "topic": topic, "doc": module_name, "start": start,
+                              "end": len(text)})
+        if len(found) >= min_paragraphs:
+            docs.append({"id": module_name, "text": text})
+            queries += found
     return docs, queries
 
 
