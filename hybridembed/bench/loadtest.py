@@ -1,21 +1,26 @@
 """Server overhead, measured: the HTTP server against in-process ``Embedder.embed`` on the
-same texts, in one run, repeated.
+same texts, each server measurement paired with an in-process one taken right after it.
 
 Each round starts ``hybridembed serve`` in a child process (result cache off, so every
-request is computed) and drives it with three loads, then measures in-process in another
-child process (so no two models share a process or its thread pools):
+request is computed) and an in-process worker in another child process (so no two models
+share a process or its thread pools; only one of them works at a time), then:
 
-- ``concurrent``: ``concurrency`` clients (64) each sending one text per request;
-- ``lists``: ``list_clients`` clients (8) each sending ``list_size`` texts (32) per request;
-- ``single``: one client, one text per request, one request at a time.
+- ``concurrent``: ``concurrency`` clients (64) each sending one text per request, then
+  every text in one in-process ``Embedder.embed`` call;
+- ``lists``: ``list_clients`` clients (8) each sending ``list_size`` texts (32) per
+  request, then the in-process call again;
+- ``single``: one client, one text per request, in blocks of :data:`SINGLE_BLOCK`
+  requests, each block followed by the same texts embedded one by one in process.
 
-In-process: every text in one ``Embedder.embed`` call (throughput), then one text per
-call (latency). Each server load reports texts/s and its ratio to in-process throughput,
-latency p50/p95/p99, mean texts per batch, mean batch fill (tokens / batch budget), the
-server process's CPU seconds per text (against in-process CPU per text: steadier than
-texts/s on a machine shared with other work) and the mean seconds per request of each
-stage from the server's ``/metrics`` (``hybridembed_request_stage_seconds``). The
-machine's load average is recorded with every load: compare ratios within a round.
+A shared or throttled machine changes speed from one ten seconds to the next (the same
+in-process call varied by 20% between back-to-back runs here); pairing each load with
+its own in-process measurement, and alternating blocks of single requests, keeps that
+out of the ratios (blocks, not single requests: a process whose weights another process
+has just pushed out of the CPU's cache runs its first text a third slower). Each server
+load reports texts/s and its ratio to its in-process pair, latency p50/p95/p99, mean
+texts per batch, mean batch fill (tokens / batch budget), the server process's CPU
+seconds per text (against in-process CPU per text) and the mean seconds per request of
+each stage from the server's ``/metrics`` (``hybridembed_request_stage_seconds``).
 
 The load generator is a hand-rolled HTTP/1.1 keep-alive client on raw sockets: a client
 library's own CPU per request would come out of the server's share of a small machine.
@@ -186,83 +191,181 @@ def child_server(flags: list[str], env: dict[str, str] | None = None,
         server.wait(30)
 
 
-def serve_and_load(model: str, texts: list[str], concurrency: int = 64, single: int = 100,
-                   list_clients: int = 8, list_size: int = 32, runtime: str | None = None,
-                   progress=print) -> dict:
-    """Start ``hybridembed serve`` in a child process (cache off) and run the three loads
-    against it. Returns ``{load name: report}``."""
+# Pause between the two processes' measurements: thread pools spin a while after work
+# (OpenMP's and ONNX Runtime's), which would come out of the other one's time.
+QUIET_SECONDS = 0.5
+# Single-text requests per block of the alternating latency measurement.
+SINGLE_BLOCK = 10
+
+
+class InProcess:
+    """An in-process worker in a child process: ``Embedder(model, cache_size=0)`` loaded
+    once, answering :meth:`throughput` and :meth:`single` over a pipe."""
+
+    def __init__(self, model: str, n: int, runtime: str | None):
+        args = json.dumps({"model": model, "n": n, "runtime": runtime})
+        self.child = subprocess.Popen(
+            [sys.executable, "-m", "hybridembed.bench.loadtest", args],
+            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True)
+        self._ask(None)  # loaded and warm
+
+    def _ask(self, op: dict | None) -> dict:
+        if op is not None:
+            self.child.stdin.write(json.dumps(op) + "\n")
+            self.child.stdin.flush()
+        line = self.child.stdout.readline()
+        if not line:
+            raise RuntimeError("the in-process worker died")
+        return json.loads(line)
+
+    def throughput(self) -> dict:
+        """Every text in one ``embed`` call: ``texts_per_s``, ``cpu_ms_per_text``,
+        ``tokens``."""
+        time.sleep(QUIET_SECONDS)
+        out = self._ask({"op": "throughput"})
+        time.sleep(QUIET_SECONDS)
+        return out
+
+    def singles(self, first: int, count: int) -> list[float]:
+        """Seconds to embed each of texts ``first .. first + count - 1`` alone."""
+        return self._ask({"op": "singles", "first": first, "count": count})["seconds"]
+
+    def close(self) -> None:
+        self.child.stdin.close()
+        self.child.wait(30)
+
+
+def _worker(model: str, n: int, runtime: str | None) -> None:
+    """The child side of :class:`InProcess`."""
+    from ..service import Embedder
+
+    texts = corpus.texts(n)
+    emb = Embedder(model, cache_size=0, runtime=runtime or "torch")
+    emb.embed(texts[:64])
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        op = json.loads(line)
+        if op["op"] == "throughput":
+            load = _load_average()
+            began, cpu = time.perf_counter(), time.process_time()
+            result = emb.embed(texts)
+            seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
+            out = {"texts_per_s": len(texts) / seconds, "tokens": result.usage.total_tokens,
+                   "cpu_ms_per_text": 1000 * cpu / len(texts), "load_average": load}
+        else:
+            seconds = []
+            for text in texts[op["first"]:op["first"] + op["count"]]:
+                began = time.perf_counter()
+                emb.embed([text])
+                seconds.append(time.perf_counter() - began)
+            out = {"seconds": seconds}
+        print(json.dumps(out), flush=True)
+
+
+async def _singles(url: str, texts: list[str], inproc: InProcess) -> tuple[list, list]:
+    """One request at a time, in blocks of :data:`SINGLE_BLOCK`, each block followed by
+    the same texts in process: the latencies of both, alternated so a change of machine
+    speed touches both alike."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    server, local = [], []
+    try:
+        for first in range(0, len(texts), SINGLE_BLOCK):
+            block = texts[first:first + SINGLE_BLOCK]
+            for text in block:
+                payload = json.dumps({"model": "any-name-ok", "input": [text],
+                                      "encoding_format": "base64"}).encode()
+                began = time.perf_counter()
+                await _post(reader, writer, f"{host}:{port}", "/v1/embeddings", payload)
+                server.append(time.perf_counter() - began)
+            local += inproc.singles(first, len(block))
+    finally:
+        writer.close()
+    return server, local
+
+
+def _single_load(url: str, texts: list[str], inproc: InProcess, pid: int) -> dict:
+    before = _scrape(url)
+    load, cpu = _load_average(), _cpu_seconds(pid)
+    server, local = asyncio.run(_singles(url, texts, inproc))
+    cpu_after = _cpu_seconds(pid)
+    return {"load": "single", "clients": 1, "texts_per_request": 1,
+            "texts_per_s": len(texts) / sum(server),
+            "server_cpu_ms_per_text": None if cpu is None or cpu_after is None
+            else 1000 * (cpu_after - cpu) / len(texts),
+            "p50_ms": 1000 * statistics.median(server),
+            "p95_ms": 1000 * _percentile(server, 0.95),
+            "p99_ms": 1000 * _percentile(server, 0.99),
+            "in_process_p50_ms": 1000 * statistics.median(local),
+            "in_process_p95_ms": 1000 * _percentile(local, 0.95),
+            "load_average": load, **_delta_report(before, _scrape(url))}
+
+
+def round_of(model: str, texts: list[str], concurrency: int = 64, single: int = 100,
+             list_clients: int = 8, list_size: int = 32, runtime: str | None = None,
+             progress=print) -> dict:
+    """One round: a server child (cache off) and an in-process worker; each load on the
+    server followed by its in-process pair. Returns ``{"server": {load: report},
+    "in_process": {load: report}}``; each server report has its ratio to its pair
+    (``vs_in_process``, or for ``single`` ``p50_over_in_process_ms``)."""
     env = {"HYBRIDEMBED_CACHE_SIZE": "0"}
     if runtime:
         env["HYBRIDEMBED_RUNTIME"] = runtime
     flags = ["--model", model, "--served-model-name", "any-name-ok"]
-    with child_server(flags, env, ready_seconds=600) as server:  # a busy machine loads slowly
-        url = server.url
-        asyncio.run(_drive(url, [[t] for t in texts[:64]], concurrency))  # warm up
-        progress(f"server: {concurrency} clients x 1 text ...")
-        cpu = time.process_time()
-        out = {"concurrent": _load(url, "concurrent", [[t] for t in texts], concurrency,
-                                   server.pid)}
-        out["concurrent"]["load_generator_cpu_s"] = time.process_time() - cpu
-        progress(f"server: {list_clients} clients x {list_size} texts ...")
-        lists = [texts[i:i + list_size] for i in range(0, len(texts) - list_size + 1, list_size)]
-        out["lists"] = _load(url, "lists", lists, list_clients, server.pid)
-        progress(f"server: 1 client x 1 text, {single} requests ...")
-        out["single"] = _load(url, "single", [[t] for t in texts[:single]], 1, server.pid)
+    inproc = InProcess(model, len(texts), runtime)
+    try:
+        with child_server(flags, env, ready_seconds=600) as server:  # a busy machine loads slowly
+            url = server.url
+            asyncio.run(_drive(url, [[t] for t in texts[:64]], concurrency))  # warm up
+            out: dict[str, dict] = {"server": {}, "in_process": {}}
+            lists = [texts[i:i + list_size]
+                     for i in range(0, len(texts) - list_size + 1, list_size)]
+            for name, requests, clients in (
+                    ("concurrent", [[t] for t in texts], concurrency),
+                    ("lists", lists, list_clients)):
+                progress(f"server: {clients} clients x {len(requests[0])} text(s), then "
+                         "in-process ...")
+                time.sleep(QUIET_SECONDS)
+                cpu = time.process_time()
+                report = _load(url, name, requests, clients, server.pid)
+                report["load_generator_cpu_s"] = time.process_time() - cpu
+                pair = inproc.throughput()
+                # the in-process call embeds every text; a list load may leave a few out
+                sent = sum(len(r) for r in requests)
+                report["vs_in_process"] = report["texts_per_s"] / pair["texts_per_s"]
+                report["texts"] = sent
+                out["server"][name], out["in_process"][name] = report, pair
+            progress(f"server: 1 client x 1 text, {single} requests, alternating with "
+                     "in-process ...")
+            time.sleep(QUIET_SECONDS)
+            one = _single_load(url, texts[:single], inproc, server.pid)
+            one["p50_over_in_process_ms"] = one["p50_ms"] - one["in_process_p50_ms"]
+            out["server"]["single"] = one
+    finally:
+        inproc.close()
     return out
 
 
-def in_process(model: str, texts: list[str], single: int = 100, runtime: str | None = None
-               ) -> dict:
-    """In-process throughput (every text in one call, after a warm-up call) and
-    single-text latency, with the result cache off."""
-    from ..service import Embedder
-
-    emb = Embedder(model, cache_size=0, runtime=runtime or "torch")
-    emb.embed(texts[:64])
-    load = _load_average()
-    began, cpu = time.perf_counter(), time.process_time()
-    result = emb.embed(texts)
-    seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
-    singles = []
-    for text in texts[:single]:
-        began = time.perf_counter()
-        emb.embed([text])
-        singles.append(time.perf_counter() - began)
-    return {"texts_per_s": len(texts) / seconds, "tokens": result.usage.total_tokens,
-            "cpu_ms_per_text": 1000 * cpu / len(texts),
-            "single_p50_ms": 1000 * statistics.median(singles),
-            "single_p95_ms": 1000 * _percentile(singles, 0.95),
-            "single_p99_ms": 1000 * _percentile(singles, 0.99), "load_average": load}
-
-
-def _in_process_child(model: str, n: int, single: int, runtime: str | None) -> dict:
-    args = json.dumps({"model": model, "n": n, "single": single, "runtime": runtime})
-    done = subprocess.run([sys.executable, "-m", "hybridembed.bench.loadtest", args],
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"in-process measurement failed: {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def serve_and_load(model: str, texts: list[str], concurrency: int = 64, single: int = 100,
+                   list_clients: int = 8, list_size: int = 32, runtime: str | None = None,
+                   progress=print) -> dict:
+    """The server's reports of one :func:`round_of` (``{load name: report}``)."""
+    return round_of(model, texts, concurrency, single, list_clients, list_size, runtime,
+                    progress)["server"]
 
 
 def run(model: str = "minilm", n: int = 600, concurrency: int = 64, single: int = 100,
         rounds: int = 3, runtime: str | None = None, list_clients: int = 8,
         list_size: int = 32, progress=print) -> dict:
-    """``rounds`` rounds of: the server under each load, then in-process. Returns every
-    round and, per load, the ratio server / in-process of each round."""
+    """``rounds`` rounds of :func:`round_of`. Returns every round and, per load, the
+    ratio server / in-process of each round and their median."""
     texts = corpus.texts(n)
     all_rounds = []
     for r in range(rounds):
         progress(f"round {r + 1}/{rounds} (load average {_load_average()})")
-        server = serve_and_load(model, texts, concurrency, single, list_clients, list_size,
-                                runtime, progress)
-        progress(f"in-process: {n} texts with {model} ...")
-        inproc = _in_process_child(model, n, single, runtime)
-        for load in ("concurrent", "lists"):
-            server[load]["vs_in_process"] = server[load]["texts_per_s"] / inproc["texts_per_s"]
-        server["single"]["p50_over_in_process_ms"] = (server["single"]["p50_ms"]
-                                                      - inproc["single_p50_ms"])
-        all_rounds.append({"server": server, "in_process": inproc})
+        all_rounds.append(round_of(model, texts, concurrency, single, list_clients,
+                                   list_size, runtime, progress))
         progress(_format_round(r + 1, all_rounds[-1]))
     summary = {}
     for load in ("concurrent", "lists"):
@@ -271,9 +374,9 @@ def run(model: str = "minilm", n: int = 600, concurrency: int = 64, single: int 
     deltas = [r["server"]["single"]["p50_over_in_process_ms"] for r in all_rounds]
     summary["single"] = {"p50_over_in_process_ms": deltas, "median": statistics.median(deltas)}
     return {"model": model, "runtime": runtime or "torch", "texts": n,
-            "tokens": all_rounds[0]["in_process"]["tokens"], "concurrency": concurrency,
-            "list_clients": list_clients, "list_size": list_size, "rounds": all_rounds,
-            "summary": summary}
+            "tokens": all_rounds[0]["in_process"]["concurrent"]["tokens"],
+            "concurrency": concurrency, "list_clients": list_clients, "list_size": list_size,
+            "rounds": all_rounds, "summary": summary}
 
 
 def format_report(r: dict) -> str:
@@ -290,13 +393,15 @@ def format_report(r: dict) -> str:
 
 
 def _format_round(i: int, rnd: dict) -> str:
-    ip = rnd["in_process"]
-    lines = [f"round {i}: in-process {ip['texts_per_s']:.1f} texts/s "
-             f"({ip['cpu_ms_per_text']:.2f} CPU ms/text), single p50 "
-             f"{ip['single_p50_ms']:.1f} ms (load average {ip['load_average']})"]
+    lines = [f"round {i}:"]
     for name, s in rnd["server"].items():
-        ratio = (f"{s['vs_in_process']:.2f}x in-process" if "vs_in_process" in s else
-                 f"p50 {s['p50_over_in_process_ms']:+.1f} ms over in-process")
+        ip = rnd["in_process"].get(name)
+        if ip is not None:
+            ratio = (f"{s['vs_in_process']:.2f}x in-process ({ip['texts_per_s']:.1f} texts/s, "
+                     f"{ip['cpu_ms_per_text']:.2f} CPU ms/text)")
+        else:
+            ratio = (f"p50 {s['p50_over_in_process_ms']:+.1f} ms over in-process (p50 "
+                     f"{s['in_process_p50_ms']:.1f} ms)")
         stages = ", ".join(f"{k} {v:.2f}" for k, v in s["stage_ms"].items())
         cpu = s["server_cpu_ms_per_text"]
         lines.append(
@@ -310,6 +415,6 @@ def _format_round(i: int, rnd: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # the in-process child of :func:`run`
+if __name__ == "__main__":  # the in-process worker of :class:`InProcess`
     a = json.loads(sys.argv[1])
-    print(json.dumps(in_process(a["model"], corpus.texts(a["n"]), a["single"], a["runtime"])))
+    _worker(a["model"], a["n"], a["runtime"])

@@ -102,7 +102,8 @@ class Encoder:
             return rows
         origin = list(origin) if origin is not None else list(range(len(ids)))
         lengths = [len(x) for x in ids]
-        batches = pack_by_token_budget(lengths, self.max_batch_tokens, self.max_batch_size)
+        batches = pack_by_token_budget(lengths, self.max_batch_tokens, self.max_batch_size,
+                                       padded=not getattr(self.runtime, "packs_ragged", False))
 
         def finish(batch: list[int], input_ids: np.ndarray, out: RuntimeOutput) -> None:
             fill_rows(rows, batch, [len(ids[i]) for i in batch], input_ids, out,

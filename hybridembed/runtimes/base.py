@@ -52,7 +52,9 @@ class Runtime(Protocol):
     (how many batches the engine should run at once, one thread each; 1 when absent), and
     then its ``forward`` takes ``threads``: the compute threads for that one call. A
     runtime with ``token_states = True`` also takes ``states`` (fill
-    :attr:`RuntimeOutput.token_states`)."""
+    :attr:`RuntimeOutput.token_states`). A runtime with ``packs_ragged = True`` runs a
+    mixed-length batch without its padding (see :mod:`.packing`), so the engine budgets
+    its batches by real tokens."""
 
     device: str
     dtype: str

@@ -12,6 +12,7 @@ from ..errors import InvalidOptionError
 from ..registry import ModelSpec
 from .base import RuntimeOutOfMemory, RuntimeOutput, keep_heaviest
 from .late_interaction import LateInteractionTokens
+from .packing import Packer
 from .torch_model import build_module
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class TorchRuntime:
     token_states = True  # forward(states=True) returns the last hidden states too
 
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, packing: bool = True):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -116,6 +117,11 @@ class TorchRuntime:
         self.late = (LateInteractionTokens(spec.late_interaction, spec.path)
                      if spec.late_interaction is not None else None)
         self.left_pad = spec.padding_side == "left"
+        # Mixed-length batches run packed on a CPU (see runtimes/packing.py), so the
+        # engine budgets a batch by its real tokens, not by its longest text.
+        self.packer = (Packer.for_encoder(self.module.encoder)
+                       if packing and self.device == "cpu" and not self.left_pad else None)
+        self.packs_ragged = self.packer is not None
 
     def _encode_left_padded(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Hidden states of a right-padded batch computed left-padded, as the model's
@@ -200,8 +206,12 @@ class TorchRuntime:
             with torch.inference_mode():
                 ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
                 mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
+                packed = (self.packer.plan(attention_mask)
+                          if self.packer is not None and plan is None else None)
                 if self.left_pad:
                     hidden = self._encode_left_padded(ids, mask)
+                elif packed is not None:
+                    hidden = self.packer.encode(ids, packed)
                 else:
                     hidden = self.module.encode(ids, mask)
                 pooled, weights, vectors = self.module.heads(hidden, mask, dense, sparse,

@@ -29,3 +29,20 @@ def test_longest_first_and_similar_lengths_together():
 def test_bad_budget():
     with pytest.raises(ValueError):
         pack_by_token_budget([1, 2], 0)
+
+
+@given(st.lists(st.integers(1, 600), max_size=200), st.integers(1, 5000))
+def test_unpadded_every_text_once_real_tokens_within_budget(lengths, budget):
+    batches = pack_by_token_budget(lengths, budget, padded=False)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert sum(lengths[i] for i in batch) <= budget or len(batch) == 1
+
+
+def test_unpadded_cuts_a_call_into_the_fewest_even_batches():
+    # 32 texts of 25-54 tokens (1,190 in all) over a 1,024 budget: two halves, not 27 + 5
+    lengths = [25 + (7 * i) % 30 for i in range(32)]
+    batches = pack_by_token_budget(lengths, 1024, padded=False)
+    sizes = [sum(lengths[i] for i in b) for b in batches]
+    assert len(batches) == 2 and max(sizes) - min(sizes) <= max(lengths)
+    assert min(lengths[i] for i in batches[0]) >= max(lengths[i] for i in batches[1])

@@ -1,0 +1,102 @@
+"""Sequence packing in the torch runtime: a mixed-length batch run packed gives what it
+gives padded, for every family that packs; the others never pack."""
+
+import numpy as np
+import pytest
+
+from hybridembed.runtimes.packing import MIN_SAVING, plan
+
+# Lengths as concurrent clients send them: one batch, 4 to ~60 tokens.
+MIXED = (["ok", "a short query", "hybrid search keeps dense and sparse vectors in one record"]
+         + [" ".join(["retrieval", "of", "the", "river", "city", "index"][: 1 + i % 6] * (1 + i))
+            for i in range(9)])
+
+
+def test_plan_places_every_real_token_once_and_never_mixes_texts():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, size=37)
+    p = plan(lengths, span=2304.0, max_width=512)
+    assert p is not None
+    assert sorted(p.source.tolist()) == sorted(
+        i * lengths.max() + k for i, n in enumerate(lengths) for k in range(n))
+    assert len(set(p.target.tolist())) == len(p.target) == lengths.sum()
+    assert p.target.max() < p.rows * p.width
+    # each token lands in its own text's segment, at its own position
+    longest = lengths.max()
+    assert (p.segments.reshape(-1)[p.target] == p.source // longest).all()
+    assert (p.positions.reshape(-1)[p.target] == p.source % longest).all()
+    assert p.rows * p.width < len(lengths) * lengths.max()
+
+
+def test_plan_leaves_batches_with_little_padding_padded():
+    assert plan(np.array([40, 39, 40, 38]), span=2304.0, max_width=512) is None
+    assert plan(np.array([12]), span=2304.0, max_width=512) is None
+    lengths = np.array([50] + [10] * 9)  # 68% padding
+    p = plan(lengths, span=2304.0, max_width=512)
+    assert p is not None and p.width <= 512
+    assert p.rows * p.width <= (1 - MIN_SAVING) * lengths.size * lengths.max()
+    assert plan(lengths, span=2304.0, max_width=50).width == 50  # the position table caps it
+
+
+def _both(source):
+    from hybridembed import Embedder
+
+    packed = Embedder(str(source), device="cpu", cache_size=0)
+    padded = Embedder(str(source), device="cpu", cache_size=0,
+                      runtime_options={"packing": False})
+    return packed, padded
+
+
+def _assert_packs(emb, texts):
+    from hybridembed.engine.encoder import pad_batch
+
+    ids = emb.tokenizer.encode(texts)
+    _, mask = pad_batch(ids, list(range(len(ids))), emb.tokenizer.pad_id)
+    assert emb._runtime.packer is not None and emb._runtime.packer.plan(mask) is not None
+
+
+def _assert_same(a, b):
+    if a.dense is not None:
+        np.testing.assert_allclose(a.dense, b.dense, atol=2e-5)
+    for x, y in zip(a.sparse or (), b.sparse or (), strict=True):
+        assert x.indices.tolist() == y.indices.tolist()
+        np.testing.assert_allclose(x.values, y.values, atol=2e-4)
+    for x, y in zip(a.multivector or (), b.multivector or (), strict=True):
+        np.testing.assert_allclose(x, y, atol=2e-5)
+
+
+@pytest.mark.parametrize("family", ["dense", "splade", "colbert"])
+def test_each_packing_family_gives_what_padded_gives(family_dir, family):
+    packed, padded = _both(family_dir(family))
+    _assert_packs(packed, MIXED)
+    options = {"sparse": family == "splade", "multivector": family == "colbert",
+               "dense": family != "splade"}
+    _assert_same(packed.embed(MIXED, **options), padded.embed(MIXED, **options))
+    if family == "colbert":  # queries expand with [MASK]: run padded, still equal
+        _assert_same(packed.embed(MIXED[:4], multivector=True, dense=False, kind="query"),
+                     padded.embed(MIXED[:4], multivector=True, dense=False,
+                                  kind="query"))
+
+
+def test_xlm_roberta_positions_start_after_padding(tiny_m3_dir):
+    packed, padded = _both(tiny_m3_dir)
+    assert packed._runtime.packer.first_position == 2  # XLM-R: padding id 1, then 2
+    _assert_packs(packed, MIXED)
+    options = {"sparse": True, "multivector": True}
+    _assert_same(packed.embed(MIXED, **options), padded.embed(MIXED, **options))
+
+
+def test_minilm_packed_equals_padded(minilm):
+    from hybridembed import Embedder
+
+    padded = Embedder("minilm", device="cpu", cache_size=0, runtime_options={"packing": False})
+    _assert_packs(minilm, MIXED)
+    np.testing.assert_allclose(minilm.embed(MIXED).dense, padded.embed(MIXED).dense, atol=2e-6)
+
+
+@pytest.mark.parametrize("family", ["modernbert", "mpnet", "qwen3"])
+def test_other_position_schemes_never_pack(family_dir, family):
+    from hybridembed import Embedder
+
+    emb = Embedder(str(family_dir(family)), device="cpu", cache_size=0)
+    assert emb._runtime.packer is None and not emb._runtime.packs_ragged
