@@ -400,13 +400,15 @@ def _staging(final: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _session(path: Path, providers: list, threads: int):
+def _session(path: Path, providers: list, threads: int, spin: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=providers)
 
@@ -654,12 +656,16 @@ class OnnxRuntime:
     ``quantize="int8"`` (or ``dtype="int8"``) loads the dynamically quantised model,
     refused when its quality gate failed unless ``force=True``. ``quality`` holds the
     loaded variant's cosine to torch fp32; ``exported``/``quantized`` tell whether this
-    instance had to build the cache entry.
+    instance had to build the cache entry. ``spin=False``: ONNX Runtime's compute threads
+    sleep between operators instead of spinning; the server asks for it, since spinning
+    threads take the core its event loop needs to parse the requests that would fill the
+    next batch (a process doing nothing but embedding is faster spinning).
     """
 
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str | None = None,
                  threads: int | None = None, quantize: str | None = None,
-                 cache_dir: str | os.PathLike | None = None, force: bool = False):
+                 cache_dir: str | os.PathLike | None = None, force: bool = False,
+                 spin: bool = True):
         try:
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
@@ -728,7 +734,7 @@ class OnnxRuntime:
         else:
             providers = ["CPUExecutionProvider"]
         try:
-            self.session = _session(self.model_path, providers, self.threads)
+            self.session = _session(self.model_path, providers, self.threads, spin)
         except Exception as exc:
             if _is_oom(exc):
                 raise RuntimeOutOfMemory(str(exc)) from exc

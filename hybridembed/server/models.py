@@ -273,7 +273,11 @@ class ModelRegistry:
                 max_batch_tokens=s.max_batch_tokens or None)
         from ..service import Embedder
 
-        return Embedder(**{**s.embedder_options(), "model": slot.config.source})
+        options = {**s.embedder_options(), "model": slot.config.source}
+        if s.runtime == "onnx":
+            # ONNX Runtime's spinning threads would starve the event loop (see OnnxRuntime)
+            options["runtime_options"] = {"spin": False}
+        return Embedder(**options)
 
     async def _attach(self, slot: ModelSlot, obj) -> None:
         from ..service.batcher import DynamicBatcher

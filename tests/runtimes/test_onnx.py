@@ -271,3 +271,22 @@ def test_allocation_failure_becomes_runtime_oom(tiny_onnx, monkeypatch):
     ids = np.array([[0, 5, 2]], dtype=np.int64)
     with pytest.raises(RuntimeOutOfMemory):
         rt.forward(ids, np.ones_like(ids), dense=True, sparse=False, multivector=False)
+
+
+def _spinning(emb) -> str:
+    return emb._runtime.session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning")
+
+
+def test_the_server_loads_onnx_with_sleeping_threads(tiny_m3_dir, tiny_onnx):
+    """In process, ONNX Runtime's threads spin between operators (fastest alone); the
+    server's sleep, or they would take the core its event loop needs."""
+    from hybridembed.config import Settings
+    from hybridembed.server.models import ModelConfig, ModelRegistry
+
+    settings = Settings(model=str(tiny_m3_dir), runtime="onnx", device="cpu")
+    registry = ModelRegistry(settings, [ModelConfig("m", str(tiny_m3_dir))])
+    served = registry._construct(registry.slots["m"])
+    assert _spinning(served) == "0"
+    with pytest.raises(Exception):  # noqa: B017 - unset: ONNX Runtime's default (spin)
+        _spinning(tiny_onnx)
