@@ -19,6 +19,7 @@ from ..config import Settings
 from ..errors import HybridEmbedError, InvalidOptionError
 from . import (
     collections_routes,
+    fast_path,
     native_routes,
     ollama_routes,
     openai_routes,
@@ -62,12 +63,17 @@ class _TooLarge(Exception):
 class EdgeMiddleware:
     """Pure ASGI (it must not break disconnect detection): bearer auth, body size limit,
     request metrics by route and status, and the stage clock of each request (announcing
-    POSTs to the batcher, so a batch about to start waits for them to be queued)."""
+    POSTs to the batcher, so a batch about to start waits for them to be queued). POSTs
+    to ``fast`` routes take :mod:`.fast_path` (``api``: the FastAPI app, for its exception
+    handlers)."""
 
-    def __init__(self, app, core: ServerCore, routes: set[str]):
+    def __init__(self, app, core: ServerCore, routes: set[str],
+                 fast: dict[str, fast_path.FastRoute] | None = None, api=None):
         self.app = app
         self.core = core
         self.routes = routes
+        self.fast = fast or {}
+        self.api = api
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -111,7 +117,12 @@ class EdgeMiddleware:
                 return message
 
             try:
-                await self.app(scope, receive_limited, send_tracked)
+                fast = self.fast.get(path) if scope["method"] == "POST" else None
+                if fast is not None:
+                    await fast_path.serve(fast, self.api, self.app, scope, receive_limited,
+                                          send_tracked)
+                else:
+                    await self.app(scope, receive_limited, send_tracked)
             except _TooLarge:
                 await render(protocol, ApiError(413, f"request body over {limit} bytes",
                                                 "too_large"))(scope, receive, send_tracked)
@@ -232,7 +243,8 @@ def create_app(settings: Settings | None = None, embedder=None,
     app.openapi = openapi
     routes = {r.path for m in ROUTERS for r in m.router.routes}
     routes |= {"/health", "/ready", "/metrics", "/docs", "/openapi.json"}
-    app.add_middleware(EdgeMiddleware, core=core, routes=routes)
+    fast = fast_path.fast_routes([r for m in ROUTERS for r in m.router.routes])
+    app.add_middleware(EdgeMiddleware, core=core, routes=routes, fast=fast, api=app)
     if settings.cors_allow_origin:
         # Outside the edge middleware: a browser's preflight carries no API key.
         from fastapi.middleware.cors import CORSMiddleware

@@ -1,0 +1,107 @@
+"""A shorter way through the server for the hot routes: a POST whose route function takes
+one wire model and the request goes from the edge straight to that function, skipping
+FastAPI's routing, dependency solving and middleware layers, which were most of the
+server's own CPU per request (docs/BENCHMARKS.md, issue 18). On two cores that CPU comes
+out of the forward passes' share.
+
+The route functions, wire models and error handlers are the app's own; only the way to
+them is shorter. A body that does not validate is handed to FastAPI with its bytes
+replayed, so every error response is the one FastAPI's path gives; an error raised by the
+route function is rendered by the app's own exception handlers."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import get_type_hints
+
+from fastapi.datastructures import DefaultPlaceholder
+from fastapi.encoders import jsonable_encoder
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+
+@dataclass(frozen=True)
+class FastRoute:
+    """A route function ``endpoint(**{body: model instance, request: Request})``; a
+    value it returns that is not a response is sent as FastAPI sends it (JSON, with the
+    route's ``status_code``)."""
+
+    model: type[BaseModel]
+    endpoint: Callable
+    body: str
+    request: str
+    status_code: int = 200
+
+
+def fast_routes(routes) -> dict[str, FastRoute]:
+    """``{path: FastRoute}`` for every POST route among ``routes`` (FastAPI routes) whose
+    function takes exactly one pydantic model and the request and whose path has no
+    parameters, no response model and the default response class; other routes keep
+    FastAPI's path."""
+    out: dict[str, FastRoute] = {}
+    for route in routes:
+        if (not isinstance(route, APIRoute) or "POST" not in route.methods
+                or "{" in route.path or route.response_model is not None
+                or not isinstance(route.response_class, DefaultPlaceholder)):
+            continue
+        params = inspect.signature(route.endpoint).parameters
+        hints = get_type_hints(route.endpoint)
+        body = [n for n in params if isinstance(hints.get(n), type)
+                and issubclass(hints[n], BaseModel)]
+        request = [n for n in params if hints.get(n) is Request]
+        if len(params) == 2 and len(body) == 1 and len(request) == 1:
+            out[route.path] = FastRoute(hints[body[0]], route.endpoint, body[0], request[0],
+                                        route.status_code or 200)
+    return out
+
+
+async def serve(route: FastRoute, api, app, scope, receive, send) -> None:
+    """Answer one request through ``route``; ``api`` (the FastAPI app) lends its
+    exception handlers, ``app`` (the ASGI app below the edge) takes a body that does not
+    validate."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return  # the client left before sending its body: nothing to answer
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+    try:
+        value = route.model.model_validate_json(body)
+    except ValidationError:
+        return await app(scope, _replay(body, receive), send)
+    request = Request(scope, receive, send)
+    try:
+        response = await route.endpoint(**{route.body: value, route.request: request})
+        if not isinstance(response, Response):
+            response = JSONResponse(jsonable_encoder(response), status_code=route.status_code)
+    except Exception as exc:  # noqa: BLE001 - rendered as the app renders it
+        response = await _handled(api, request, exc)
+    await response(scope, receive, send)
+
+
+async def _handled(api, request: Request, exc: Exception):
+    for kind in type(exc).__mro__:
+        handler = api.exception_handlers.get(kind)
+        if handler is not None:
+            return await handler(request, exc)
+    raise exc
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
