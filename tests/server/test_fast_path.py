@@ -49,7 +49,7 @@ def both(tiny_m3):
 
 def test_the_hot_routes_take_the_shorter_way():
     routes = fast_path.fast_routes([r for m in server_app.ROUTERS for r in m.router.routes])
-    assert HOT <= set(routes)
+    assert set(routes) >= HOT
     assert not [p for p in routes if "{" in p]
 
 
