@@ -40,11 +40,11 @@ RAW = [("/v1/embeddings", b"{not json"), ("/embed", b""), ("/v1/embed", b"[1, 2]
 
 @pytest.fixture(scope="module")
 def both(tiny_m3):
-    with running_server(tiny_m3, served_model_name="m") as fast:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(fast_path, "fast_routes", lambda routes: {})
-            with running_server(tiny_m3, served_model_name="m") as slow:
-                yield fast, slow
+    with running_server(tiny_m3, served_model_name="m") as fast, \
+            pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast_path, "fast_routes", lambda routes: {})
+        with running_server(tiny_m3, served_model_name="m") as slow:
+            yield fast, slow
 
 
 def test_the_hot_routes_take_the_shorter_way():
