@@ -53,8 +53,8 @@ class Runtime(Protocol):
     then its ``forward`` takes ``threads``: the compute threads for that one call. A
     runtime with ``token_states = True`` also takes ``states`` (fill
     :attr:`RuntimeOutput.token_states`). A runtime with ``packs_ragged = True`` runs a
-    mixed-length batch without its padding (see :mod:`.packing`), so the engine budgets
-    its batches by real tokens."""
+    mixed-length batch without its padding (see :mod:`.sequence_packing`), so the engine
+    budgets its batches by real tokens."""
 
     device: str
     dtype: str

@@ -12,7 +12,7 @@ from ..errors import InvalidOptionError
 from ..registry import ModelSpec
 from .base import RuntimeOutOfMemory, RuntimeOutput, keep_heaviest
 from .late_interaction import LateInteractionTokens
-from .packing import Packer
+from .sequence_packing import Packer
 from .torch_model import build_module
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class TorchRuntime:
     token_states = True  # forward(states=True) returns the last hidden states too
 
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str | None = None,
-                 threads: int | None = None, packing: bool = True):
+                 threads: int | None = None, sequence_packing: bool = True):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -117,10 +117,11 @@ class TorchRuntime:
         self.late = (LateInteractionTokens(spec.late_interaction, spec.path)
                      if spec.late_interaction is not None else None)
         self.left_pad = spec.padding_side == "left"
-        # Mixed-length batches run packed on a CPU (see runtimes/packing.py), so the
+        # Mixed-length batches run packed on a CPU (see runtimes/sequence_packing.py), so the
         # engine budgets a batch by its real tokens, not by its longest text.
         self.packer = (Packer.for_encoder(self.module.encoder)
-                       if packing and self.device == "cpu" and not self.left_pad else None)
+                       if sequence_packing and self.device == "cpu" and not self.left_pad
+                       else None)
         self.packs_ragged = self.packer is not None
 
     def _encode_left_padded(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

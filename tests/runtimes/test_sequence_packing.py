@@ -4,7 +4,7 @@ gives padded, for every family that packs; the others never pack."""
 import numpy as np
 import pytest
 
-from hybridembed.runtimes.packing import MIN_SAVING, plan
+from hybridembed.runtimes.sequence_packing import MIN_SAVING, plan
 
 # Lengths as concurrent clients send them: one batch, 4 to ~60 tokens.
 MIXED = (["ok", "a short query", "hybrid search keeps dense and sparse vectors in one record"]
@@ -43,7 +43,7 @@ def _both(source):
 
     packed = Embedder(str(source), device="cpu", cache_size=0)
     padded = Embedder(str(source), device="cpu", cache_size=0,
-                      runtime_options={"packing": False})
+                      runtime_options={"sequence_packing": False})
     return packed, padded
 
 
@@ -89,7 +89,8 @@ def test_xlm_roberta_positions_start_after_padding(tiny_m3_dir):
 def test_minilm_packed_equals_padded(minilm):
     from hybridembed import Embedder
 
-    padded = Embedder("minilm", device="cpu", cache_size=0, runtime_options={"packing": False})
+    padded = Embedder("minilm", device="cpu", cache_size=0,
+                      runtime_options={"sequence_packing": False})
     _assert_packs(minilm, MIXED)
     np.testing.assert_allclose(minilm.embed(MIXED).dense, padded.embed(MIXED).dense, atol=2e-6)
 
