@@ -14,7 +14,10 @@ back to the padded layout, so every head reads them unchanged.
 A packed row is wider than most texts in it, so each position attends over more (masked)
 positions: a batch is packed only when the estimated cost, linear plus attention work,
 is at least :data:`MIN_SAVING` lower than padded. Length-sorted batches (large in-process
-calls) have little padding and run as before.
+calls) have little padding and run as before. A text whose states are not finite would
+spread NaN to the texts sharing its row (a masked score is NaN plus a large negative
+number, a zero weight times NaN is NaN), so the runtime runs such a batch again padded,
+where the engine names only the texts that failed.
 
 Encoders: BERT-style absolute positions (``bert``; ``roberta`` / ``xlm-roberta``, whose
 positions start after the padding id) with bidirectional SDPA or eager attention. Others

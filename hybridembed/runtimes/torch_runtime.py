@@ -213,6 +213,11 @@ class TorchRuntime:
                     hidden = self._encode_left_padded(ids, mask)
                 elif packed is not None:
                     hidden = self.packer.encode(ids, packed)
+                    if not bool(torch.isfinite(hidden).all()):
+                        # a text whose states are not finite spreads NaN to the texts
+                        # sharing its row (0 x NaN is NaN); padded, each has its own row
+                        # and the engine names only the texts that failed
+                        hidden = self.module.encode(ids, mask)
                 else:
                     hidden = self.module.encode(ids, mask)
                 pooled, weights, vectors = self.module.heads(hidden, mask, dense, sparse,

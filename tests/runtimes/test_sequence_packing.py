@@ -101,3 +101,18 @@ def test_other_position_schemes_never_pack(family_dir, family):
 
     emb = Embedder(str(family_dir(family)), device="cpu", cache_size=0)
     assert emb._runtime.packer is None and not emb._runtime.packs_ragged
+
+
+def test_a_text_with_non_finite_states_fails_alone(nan_model):
+    """Packed, a NaN text would spread to the texts sharing its row; the runtime runs such
+    a batch padded again, so only that text fails and the others are embedded."""
+    from hybridembed.errors import NonFiniteOutputError
+    from tests.models import POISONED_WORD
+
+    texts = [*MIXED[:6], f"the {POISONED_WORD} word", *MIXED[6:]]
+    _assert_packs(nan_model, texts)
+    with pytest.raises(NonFiniteOutputError) as caught:
+        nan_model.embed(texts, sparse=True, multivector=True)
+    assert caught.value.indices == [6]
+    assert np.isfinite(caught.value.partial.dense).all()
+    assert len(caught.value.partial_indices) == len(texts) - 1
