@@ -660,12 +660,17 @@ class OnnxRuntime:
     sleep between operators instead of spinning; the server asks for it, since spinning
     threads take the core its event loop needs to parse the requests that would fill the
     next batch (a process doing nothing but embedding is faster spinning).
+    ``side_by_side=True`` (the server, on a multi-core CPU): a second session with one
+    compute thread, so :attr:`parallel_forwards` batches run at once, one per core, each
+    on its caller's thread (``forward(threads=1)``) — no thread pool to spin or wake, as
+    the torch runtime's lanes; a lone batch still takes the first session's threads. The
+    weights are loaded twice.
     """
 
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str | None = None,
                  threads: int | None = None, quantize: str | None = None,
                  cache_dir: str | os.PathLike | None = None, force: bool = False,
-                 spin: bool = True):
+                 spin: bool = True, side_by_side: bool = False):
         try:
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
@@ -735,6 +740,10 @@ class OnnxRuntime:
             providers = ["CPUExecutionProvider"]
         try:
             self.session = _session(self.model_path, providers, self.threads, spin)
+            self.lane_session = None
+            if side_by_side and self.device == "cpu" and self.threads > 1:
+                self.lane_session = _session(self.model_path, providers, 1, spin)
+                self.parallel_forwards = self.threads
         except Exception as exc:
             if _is_oom(exc):
                 raise RuntimeOutOfMemory(str(exc)) from exc
@@ -744,8 +753,10 @@ class OnnxRuntime:
                      if spec.late_interaction is not None else None)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, dense: bool,
-                sparse: bool, multivector: bool, query: bool = False) -> RuntimeOutput:
-        """One batch (of queries with ``query``: ColBERT query expansion)."""
+                sparse: bool, multivector: bool, query: bool = False,
+                threads: int | None = None) -> RuntimeOutput:
+        """One batch (of queries with ``query``: ColBERT query expansion); ``threads=1``
+        runs it on the one-thread session when there is one (``side_by_side``)."""
         wanted = [name for name, on in (("dense", dense), ("token_weights", sparse),
                                         ("vocab_weights", sparse),
                                         ("token_vectors", multivector))
@@ -757,8 +768,9 @@ class OnnxRuntime:
             input_ids, attention_mask = plan.input_ids, plan.attention_mask
         feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                  "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
+        session = self.lane_session if threads == 1 and self.lane_session else self.session
         try:
-            results = self.session.run(wanted, feeds)
+            results = session.run(wanted, feeds)
         except Exception as exc:
             if _is_oom(exc):
                 raise RuntimeOutOfMemory(str(exc)) from exc

@@ -275,8 +275,9 @@ class ModelRegistry:
 
         options = {**s.embedder_options(), "model": slot.config.source}
         if s.runtime == "onnx":
-            # ONNX Runtime's spinning threads would starve the event loop (see OnnxRuntime)
-            options["runtime_options"] = {"spin": False}
+            # ONNX Runtime's spinning threads would starve the event loop, and batches run
+            # one per core as torch's do (see OnnxRuntime)
+            options["runtime_options"] = {"spin": False, "side_by_side": True}
         return Embedder(**options)
 
     async def _attach(self, slot: ModelSlot, obj) -> None:

@@ -127,8 +127,9 @@ class Embedder:
 
     @property
     def parallel_forwards(self) -> int:
-        """Forward passes the runtime can run side by side (CPU cores for torch; 1 for
-        accelerators and ONNX Runtime, which spreads one pass over its own threads)."""
+        """Forward passes the runtime can run side by side (CPU cores for torch, and for
+        ONNX Runtime loaded ``side_by_side`` as the server loads it; 1 for accelerators and
+        in-process ONNX Runtime, which spreads one pass over its own threads)."""
         return getattr(self._runtime, "parallel_forwards", 1)
 
     def stats(self) -> dict[str, Any]:

@@ -278,11 +278,15 @@ def _spinning(emb) -> str:
         "session.intra_op.allow_spinning")
 
 
-def test_the_server_loads_onnx_with_sleeping_threads(tiny_m3_dir, tiny_onnx):
+def test_the_server_loads_onnx_with_sleeping_threads_and_lanes(tiny_m3_dir, tiny_onnx):
     """In process, ONNX Runtime's threads spin between operators (fastest alone); the
-    server's sleep, or they would take the core its event loop needs."""
+    server's sleep, or they would take the core its event loop needs, and its batches run
+    one per core on a one-thread session, each equal to what the shared session gives."""
+    import os
+
     from hybridembed.config import Settings
     from hybridembed.server.models import ModelConfig, ModelRegistry
+    from tests.models import corpus
 
     settings = Settings(model=str(tiny_m3_dir), runtime="onnx", device="cpu")
     registry = ModelRegistry(settings, [ModelConfig("m", str(tiny_m3_dir))])
@@ -290,3 +294,12 @@ def test_the_server_loads_onnx_with_sleeping_threads(tiny_m3_dir, tiny_onnx):
     assert _spinning(served) == "0"
     with pytest.raises(Exception):  # noqa: B017 - unset: ONNX Runtime's default (spin)
         _spinning(tiny_onnx)
+    assert tiny_onnx.parallel_forwards == 1
+    if (os.cpu_count() or 1) > 1:
+        assert served.parallel_forwards == os.cpu_count()
+    texts = corpus(12, seed=4)
+    lane = served.run(served.request(texts, sparse=True, multivector=True), threads=1)
+    whole = tiny_onnx.embed(texts, sparse=True, multivector=True)
+    np.testing.assert_allclose(lane.dense, whole.dense, atol=1e-5)
+    for a, b in zip(lane.multivector, whole.multivector, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
