@@ -400,15 +400,20 @@ def _staging(final: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _session(path: Path, providers: list, threads: int, spin: bool = True):
+SPIN = ("always", "in-call", "never")
+
+
+def _session(path: Path, providers: list, threads: int, spin: str = "always"):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    if not spin:
+    if spin == "never":
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    elif spin == "in-call":
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=providers)
 
@@ -656,10 +661,11 @@ class OnnxRuntime:
     ``quantize="int8"`` (or ``dtype="int8"``) loads the dynamically quantised model,
     refused when its quality gate failed unless ``force=True``. ``quality`` holds the
     loaded variant's cosine to torch fp32; ``exported``/``quantized`` tell whether this
-    instance had to build the cache entry. ``spin=False``: ONNX Runtime's compute threads
-    sleep between operators instead of spinning; the server asks for it, since spinning
-    threads take the core its event loop needs to parse the requests that would fill the
-    next batch (a process doing nothing but embedding is faster spinning).
+    instance had to build the cache entry. ``spin``: whether ONNX Runtime's compute threads
+    spin while they wait for work — ``"always"`` (its default: also after a call, fastest
+    for a process doing nothing but embedding), ``"in-call"`` (between the operators of a
+    call, then they sleep: the server's choice, whose event loop needs the core between
+    calls) or ``"never"``.
     ``side_by_side=True`` (the server, on a multi-core CPU): a second session with one
     compute thread, so :attr:`parallel_forwards` batches run at once, one per core, each
     on its caller's thread (``forward(threads=1)``) — no thread pool to spin or wake, as
@@ -670,7 +676,7 @@ class OnnxRuntime:
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str | None = None,
                  threads: int | None = None, quantize: str | None = None,
                  cache_dir: str | os.PathLike | None = None, force: bool = False,
-                 spin: bool = True, side_by_side: bool = False):
+                 spin: str = "always", side_by_side: bool = False):
         try:
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
@@ -681,6 +687,9 @@ class OnnxRuntime:
         if dtype not in (None, *DTYPES):
             raise InvalidOptionError(f"unknown dtype {dtype!r} for runtime 'onnx'; valid: "
                                      f"{', '.join(DTYPES)} (int8 = quantize='int8')", "dtype")
+        if spin not in SPIN:
+            raise InvalidOptionError(f"spin must be one of {', '.join(SPIN)}, got {spin!r}",
+                                     "spin")
         if quantize not in (None, *QUANTIZE):
             raise InvalidOptionError(f"unknown quantize {quantize!r}; valid: None, "
                                      f"{', '.join(QUANTIZE)}", "quantize")

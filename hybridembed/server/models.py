@@ -275,9 +275,9 @@ class ModelRegistry:
 
         options = {**s.embedder_options(), "model": slot.config.source}
         if s.runtime == "onnx":
-            # ONNX Runtime's spinning threads would starve the event loop, and batches run
-            # one per core as torch's do (see OnnxRuntime)
-            options["runtime_options"] = {"spin": False, "side_by_side": True}
+            # batches one per core as torch's run, and no threads spinning between calls
+            # where the event loop needs the core (see OnnxRuntime)
+            options["runtime_options"] = {"spin": "in-call", "side_by_side": True}
         return Embedder(**options)
 
     async def _attach(self, slot: ModelSlot, obj) -> None:
