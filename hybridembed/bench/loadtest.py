@@ -198,9 +198,14 @@ QUIET_SECONDS = 0.5
 SINGLE_BLOCK = 10
 
 
+# Prefix of the worker's answers on its stdout: any other line there (a library's print)
+# is skipped.
+ANSWER = "hybridembed-loadtest "
+
+
 class InProcess:
     """An in-process worker in a child process: ``Embedder(model, cache_size=0)`` loaded
-    once, answering :meth:`throughput` and :meth:`single` over a pipe."""
+    once, answering :meth:`throughput` and :meth:`singles` over a pipe."""
 
     def __init__(self, model: str, n: int, runtime: str | None):
         args = json.dumps({"model": model, "n": n, "runtime": runtime})
@@ -208,16 +213,22 @@ class InProcess:
             [sys.executable, "-m", "hybridembed.bench.loadtest", args],
             env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True)
-        self._ask(None)  # loaded and warm
+        try:
+            self._ask(None)  # loaded and warm
+        except BaseException:
+            self.close()
+            raise
 
     def _ask(self, op: dict | None) -> dict:
         if op is not None:
             self.child.stdin.write(json.dumps(op) + "\n")
             self.child.stdin.flush()
-        line = self.child.stdout.readline()
-        if not line:
-            raise RuntimeError("the in-process worker died")
-        return json.loads(line)
+        while True:
+            line = self.child.stdout.readline()
+            if not line:
+                raise RuntimeError("the in-process worker died (its error is above)")
+            if line.startswith(ANSWER):
+                return json.loads(line[len(ANSWER):])
 
     def throughput(self) -> dict:
         """Every text in one ``embed`` call: ``texts_per_s``, ``cpu_ms_per_text``,
@@ -232,8 +243,13 @@ class InProcess:
         return self._ask({"op": "singles", "first": first, "count": count})["seconds"]
 
     def close(self) -> None:
-        self.child.stdin.close()
-        self.child.wait(30)
+        """Stop the worker (killed if it does not end within 30 s)."""
+        try:
+            self.child.stdin.close()
+            self.child.wait(30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.child.kill()
+            self.child.wait()
 
 
 def _worker(model: str, n: int, runtime: str | None) -> None:
@@ -243,7 +259,7 @@ def _worker(model: str, n: int, runtime: str | None) -> None:
     texts = corpus.texts(n)
     emb = Embedder(model, cache_size=0, runtime=runtime or "torch")
     emb.embed(texts[:64])
-    print(json.dumps({"ready": True}), flush=True)
+    print(ANSWER + json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         op = json.loads(line)
         if op["op"] == "throughput":
@@ -260,7 +276,7 @@ def _worker(model: str, n: int, runtime: str | None) -> None:
                 emb.embed([text])
                 seconds.append(time.perf_counter() - began)
             out = {"seconds": seconds}
-        print(json.dumps(out), flush=True)
+        print(ANSWER + json.dumps(out), flush=True)
 
 
 async def _singles(url: str, texts: list[str], inproc: InProcess) -> tuple[list, list]:
@@ -319,8 +335,8 @@ def round_of(model: str, texts: list[str], concurrency: int = 64, single: int = 
             url = server.url
             asyncio.run(_drive(url, [[t] for t in texts[:64]], concurrency))  # warm up
             out: dict[str, dict] = {"server": {}, "in_process": {}}
-            lists = [texts[i:i + list_size]
-                     for i in range(0, len(texts) - list_size + 1, list_size)]
+            size = min(list_size, len(texts))
+            lists = [texts[i:i + size] for i in range(0, len(texts) - size + 1, size)]
             for name, requests, clients in (
                     ("concurrent", [[t] for t in texts], concurrency),
                     ("lists", lists, list_clients)):

@@ -7,10 +7,11 @@ largest batch at the front, so a batch that does not fit in memory shows up at o
 tokenisation chunk, when the Embedder pipelines a large call). A text longer than the
 budget gets a batch of its own.
 
-Unpadded, a call over the budget is cut into the fewest batches the budget allows, of
-about equal tokens: 32 texts of 37 tokens run as 16 + 16 rather than 27 + 5, and a batch
-of five texts costs nearly what one of sixteen does on a CPU (the weights are read
-either way).
+Unpadded (and with no cap on texts per batch), a call over the budget is cut into the
+fewest batches the budget allows, of about equal tokens where such a cut fits the budget
+(else greedily, longest first): 32 texts of 37 tokens run as 16 + 16 rather than 27 + 5,
+and a batch of five texts costs nearly what one of sixteen does on a CPU (the weights
+are read either way).
 """
 
 from __future__ import annotations

@@ -132,6 +132,7 @@ class Packer:
         self.span = attention_span(encoder.config)
         # BERT reads token type ids from a buffer as long as its position table
         self.max_width = encoder.config.max_position_embeddings - first_position
+        self.pad_id = getattr(encoder.config, "pad_token_id", None)
 
     @classmethod
     def for_encoder(cls, encoder: torch.nn.Module) -> Packer | None:
@@ -145,8 +146,13 @@ class Packer:
             return None
         return cls(encoder, start(config))
 
-    def plan(self, mask: np.ndarray) -> PackPlan | None:
-        """The plan for a right-padded batch's ``(n, width)`` attention mask."""
+    def plan(self, ids: np.ndarray, mask: np.ndarray) -> PackPlan | None:
+        """The plan for a right-padded batch's ``(n, width)`` ids and attention mask.
+        ``None`` also when a text holds the padding id where positions count from it
+        (RoBERTa's own position ids skip such a token; packed, they would not)."""
+        if self.first_position and self.pad_id is not None and bool(
+                (ids[mask.astype(bool)] == self.pad_id).any()):
+            return None
         return plan(mask.sum(axis=1), self.span, self.max_width)
 
     def encode(self, ids: torch.Tensor, plan: PackPlan) -> torch.Tensor:

@@ -118,10 +118,12 @@ class TorchRuntime:
                      if spec.late_interaction is not None else None)
         self.left_pad = spec.padding_side == "left"
         # Mixed-length batches run packed on a CPU (see runtimes/sequence_packing.py), so the
-        # engine budgets a batch by its real tokens, not by its longest text.
+        # engine budgets a batch by its real tokens, not by its longest text. Not for
+        # left-padded decoders, nor for ColBERT checkpoints, whose token plan (markers,
+        # query expansion) reshapes every batch first.
         self.packer = (Packer.for_encoder(self.module.encoder)
                        if sequence_packing and self.device == "cpu" and not self.left_pad
-                       else None)
+                       and self.late is None else None)
         self.packs_ragged = self.packer is not None
 
     def _encode_left_padded(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -207,8 +209,8 @@ class TorchRuntime:
             with torch.inference_mode():
                 ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
                 mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
-                packed = (self.packer.plan(attention_mask)
-                          if self.packer is not None and plan is None else None)
+                packed = (self.packer.plan(input_ids, attention_mask)
+                          if self.packer is not None else None)
                 if self.left_pad:
                     hidden = self._encode_left_padded(ids, mask)
                 elif packed is not None:

@@ -12,16 +12,23 @@ route function is rendered by the app's own exception handlers."""
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import get_type_hints
+from typing import Annotated, get_origin, get_type_hints
 
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.encoders import jsonable_encoder
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from ..errors import HybridEmbedError
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,24 +46,30 @@ class FastRoute:
 
 def fast_routes(routes) -> dict[str, FastRoute]:
     """``{path: FastRoute}`` for every POST route among ``routes`` (FastAPI routes) whose
-    function takes exactly one pydantic model and the request and whose path has no
-    parameters, no response model and the default response class; other routes keep
-    FastAPI's path."""
+    async function takes exactly one plain pydantic model (no ``Annotated`` body options)
+    and the request, with no dependencies, no path parameters, no response model and the
+    default response class; other routes keep FastAPI's path. Where two routes share a
+    path, the first is taken, as FastAPI's router takes it."""
     out: dict[str, FastRoute] = {}
     for route in routes:
         if (not isinstance(route, APIRoute) or "POST" not in route.methods
                 or "{" in route.path or route.response_model is not None
-                or not isinstance(route.response_class, DefaultPlaceholder)):
+                or not isinstance(route.response_class, DefaultPlaceholder)
+                or route.dependencies or not inspect.iscoroutinefunction(route.endpoint)):
+            if isinstance(route, APIRoute) and "POST" in route.methods:
+                out.setdefault(route.path, None)  # FastAPI's: later routes must not win
             continue
         params = inspect.signature(route.endpoint).parameters
-        hints = get_type_hints(route.endpoint)
+        hints = get_type_hints(route.endpoint, include_extras=True)
         body = [n for n in params if isinstance(hints.get(n), type)
-                and issubclass(hints[n], BaseModel)]
+                and get_origin(hints[n]) is not Annotated and issubclass(hints[n], BaseModel)]
         request = [n for n in params if hints.get(n) is Request]
+        fast = None
         if len(params) == 2 and len(body) == 1 and len(request) == 1:
-            out[route.path] = FastRoute(hints[body[0]], route.endpoint, body[0], request[0],
-                                        route.status_code or 200)
-    return out
+            fast = FastRoute(hints[body[0]], route.endpoint, body[0], request[0],
+                             route.status_code or 200)
+        out.setdefault(route.path, fast)
+    return {path: fast for path, fast in out.items() if fast is not None}
 
 
 async def serve(route: FastRoute, api, app, scope, receive, send) -> None:
@@ -87,6 +100,9 @@ async def serve(route: FastRoute, api, app, scope, receive, send) -> None:
 
 
 async def _handled(api, request: Request, exc: Exception):
+    if not isinstance(exc, ApiError | HybridEmbedError | HTTPException):
+        # FastAPI's path logs these (its error middleware re-raises to the server)
+        log.error("unexpected error on %s", request.url.path, exc_info=exc)
     for kind in type(exc).__mro__:
         handler = api.exception_handlers.get(kind)
         if handler is not None:

@@ -51,8 +51,24 @@ def _assert_packs(emb, texts):
     from hybridembed.engine.encoder import pad_batch
 
     ids = emb.tokenizer.encode(texts)
-    _, mask = pad_batch(ids, list(range(len(ids))), emb.tokenizer.pad_id)
-    assert emb._runtime.packer is not None and emb._runtime.packer.plan(mask) is not None
+    ids, mask = pad_batch(ids, list(range(len(ids))), emb.tokenizer.pad_id)
+    assert emb._runtime.packer is not None and emb._runtime.packer.plan(ids, mask) is not None
+
+
+@pytest.fixture
+def packed_calls(monkeypatch):
+    """How many batches ran packed since the test began."""
+    from hybridembed.runtimes.sequence_packing import Packer
+
+    calls = []
+    original = Packer.encode
+
+    def counted(self, ids, plan):
+        calls.append(len(ids))
+        return original(self, ids, plan)
+
+    monkeypatch.setattr(Packer, "encode", counted)
+    return calls
 
 
 def _assert_same(a, b):
@@ -65,38 +81,55 @@ def _assert_same(a, b):
         np.testing.assert_allclose(x, y, atol=2e-5)
 
 
-@pytest.mark.parametrize("family", ["dense", "splade", "colbert"])
-def test_each_packing_family_gives_what_padded_gives(family_dir, family):
+@pytest.mark.parametrize("family", ["dense", "splade"])
+def test_each_packing_family_gives_what_padded_gives(family_dir, family, packed_calls):
     packed, padded = _both(family_dir(family))
     _assert_packs(packed, MIXED)
-    options = {"sparse": family == "splade", "multivector": family == "colbert",
-               "dense": family != "splade"}
+    options = {"sparse": family == "splade", "dense": family != "splade"}
     _assert_same(packed.embed(MIXED, **options), padded.embed(MIXED, **options))
-    if family == "colbert":  # queries expand with [MASK]: run padded, still equal
-        _assert_same(packed.embed(MIXED[:4], multivector=True, dense=False, kind="query"),
-                     padded.embed(MIXED[:4], multivector=True, dense=False,
-                                  kind="query"))
+    assert packed_calls  # the batch did run packed
 
 
-def test_xlm_roberta_positions_start_after_padding(tiny_m3_dir):
+def test_xlm_roberta_positions_start_after_padding(tiny_m3_dir, packed_calls):
     packed, padded = _both(tiny_m3_dir)
     assert packed._runtime.packer.first_position == 2  # XLM-R: padding id 1, then 2
     _assert_packs(packed, MIXED)
     options = {"sparse": True, "multivector": True}
     _assert_same(packed.embed(MIXED, **options), padded.embed(MIXED, **options))
+    assert packed_calls
 
 
-def test_minilm_packed_equals_padded(minilm):
+def test_a_padding_id_inside_a_text_runs_padded(tiny_m3):
+    """RoBERTa's own position ids skip a padding id wherever it stands; packed positions
+    would not, so such a batch runs padded."""
+    from hybridembed.engine.encoder import pad_batch
+
+    pad = tiny_m3.tokenizer.pad_id
+    ids = tiny_m3.tokenizer.encode(MIXED)
+    ids[3] = [ids[3][0], pad, *ids[3][1:]]
+    batch, mask = pad_batch(ids, list(range(len(ids))), pad)
+    mask[3, :len(ids[3])] = 1
+    assert tiny_m3._runtime.packer.plan(batch, mask) is None
+    ids[3].pop(1)
+    batch, mask = pad_batch(ids, list(range(len(ids))), pad)
+    assert tiny_m3._runtime.packer.plan(batch, mask) is not None
+
+
+def test_minilm_packed_equals_padded(minilm, packed_calls):
     from hybridembed import Embedder
 
     padded = Embedder("minilm", device="cpu", cache_size=0,
                       runtime_options={"sequence_packing": False})
     _assert_packs(minilm, MIXED)
     np.testing.assert_allclose(minilm.embed(MIXED).dense, padded.embed(MIXED).dense, atol=2e-6)
+    assert packed_calls
 
 
-@pytest.mark.parametrize("family", ["modernbert", "mpnet", "qwen3"])
+@pytest.mark.parametrize("family", ["modernbert", "mpnet", "qwen3", "colbert"])
 def test_other_position_schemes_never_pack(family_dir, family):
+    """Rotary, relative and decoder positions run padded; so do ColBERT checkpoints,
+    whose token plan (markers, query expansion) reshapes each batch first. Their batches
+    are budgeted padded too."""
     from hybridembed import Embedder
 
     emb = Embedder(str(family_dir(family)), device="cpu", cache_size=0)

@@ -100,3 +100,19 @@ def _close(a, b):
         assert abs(a - b) <= 1e-6
     else:
         assert a == b
+
+
+def test_an_unexpected_error_is_answered_and_logged(both, monkeypatch, caplog):
+    from hybridembed.server.core import ServerCore
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ServerCore, "request", staticmethod(broken))
+    with caplog.at_level("ERROR", logger="hybridembed.server.fast_path"):
+        fast, slow = (httpx.post(url + "/v1/embeddings", json={"model": "m", "input": "x"},
+                                 timeout=60) for url in both)
+    got, want = _same(fast, slow)
+    assert fast.status_code == 500 and got == want
+    assert any("unexpected error on /v1/embeddings" in r.getMessage()
+               and r.exc_info for r in caplog.records)
