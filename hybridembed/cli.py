@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     load = sub.add_parser("loadtest", help="server vs in-process throughput under 64 single-"
                           "text clients and 8 list clients, latency, batch fill and the "
-                          "server's per-stage times, in rounds")
+                          "server's per-stage times, in rounds; each server load is paired "
+                          "with an in-process run taken right after it")
     load.add_argument("--model", default="minilm")
     load.add_argument("--runtime", help="torch (default) or onnx, for server and in-process")
     load.add_argument("--texts", type=int, default=600)
@@ -293,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--single", type=int, default=100,
                       help="requests of the one-client latency load")
     load.add_argument("--rounds", type=int, default=3,
-                      help="server then in-process, this many times (report the spread)")
+                      help="rounds of paired measurements, each with a fresh server and "
+                           "in-process worker (report the spread)")
     load.add_argument("--json", action="store_true")
     return parser
 
