@@ -279,10 +279,11 @@ def _worker(model: str, n: int, runtime: str | None) -> None:
         print(ANSWER + json.dumps(out), flush=True)
 
 
-async def _singles(url: str, texts: list[str], inproc: InProcess) -> tuple[list, list]:
+async def _singles(url: str, texts: list[str], inproc: InProcess | None
+                   ) -> tuple[list, list]:
     """One request at a time, in blocks of :data:`SINGLE_BLOCK`, each block followed by
-    the same texts in process: the latencies of both, alternated so a change of machine
-    speed touches both alike."""
+    the same texts in process (with ``inproc``): the latencies of both, alternated so a
+    change of machine speed touches both alike."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     server, local = [], []
@@ -295,41 +296,45 @@ async def _singles(url: str, texts: list[str], inproc: InProcess) -> tuple[list,
                 began = time.perf_counter()
                 await _post(reader, writer, f"{host}:{port}", "/v1/embeddings", payload)
                 server.append(time.perf_counter() - began)
-            local += inproc.singles(first, len(block))
+            if inproc is not None:
+                local += inproc.singles(first, len(block))
     finally:
         writer.close()
     return server, local
 
 
-def _single_load(url: str, texts: list[str], inproc: InProcess, pid: int) -> dict:
+def _single_load(url: str, texts: list[str], inproc: InProcess | None, pid: int) -> dict:
     before = _scrape(url)
     load, cpu = _load_average(), _cpu_seconds(pid)
     server, local = asyncio.run(_singles(url, texts, inproc))
     cpu_after = _cpu_seconds(pid)
-    return {"load": "single", "clients": 1, "texts_per_request": 1,
-            "texts_per_s": len(texts) / sum(server),
-            "server_cpu_ms_per_text": None if cpu is None or cpu_after is None
-            else 1000 * (cpu_after - cpu) / len(texts),
-            "p50_ms": 1000 * statistics.median(server),
-            "p95_ms": 1000 * _percentile(server, 0.95),
-            "p99_ms": 1000 * _percentile(server, 0.99),
-            "in_process_p50_ms": 1000 * statistics.median(local),
-            "in_process_p95_ms": 1000 * _percentile(local, 0.95),
-            "load_average": load, **_delta_report(before, _scrape(url))}
+    out = {"load": "single", "clients": 1, "texts_per_request": 1,
+           "texts_per_s": len(texts) / sum(server),
+           "server_cpu_ms_per_text": None if cpu is None or cpu_after is None
+           else 1000 * (cpu_after - cpu) / len(texts),
+           "p50_ms": 1000 * statistics.median(server),
+           "p95_ms": 1000 * _percentile(server, 0.95),
+           "p99_ms": 1000 * _percentile(server, 0.99),
+           "load_average": load, **_delta_report(before, _scrape(url))}
+    if local:
+        out["in_process_p50_ms"] = 1000 * statistics.median(local)
+        out["in_process_p95_ms"] = 1000 * _percentile(local, 0.95)
+        out["p50_over_in_process_ms"] = out["p50_ms"] - out["in_process_p50_ms"]
+    return out
 
 
 def round_of(model: str, texts: list[str], concurrency: int = 64, single: int = 100,
              list_clients: int = 8, list_size: int = 32, runtime: str | None = None,
-             progress=print) -> dict:
-    """One round: a server child (cache off) and an in-process worker; each load on the
-    server followed by its in-process pair. Returns ``{"server": {load: report},
-    "in_process": {load: report}}``; each server report has its ratio to its pair
-    (``vs_in_process``, or for ``single`` ``p50_over_in_process_ms``)."""
+             progress=print, paired: bool = True) -> dict:
+    """One round: a server child (cache off) and, when ``paired``, an in-process worker;
+    each load on the server followed by its in-process pair. Returns ``{"server": {load:
+    report}, "in_process": {load: report}}``; with pairs, each server report has its ratio
+    to its pair (``vs_in_process``, or for ``single`` ``p50_over_in_process_ms``)."""
     env = {"HYBRIDEMBED_CACHE_SIZE": "0"}
     if runtime:
         env["HYBRIDEMBED_RUNTIME"] = runtime
     flags = ["--model", model, "--served-model-name", "any-name-ok"]
-    inproc = InProcess(model, len(texts), runtime)
+    inproc = InProcess(model, len(texts), runtime) if paired else None
     try:
         with child_server(flags, env, ready_seconds=600) as server:  # a busy machine loads slowly
             url = server.url
@@ -340,35 +345,36 @@ def round_of(model: str, texts: list[str], concurrency: int = 64, single: int = 
             for name, requests, clients in (
                     ("concurrent", [[t] for t in texts], concurrency),
                     ("lists", lists, list_clients)):
-                progress(f"server: {clients} clients x {len(requests[0])} text(s), then "
-                         "in-process ...")
+                progress(f"server: {clients} clients x {len(requests[0])} text(s)"
+                         + (", then in-process ..." if inproc else " ..."))
                 time.sleep(QUIET_SECONDS)
                 cpu = time.process_time()
                 report = _load(url, name, requests, clients, server.pid)
                 report["load_generator_cpu_s"] = time.process_time() - cpu
-                pair = inproc.throughput()
                 # the in-process call embeds every text; a list load may leave a few out
-                sent = sum(len(r) for r in requests)
-                report["vs_in_process"] = report["texts_per_s"] / pair["texts_per_s"]
-                report["texts"] = sent
-                out["server"][name], out["in_process"][name] = report, pair
-            progress(f"server: 1 client x 1 text, {single} requests, alternating with "
-                     "in-process ...")
+                report["texts"] = sum(len(r) for r in requests)
+                out["server"][name] = report
+                if inproc is not None:
+                    pair = inproc.throughput()
+                    report["vs_in_process"] = report["texts_per_s"] / pair["texts_per_s"]
+                    out["in_process"][name] = pair
+            progress(f"server: 1 client x 1 text, {single} requests"
+                     + (", alternating with in-process ..." if inproc else " ..."))
             time.sleep(QUIET_SECONDS)
-            one = _single_load(url, texts[:single], inproc, server.pid)
-            one["p50_over_in_process_ms"] = one["p50_ms"] - one["in_process_p50_ms"]
-            out["server"]["single"] = one
+            out["server"]["single"] = _single_load(url, texts[:single], inproc, server.pid)
     finally:
-        inproc.close()
+        if inproc is not None:
+            inproc.close()
     return out
 
 
 def serve_and_load(model: str, texts: list[str], concurrency: int = 64, single: int = 100,
                    list_clients: int = 8, list_size: int = 32, runtime: str | None = None,
                    progress=print) -> dict:
-    """The server's reports of one :func:`round_of` (``{load name: report}``)."""
+    """The server's reports of one unpaired :func:`round_of` (``{load name: report}``):
+    no in-process worker, for callers that measure in-process their own way."""
     return round_of(model, texts, concurrency, single, list_clients, list_size, runtime,
-                    progress)["server"]
+                    progress, paired=False)["server"]
 
 
 def run(model: str = "minilm", n: int = 600, concurrency: int = 64, single: int = 100,

@@ -150,10 +150,11 @@ class Packer:
         """The plan for a right-padded batch's ``(n, width)`` ids and attention mask.
         ``None`` also when a text holds the padding id where positions count from it
         (RoBERTa's own position ids skip such a token; packed, they would not)."""
-        if self.first_position and self.pad_id is not None and bool(
+        packed = plan(mask.sum(axis=1), self.span, self.max_width)
+        if packed is not None and self.first_position and self.pad_id is not None and bool(
                 (ids[mask.astype(bool)] == self.pad_id).any()):
             return None
-        return plan(mask.sum(axis=1), self.span, self.max_width)
+        return packed
 
     def encode(self, ids: torch.Tensor, plan: PackPlan) -> torch.Tensor:
         """``(n, width, hidden)`` last hidden states of the right-padded ``ids`` computed

@@ -21,3 +21,19 @@ def test_each_load_is_paired_with_in_process_in_the_same_round(tiny_m3_dir):
         "vs_in_process"]
     text = loadtest.format_report(report)
     assert "x in-process" in text and "over in-process" in text
+
+
+def test_serve_and_load_measures_the_server_alone(tiny_m3_dir, monkeypatch):
+    """``hybridembed bench``'s server engine measures in-process its own way: no worker."""
+    from hybridembed.bench import loadtest
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError("an in-process worker was started")
+
+    monkeypatch.setattr(loadtest, "InProcess", no_worker)
+    texts = [f"text number {i} about hybrid search" for i in range(12)]
+    reports = loadtest.serve_and_load(str(tiny_m3_dir), texts, concurrency=4, single=4,
+                                      list_clients=2, list_size=4, progress=lambda m: None)
+    assert set(reports) == {"concurrent", "lists", "single"}
+    assert all("vs_in_process" not in r for r in reports.values())
+    assert reports["single"]["p50_ms"] > 0 and "in_process_p50_ms" not in reports["single"]
