@@ -18,13 +18,13 @@ class RuntimeOutput:
 
     dense: ``(batch, hidden)`` pooled, not normalised.
     token_weights: ``(batch, length)`` learned sparse weight of every position
-    (``relu(W_s h_t + b)``), special tokens not yet removed.
+    (``relu(W_s h_t + b)``), special tokens not yet removed; any value where padded.
     token_vectors: ``(batch, length - 1, dim)`` per-token vectors of every position after
     the first (CLS), L2-normalised, zero where padded; or, with ``token_mask``, ``(batch,
     width, dim)`` vectors of which row ``r`` keeps those where ``token_mask[r]`` is true.
     vocab_weights: ``(batch, vocab)`` SPLADE weight of every vocabulary id (zero: absent).
     token_states: ``(batch, length, hidden)`` float32 last hidden states of every position,
-    not normalised — what pooling averages; asked for by late chunking, which pools spans
+    not normalised (any value where padded) — what pooling averages; asked for by late chunking, which pools spans
     of them (only from runtimes with ``token_states = True``).
     """
 

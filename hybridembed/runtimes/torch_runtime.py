@@ -117,8 +117,8 @@ class TorchRuntime:
         self.late = (LateInteractionTokens(spec.late_interaction, spec.path)
                      if spec.late_interaction is not None else None)
         self.left_pad = spec.padding_side == "left"
-        # Mixed-length batches run packed on a CPU (see runtimes/sequence_packing.py), so the
-        # engine budgets a batch by its real tokens, not by its longest text. Not for
+        # Mixed-length batches run unpadded on a CPU (see runtimes/sequence_packing.py), so
+        # the engine budgets a batch by its real tokens, not by its longest text. Not for
         # left-padded decoders, nor for ColBERT checkpoints, whose token plan (markers,
         # query expansion) reshapes every batch first.
         self.packer = (Packer.for_encoder(self.module.encoder)
@@ -215,11 +215,6 @@ class TorchRuntime:
                     hidden = self._encode_left_padded(ids, mask)
                 elif packed is not None:
                     hidden = self.packer.encode(ids, packed)
-                    if not bool(torch.isfinite(hidden).all()):
-                        # a text whose states are not finite spreads NaN to the texts
-                        # sharing its row (0 x NaN is NaN); padded, each has its own row
-                        # and the engine names only the texts that failed
-                        hidden = self.module.encode(ids, mask)
                 else:
                     hidden = self.module.encode(ids, mask)
                 pooled, weights, vectors = self.module.heads(hidden, mask, dense, sparse,

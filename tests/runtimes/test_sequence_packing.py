@@ -1,10 +1,10 @@
-"""Sequence packing in the torch runtime: a mixed-length batch run packed gives what it
-gives padded, for every family that packs; the others never pack."""
+"""Sequence packing in the torch runtime: a mixed-length batch run on its real tokens only
+gives what it gives padded, for every family that packs; the others never pack."""
 
 import numpy as np
 import pytest
 
-from hybridembed.runtimes.sequence_packing import MIN_SAVING, plan
+from hybridembed.runtimes.sequence_packing import plan
 
 # Lengths as concurrent clients send them: one batch, 4 to ~60 tokens.
 MIXED = (["ok", "a short query", "hybrid search keeps dense and sparse vectors in one record"]
@@ -12,30 +12,26 @@ MIXED = (["ok", "a short query", "hybrid search keeps dense and sparse vectors i
             for i in range(9)])
 
 
-def test_plan_places_every_real_token_once_and_never_mixes_texts():
+def test_plan_keeps_every_real_token_once_in_text_order():
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 60, size=37)
-    p = plan(lengths, span=2304.0, max_width=512)
-    assert p is not None
-    assert sorted(p.source.tolist()) == sorted(
-        i * lengths.max() + k for i, n in enumerate(lengths) for k in range(n))
-    assert len(set(p.target.tolist())) == len(p.target) == lengths.sum()
-    assert p.target.max() < p.rows * p.width
-    # each token lands in its own text's segment, at its own position
-    longest = lengths.max()
-    assert (p.segments.reshape(-1)[p.target] == p.source // longest).all()
-    assert (p.positions.reshape(-1)[p.target] == p.source % longest).all()
-    assert p.rows * p.width < len(lengths) * lengths.max()
+    mask = (np.arange(lengths.max()) < lengths[:, None]).astype(np.int64)
+    p = plan(mask)
+    assert p is not None and (p.n, p.longest) == (37, lengths.max())
+    assert p.source.tolist() == [i * lengths.max() + k for i, n in enumerate(lengths)
+                                 for k in range(n)]
 
 
 def test_plan_leaves_batches_with_little_padding_padded():
-    assert plan(np.array([40, 39, 40, 38]), span=2304.0, max_width=512) is None
-    assert plan(np.array([12]), span=2304.0, max_width=512) is None
-    lengths = np.array([50] + [10] * 9)  # 68% padding
-    p = plan(lengths, span=2304.0, max_width=512)
-    assert p is not None and p.width <= 512
-    assert p.rows * p.width <= (1 - MIN_SAVING) * lengths.size * lengths.max()
-    assert plan(lengths, span=2304.0, max_width=50).width == 50  # the position table caps it
+    def mask(*lengths):
+        return (np.arange(max(lengths)) < np.array(lengths)[:, None]).astype(np.int64)
+
+    assert plan(mask(40, 39, 40, 38)) is None  # 2% padding
+    assert plan(mask(12)) is None  # one text
+    assert plan(mask(50, 0, 10)) is None  # an empty text would attend to nothing
+    p = plan(mask(50, *[10] * 9))  # 68% padding
+    assert p is not None and len(p.source) == 140
+    assert plan(mask(40, 40, 40, 35)) is None and plan(mask(40, 40, 40, 30)) is not None
 
 
 def _both(source):
@@ -92,26 +88,22 @@ def test_each_packing_family_gives_what_padded_gives(family_dir, family, packed_
 
 def test_xlm_roberta_positions_start_after_padding(tiny_m3_dir, packed_calls):
     packed, padded = _both(tiny_m3_dir)
-    assert packed._runtime.packer.first_position == 2  # XLM-R: padding id 1, then 2
+    assert packed._runtime.packer.pad_id == 1  # XLM-R: positions count from 2
     _assert_packs(packed, MIXED)
     options = {"sparse": True, "multivector": True}
     _assert_same(packed.embed(MIXED, **options), padded.embed(MIXED, **options))
     assert packed_calls
 
 
-def test_a_padding_id_inside_a_text_runs_padded(tiny_m3):
-    """RoBERTa's own position ids skip a padding id wherever it stands; packed positions
-    would not, so such a batch runs padded."""
-    from hybridembed.engine.encoder import pad_batch
-
-    pad = tiny_m3.tokenizer.pad_id
-    ids = tiny_m3.tokenizer.encode(MIXED)
-    ids[3] = [ids[3][0], pad, *ids[3][1:]]
-    batch, mask = pad_batch(ids, list(range(len(ids))), pad)
-    assert tiny_m3._runtime.packer.plan(batch, mask) is None
-    ids[3].pop(1)
-    batch, mask = pad_batch(ids, list(range(len(ids))), pad)
-    assert tiny_m3._runtime.packer.plan(batch, mask) is not None
+def test_a_padding_id_inside_a_text_gets_the_models_own_positions(tiny_m3_dir, packed_calls):
+    """RoBERTa's position ids skip a padding id wherever it stands (a literal "<pad>" in a
+    text, or token-id input); unpadded, positions are counted the same way."""
+    packed, padded = _both(tiny_m3_dir)
+    pad = packed.tokenizer.pad_id
+    ids = [tuple(t) for t in packed.tokenizer.encode(MIXED)]
+    ids[3] = (ids[3][0], pad, *ids[3][1:])
+    _assert_same(packed.embed(ids), padded.embed(ids))
+    assert packed_calls
 
 
 def test_minilm_packed_equals_padded(minilm, packed_calls):
@@ -135,9 +127,9 @@ def test_other_position_schemes_never_pack(family_dir, family):
     assert emb._runtime.packer is None and not emb._runtime.packs_ragged
 
 
-def test_a_text_with_non_finite_states_fails_alone(nan_model):
-    """Packed, a NaN text would spread to the texts sharing its row; the runtime runs such
-    a batch padded again, so only that text fails and the others are embedded."""
+def test_a_text_with_non_finite_states_fails_alone(nan_model, packed_calls):
+    """Unpadded, each text still attends only to itself: a NaN text does not spread to
+    the others, so only that text fails and the others are embedded."""
     from hybridembed.errors import NonFiniteOutputError
     from tests.models import POISONED_WORD
 
@@ -148,3 +140,4 @@ def test_a_text_with_non_finite_states_fails_alone(nan_model):
     assert caught.value.indices == [6]
     assert np.isfinite(caught.value.partial.dense).all()
     assert len(caught.value.partial_indices) == len(texts) - 1
+    assert packed_calls
