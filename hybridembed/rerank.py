@@ -24,6 +24,7 @@ from .errors import (
     OutOfMemoryError,
     UnsupportedModelError,
 )
+from .runtimes.openmp import run_threaded
 from .scores import BGE_M3_WEIGHTS, combined, maxsim
 from .textcheck import check_text, check_texts
 
@@ -203,7 +204,12 @@ class CrossEncoderReranker:
                 else:
                     block[r, :len(seq)] = seq
             inputs[key] = torch.from_numpy(block).to(self.device)
-        with torch.inference_mode():
+        if self.device == "cpu":  # one OpenMP team per process (see runtimes/openmp.py)
+            return run_threaded(torch.get_num_threads(), self._logits, inputs)
+        return self._logits(inputs)
+
+    def _logits(self, inputs: dict) -> np.ndarray:
+        with self._torch.inference_mode():
             logits = self.model(**inputs).logits
             column = logits[:, 0] if logits.shape[-1] == 1 else logits[:, -1]
             return column.float().cpu().numpy()

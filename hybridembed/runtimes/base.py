@@ -24,8 +24,8 @@ class RuntimeOutput:
     width, dim)`` vectors of which row ``r`` keeps those where ``token_mask[r]`` is true.
     vocab_weights: ``(batch, vocab)`` SPLADE weight of every vocabulary id (zero: absent).
     token_states: ``(batch, length, hidden)`` float32 last hidden states of every position,
-    not normalised (any value where padded) — what pooling averages; asked for by late chunking, which pools spans
-    of them (only from runtimes with ``token_states = True``).
+    not normalised (any value where padded) — what pooling averages; asked for by late
+    chunking, which pools spans of them (only from runtimes with ``token_states = True``).
     """
 
     dense: np.ndarray | None = None

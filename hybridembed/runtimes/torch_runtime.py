@@ -12,6 +12,7 @@ from ..errors import InvalidOptionError
 from ..registry import ModelSpec
 from .base import RuntimeOutOfMemory, RuntimeOutput, keep_heaviest
 from .late_interaction import LateInteractionTokens
+from .openmp import run_threaded
 from .sequence_packing import Packer
 from .torch_model import build_module
 
@@ -185,18 +186,24 @@ class TorchRuntime:
                 sparse: bool, multivector: bool, threads: int | None = None,
                 query: bool = False, states: bool = False) -> RuntimeOutput:
         """One batch (of queries with ``query``: ColBERT query expansion); on a CPU with
-        ``threads`` compute threads (default: the runtime's). With ``states``, the last
-        hidden states too (late chunking pools spans of them).
-        torch keeps the count per thread but seeds new threads from a process-wide value,
-        so it is set at every call (~0.3 us) and that value put back after a call that
-        asked for fewer."""
-        if self.device == "cpu":
-            torch.set_num_threads(threads or self.threads)
+        ``threads`` compute threads (default: the runtime's), on the process's one
+        threaded-compute thread when more than one (see :mod:`.openmp`). With ``states``,
+        the last hidden states too (late chunking pools spans of them)."""
+        args = (input_ids, attention_mask, dense, sparse, multivector, query, states)
+        if self.device != "cpu":
+            return self._forward(*args)
+        threads = threads or self.threads
+        return run_threaded(threads, self._forward_on_cpu, threads, *args)
+
+    def _forward_on_cpu(self, threads: int, *args) -> RuntimeOutput:
+        """torch keeps the thread count per thread but seeds new threads from a
+        process-wide value, so it is set at every call (~0.3 us) and that value put back
+        after a call that asked for fewer."""
+        torch.set_num_threads(threads)
         try:
-            return self._forward(input_ids, attention_mask, dense, sparse, multivector, query,
-                                 states)
+            return self._forward(*args)
         finally:
-            if self.device == "cpu" and threads and threads != self.threads:
+            if threads != self.threads:
                 torch.set_num_threads(self.threads)
 
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, dense: bool,

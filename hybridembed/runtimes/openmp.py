@@ -1,0 +1,63 @@
+"""One thread for every multi-threaded torch call on a CPU.
+
+torch's CPU wheels compute in parallel with libgomp, which gives every thread that starts
+a parallel region a team of worker threads of its own, kept as long as that thread lives,
+and counts the workers of all teams: once the process has more of them than CPUs, a
+worker waits only ~100 spins after a parallel region before sleeping, instead of 300,000
+(``GOMP_SPINCOUNT`` in the libgomp manual), and a forward pass, hundreds of short regions,
+then wakes its workers from a futex at nearly every one. A server that warms its model up
+on a loader thread and serves lone requests on a pool thread has two teams on a 2-core
+machine: its workers slept 89 times per lone forward pass (measured, docs/BENCHMARKS.md).
+
+:func:`run_threaded` runs every call that wants more than one thread on one long-lived
+thread, so a process keeps one team however many threads call in. Calls with one thread
+(the server's lanes, the engine's side-by-side batches) start no team and run where they
+are called.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_thread: threading.Thread | None = None
+
+
+def _remember_thread() -> None:
+    global _thread
+    _thread = threading.current_thread()
+
+
+def _forget() -> None:
+    """In a forked child the thread is gone: start a new one when asked."""
+    global _pool, _thread, _lock
+    _pool, _thread, _lock = None, None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget)
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(1, thread_name_prefix="torch-threads",
+                                       initializer=_remember_thread)
+        return _pool
+
+
+def run_threaded(threads: int, fn: Callable[..., T], *args, **kwargs) -> T:
+    """``fn(*args, **kwargs)``, on the process's one threaded-compute thread when
+    ``threads > 1`` (waiting for it; its exception is raised here), else on this thread.
+    Calls from that thread itself run at once."""
+    if threads <= 1 or threading.current_thread() is _thread:
+        return fn(*args, **kwargs)
+    return _executor().submit(fn, *args, **kwargs).result()

@@ -1,0 +1,81 @@
+"""One OpenMP team per process: every multi-threaded torch call runs on one thread,
+whichever thread asks, so libgomp never has more workers than CPUs."""
+
+import os
+import threading
+
+import pytest
+
+from hybridembed.runtimes.openmp import run_threaded
+
+
+def _from_new_thread(fn):
+    out = {}
+
+    def target():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join(30)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_threaded_calls_share_one_thread_and_single_threaded_ones_stay_put():
+    def here():
+        return threading.current_thread()
+
+    shared = {_from_new_thread(lambda: run_threaded(2, here)) for _ in range(3)}
+    assert len(shared) == 1 and next(iter(shared)) is not threading.current_thread()
+    assert run_threaded(1, here) is threading.current_thread()
+    # from the shared thread itself: at once, not queued behind itself
+    assert run_threaded(2, lambda: run_threaded(4, here)) in shared
+
+
+def test_an_exception_reaches_the_caller():
+    def fails():
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        run_threaded(2, fails)
+    assert run_threaded(2, lambda: 7) == 7  # the thread survives it
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_child_gets_its_own_thread():
+    run_threaded(2, lambda: None)  # the parent's thread exists
+    pid = os.fork()
+    if pid == 0:  # child: the parent's thread is gone; a call must not wait for it
+        os._exit(run_threaded(2, lambda: 42))
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 42
+
+
+def test_torch_forward_passes_from_many_threads_start_one_team(tiny_m3, monkeypatch):
+    """Each forward pass with more than one thread runs on the shared thread; with one
+    thread (the server's lanes) on the caller's."""
+    import torch
+
+    runtime = tiny_m3._runtime
+    seen = []
+    original = type(runtime)._forward
+
+    def spy(self, *args):
+        seen.append((threading.current_thread(), torch.get_num_threads()))
+        return original(self, *args)
+
+    monkeypatch.setattr(type(runtime), "_forward", spy)
+    monkeypatch.setattr(runtime, "threads", 2)
+    for _ in range(3):
+        _from_new_thread(lambda: tiny_m3.embed(["a text", "another text"]))
+    assert len({t for t, _ in seen}) == 1 and {n for _, n in seen} == {2}
+    seen.clear()
+    request = tiny_m3.request(["a text"])
+    lane = _from_new_thread(lambda: (tiny_m3.run(request, threads=1),
+                                     threading.current_thread())[1])
+    assert seen == [(lane, 1)]
