@@ -102,8 +102,10 @@ class Encoder:
             return rows
         origin = list(origin) if origin is not None else list(range(len(ids)))
         lengths = [len(x) for x in ids]
-        batches = pack_by_token_budget(lengths, self.max_batch_tokens, self.max_batch_size,
-                                       padded=not getattr(self.runtime, "packs_ragged", False))
+        padded = not getattr(self.runtime, "packs_ragged", False)
+        batches = pack_by_token_budget(
+            lengths, self.max_batch_tokens, self.max_batch_size, padded=padded,
+            max_padding=CPU_MAX_PADDING if padded and self.runtime.device == "cpu" else None)
 
         def finish(batch: list[int], input_ids: np.ndarray, out: RuntimeOutput) -> None:
             fill_rows(rows, batch, [len(ids[i]) for i in batch], input_ids, out,
@@ -196,6 +198,13 @@ class Encoder:
 # merged calls (one or two small batches) ran 1.6x slower side by side under 64 clients
 # (87 vs 137 texts/s): the event loop needs a core too, and two tiny batches gain nothing.
 SIDE_BY_SIDE_MIN_BATCHES = 4
+
+# A padded batch on a CPU ends before a tenth of it would be padding: the server merges
+# texts of every length, and on a CPU a padded position costs what a real one does while
+# one more batch costs only a call (measured in docs/BENCHMARKS.md, "Padding on CPUs").
+# Length-sorted calls are hardly cut. Not on accelerators, where a smaller batch costs
+# nearly what a full one does.
+CPU_MAX_PADDING = 0.1
 
 # Threads that widen half-precision vectors to float32 (see widen()).
 WIDEN_THREADS = min(8, os.cpu_count() or 1)

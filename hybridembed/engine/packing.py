@@ -20,10 +20,12 @@ from collections.abc import Sequence
 
 
 def pack_by_token_budget(lengths: Sequence[int], max_tokens: int,
-                         max_items: int | None = None, padded: bool = True
-                         ) -> list[list[int]]:
+                         max_items: int | None = None, padded: bool = True,
+                         max_padding: float | None = None) -> list[list[int]]:
     """Return batches of positions into ``lengths``; every position appears exactly once.
-    ``padded``: a batch costs ``longest * count`` tokens, else the sum of its lengths."""
+    ``padded``: a batch costs ``longest * count`` tokens, else the sum of its lengths.
+    ``max_padding`` (padded only): a batch also ends before its padding would pass this
+    share of its tokens (texts go in longest first, so a batch's padding only grows)."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if max_items is not None and max_items < 1:
@@ -41,7 +43,9 @@ def pack_by_token_budget(lengths: Sequence[int], max_tokens: int,
         too_big = (max(longest, length) * (len(current) + 1) if padded
                    else total + length) > max_tokens
         too_many = max_items is not None and len(current) >= max_items
-        if current and (too_big or too_many):
+        too_padded = (padded and max_padding is not None and current
+                      and total + length < (1 - max_padding) * longest * (len(current) + 1))
+        if current and (too_big or too_many or too_padded):
             batches.append(current)
             current, longest, total = [], 0, 0
         current.append(i)

@@ -46,3 +46,37 @@ def test_unpadded_cuts_a_call_into_the_fewest_even_batches():
     sizes = [sum(lengths[i] for i in b) for b in batches]
     assert len(batches) == 2 and max(sizes) - min(sizes) <= max(lengths)
     assert min(lengths[i] for i in batches[0]) >= max(lengths[i] for i in batches[1])
+
+
+@given(st.lists(st.integers(1, 600), max_size=200), st.integers(1, 5000),
+       st.floats(0.0, 0.5))
+def test_padding_cap_every_text_once_and_each_batch_under_it(lengths, budget, cap):
+    batches = pack_by_token_budget(lengths, budget, max_padding=cap)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        longest, real = max(lengths[i] for i in batch), sum(lengths[i] for i in batch)
+        assert longest * len(batch) <= budget or len(batch) == 1
+        assert real >= (1 - cap) * longest * len(batch) - 1e-9 or len(batch) == 1
+
+
+def test_padding_cap_cuts_mixed_lengths_and_leaves_sorted_ones():
+    mixed = [25 + (7 * i) % 30 for i in range(20)]  # a server's merged batch: 25-54 tokens
+    assert len(pack_by_token_budget(mixed, 2048)) == 1
+    cut = pack_by_token_budget(mixed, 2048, max_padding=0.1)
+    assert 2 <= len(cut) <= 5
+    even = [40, 40, 39, 40, 38, 40]
+    assert pack_by_token_budget(even, 1024, max_padding=0.1) == [[0, 1, 3, 5, 2, 4]]
+
+
+def test_the_encoder_caps_padding_on_cpus_only():
+    from hybridembed.engine import Encoder, Outputs
+    from tests.engine.test_encoder import SPECIAL, ArithmeticRuntime
+
+    ids = [[1, *range(3, 3 + n), 2] for n in (40, 8, 33, 2, 25, 17, 5, 38)]
+    for device, most in (("cpu", 8), ("cuda", 1)):
+        runtime = ArithmeticRuntime()
+        runtime.device = device
+        Encoder(runtime, 0, SPECIAL, max_batch_tokens=10_000).encode(
+            ids, Outputs(dense=True, sparse=False, multivector=False))
+        assert (len(runtime.forward_started) > 2) == (device == "cpu")
+        assert len(runtime.forward_started) <= most
