@@ -205,10 +205,13 @@ class CrossEncoderReranker:
                     block[r, :len(seq)] = seq
             inputs[key] = torch.from_numpy(block).to(self.device)
         if self.device == "cpu":  # one OpenMP team per process (see runtimes/openmp.py)
-            return run_threaded(torch.get_num_threads(), self._logits, inputs)
+            threads = torch.get_num_threads()  # the caller's count, set where it runs
+            return run_threaded(threads, self._logits, inputs, threads)
         return self._logits(inputs)
 
-    def _logits(self, inputs: dict) -> np.ndarray:
+    def _logits(self, inputs: dict, threads: int | None = None) -> np.ndarray:
+        if threads is not None:
+            self._torch.set_num_threads(threads)
         with self._torch.inference_mode():
             logits = self.model(**inputs).logits
             column = logits[:, 0] if logits.shape[-1] == 1 else logits[:, -1]

@@ -105,7 +105,8 @@ class Encoder:
         padded = not getattr(self.runtime, "packs_ragged", False)
         batches = pack_by_token_budget(
             lengths, self.max_batch_tokens, self.max_batch_size, padded=padded,
-            max_padding=CPU_MAX_PADDING if padded and self.runtime.device == "cpu" else None)
+            max_padding=CPU_MAX_PADDING if padded and self.runtime.device == "cpu" else None,
+            max_padded=None if padded else RAGGED_MAX_PADDED * self.max_batch_tokens)
 
         def finish(batch: list[int], input_ids: np.ndarray, out: RuntimeOutput) -> None:
             fill_rows(rows, batch, [len(ids[i]) for i in batch], input_ids, out,
@@ -205,6 +206,11 @@ SIDE_BY_SIDE_MIN_BATCHES = 4
 # Length-sorted calls are hardly cut. Not on accelerators, where a smaller batch costs
 # nearly what a full one does.
 CPU_MAX_PADDING = 0.1
+# A runtime that skips padding is budgeted by real tokens, but lays each batch out padded
+# for attention: one 512-token text beside a hundred short ones would attend over 51,712
+# positions and allocate Q/K/V for them. Its batches also stay within this many times the
+# budget, padded.
+RAGGED_MAX_PADDED = 4
 
 # Threads that widen half-precision vectors to float32 (see widen()).
 WIDEN_THREADS = min(8, os.cpu_count() or 1)

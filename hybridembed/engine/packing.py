@@ -21,19 +21,24 @@ from collections.abc import Sequence
 
 def pack_by_token_budget(lengths: Sequence[int], max_tokens: int,
                          max_items: int | None = None, padded: bool = True,
-                         max_padding: float | None = None) -> list[list[int]]:
+                         max_padding: float | None = None, max_padded: int | None = None
+                         ) -> list[list[int]]:
     """Return batches of positions into ``lengths``; every position appears exactly once.
     ``padded``: a batch costs ``longest * count`` tokens, else the sum of its lengths.
     ``max_padding`` (padded only): a batch also ends before its padding would pass this
-    share of its tokens (texts go in longest first, so a batch's padding only grows)."""
+    share of its tokens (texts go in longest first, so a batch's padding only grows).
+    ``max_padded`` (unpadded only): nor may its ``longest * count`` pass this (a runtime
+    that skips padding still lays a batch out padded for attention)."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if max_items is not None and max_items < 1:
         raise ValueError(f"max_items must be >= 1, got {max_items}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     if not padded and max_items is None:
-        even = _even_batches([max(int(lengths[i]), 1) for i in order], max_tokens)
-        if even is not None:
+        sizes = [max(int(lengths[i]), 1) for i in order]
+        even = _even_batches(sizes, max_tokens)
+        if even is not None and (max_padded is None or all(
+                sizes[b[0]] * len(b) <= max_padded for b in even)):
             return [[order[k] for k in batch] for batch in even]
     batches: list[list[int]] = []
     current: list[int] = []
@@ -41,7 +46,9 @@ def pack_by_token_budget(lengths: Sequence[int], max_tokens: int,
     for i in order:
         length = max(int(lengths[i]), 1)
         too_big = (max(longest, length) * (len(current) + 1) if padded
-                   else total + length) > max_tokens
+                   else total + length) > max_tokens or (
+            not padded and max_padded is not None
+            and max(longest, length) * (len(current) + 1) > max_padded)
         too_many = max_items is not None and len(current) >= max_items
         too_padded = (padded and max_padding is not None and current
                       and total + length < (1 - max_padding) * longest * (len(current) + 1))

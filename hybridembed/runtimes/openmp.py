@@ -18,46 +18,59 @@ are called.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TypeVar
 
 T = TypeVar("T")
 
 _lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
+_jobs: queue.SimpleQueue | None = None
 _thread: threading.Thread | None = None
 
 
-def _remember_thread() -> None:
-    global _thread
-    _thread = threading.current_thread()
+def _serve(jobs: queue.SimpleQueue) -> None:
+    while True:
+        fn, args, kwargs, future = jobs.get()
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
 
 
 def _forget() -> None:
     """In a forked child the thread is gone: start a new one when asked."""
-    global _pool, _thread, _lock
-    _pool, _thread, _lock = None, None, threading.Lock()
+    global _jobs, _thread, _lock
+    _jobs, _thread, _lock = None, None, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget)
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
+def _queue() -> queue.SimpleQueue:
+    global _jobs, _thread
     with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(1, thread_name_prefix="torch-threads",
-                                       initializer=_remember_thread)
-        return _pool
+        if _thread is None:
+            # a daemon thread of our own, not a ThreadPoolExecutor: an executor refuses work
+            # once the main thread has returned, while other threads may still embed
+            _jobs = queue.SimpleQueue()
+            _thread = threading.Thread(target=_serve, args=(_jobs,), daemon=True,
+                                       name="torch-threads")
+            _thread.start()
+        return _jobs
 
 
 def run_threaded(threads: int, fn: Callable[..., T], *args, **kwargs) -> T:
     """``fn(*args, **kwargs)``, on the process's one threaded-compute thread when
     ``threads > 1`` (waiting for it; its exception is raised here), else on this thread.
-    Calls from that thread itself run at once."""
+    Calls from that thread itself run at once. ``fn`` must not wait for another thread
+    that calls this with ``threads > 1``: that call would queue behind ``fn``."""
     if threads <= 1 or threading.current_thread() is _thread:
         return fn(*args, **kwargs)
-    return _executor().submit(fn, *args, **kwargs).result()
+    future: Future = Future()
+    _queue().put((fn, args, kwargs, future))
+    return future.result()

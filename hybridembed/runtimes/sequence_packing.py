@@ -14,7 +14,9 @@ padding mask, and the context gathered back. Each text attends only to itself, e
 padded, so the outputs equal the padded ones, and a text whose states are not finite
 cannot touch the others. The hidden states are scattered back to the padded layout at the
 end, so every head reads them unchanged. Attention still spends ``longest^2`` per text,
-a small share of the work for embedding-length texts.
+a small share of the work for texts of similar lengths; the engine keeps a batch's padded
+size within a few times its token budget (``RAGGED_MAX_PADDED``), so a long text beside
+many short ones does not make it large.
 
 An earlier version packed several texts into rows of 2-4x the longest text with a
 block-diagonal mask (Krell et al., arXiv:2107.02027); each position then attended over
@@ -78,7 +80,7 @@ def _bert_layout(encoder: torch.nn.Module) -> bool:
         _ = encoder.embeddings
     except AttributeError:
         return False
-    return bool(layers) and not (
+    return bool(layers) and config.hidden_size % config.num_attention_heads == 0 and not (
         getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False)
         or getattr(config, "chunk_size_feed_forward", 0)
         or getattr(config, "position_embedding_type", "absolute") != "absolute")

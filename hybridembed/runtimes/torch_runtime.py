@@ -147,10 +147,30 @@ class TorchRuntime:
         the same head as a whole text's."""
         if self.module.dense_layers is None:
             return pooled
+        return self._on_compute_thread(self._pooled_head, pooled)
+
+    def _pooled_head(self, pooled: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(pooled)).to(self.device,
                                                                    DTYPES[self.dtype])
             return self.module.dense_head(x).float().cpu().numpy()
+
+    def _on_compute_thread(self, fn, *args):
+        """``fn(*args)`` where this runtime's forward passes run (see :meth:`forward`)."""
+        if self.device != "cpu":
+            return fn(*args)
+        return run_threaded(self.threads, self._with_threads, self.threads, fn, *args)
+
+    def _with_threads(self, threads: int, fn, *args):
+        """torch keeps the thread count per thread but seeds new threads from a
+        process-wide value, so it is set at every call (~0.3 us) and that value put back
+        after a call that asked for fewer."""
+        torch.set_num_threads(threads)
+        try:
+            return fn(*args)
+        finally:
+            if threads != self.threads:
+                torch.set_num_threads(self.threads)
 
     def span_sparse(self, states: np.ndarray) -> np.ndarray:
         """SPLADE weight of every vocabulary id for one span of token states (``(n,
@@ -158,6 +178,9 @@ class TorchRuntime:
         what a whole text gets over all of its own — as ``(vocab,)`` float32, pruned to
         ``max_active_dims`` as :meth:`forward` prunes. Late chunking's learned sparse
         vector of a chunk, for SPLADE models."""
+        return self._on_compute_thread(self._span_sparse, states)
+
+    def _span_sparse(self, states: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             hidden = torch.from_numpy(np.ascontiguousarray(states)).to(
                 self.device, DTYPES[self.dtype]).unsqueeze(0)
@@ -193,18 +216,7 @@ class TorchRuntime:
         if self.device != "cpu":
             return self._forward(*args)
         threads = threads or self.threads
-        return run_threaded(threads, self._forward_on_cpu, threads, *args)
-
-    def _forward_on_cpu(self, threads: int, *args) -> RuntimeOutput:
-        """torch keeps the thread count per thread but seeds new threads from a
-        process-wide value, so it is set at every call (~0.3 us) and that value put back
-        after a call that asked for fewer."""
-        torch.set_num_threads(threads)
-        try:
-            return self._forward(*args)
-        finally:
-            if threads != self.threads:
-                torch.set_num_threads(self.threads)
+        return run_threaded(threads, self._with_threads, threads, self._forward, *args)
 
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, dense: bool,
                  sparse: bool, multivector: bool, query: bool = False,

@@ -80,3 +80,40 @@ def test_the_encoder_caps_padding_on_cpus_only():
             ids, Outputs(dense=True, sparse=False, multivector=False))
         assert (len(runtime.forward_started) > 2) == (device == "cpu")
         assert len(runtime.forward_started) <= most
+
+
+@given(st.lists(st.integers(1, 600), max_size=200), st.integers(1, 5000), st.integers(1, 8))
+def test_unpadded_batches_stay_within_a_padded_cap(lengths, budget, times):
+    cap = times * budget
+    batches = pack_by_token_budget(lengths, budget, padded=False, max_padded=cap)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert sum(lengths[i] for i in batch) <= budget or len(batch) == 1
+        assert max(lengths[i] for i in batch) * len(batch) <= cap or len(batch) == 1
+
+
+def test_a_long_text_beside_many_short_ones_is_not_laid_out_huge():
+    """Budgeted by real tokens, one 512-token text and a hundred 5-token ones fit 1,024,
+    but padded for attention they are 51,712 positions."""
+    from hybridembed.engine import Encoder, Outputs
+    from hybridembed.engine import encoder as encoder_module
+    from tests.engine.test_encoder import SPECIAL, ArithmeticRuntime
+
+    class Ragged(ArithmeticRuntime):
+        packs_ragged = True
+
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def forward(self, input_ids, attention_mask, **kwargs):
+            self.shapes.append(input_ids.shape)
+            return super().forward(input_ids, attention_mask, **kwargs)
+
+    runtime = Ragged()
+    ids = [[1, *range(3, 513), 2]] + [[1, 3, 4, 5, 2]] * 100
+    rows = Encoder(runtime, 0, SPECIAL, max_batch_tokens=1024).encode(
+        ids, Outputs(dense=True, sparse=False, multivector=False))
+    cap = encoder_module.RAGGED_MAX_PADDED * 1024
+    assert all(n * width <= cap for n, width in runtime.shapes)
+    assert sum(n for n, _ in runtime.shapes) == 101 and all(r.dense is not None for r in rows)

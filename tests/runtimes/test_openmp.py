@@ -79,3 +79,55 @@ def test_torch_forward_passes_from_many_threads_start_one_team(tiny_m3, monkeypa
     lane = _from_new_thread(lambda: (tiny_m3.run(request, threads=1),
                                      threading.current_thread())[1])
     assert seen == [(lane, 1)]
+
+
+def test_threads_still_embedding_after_the_main_thread_returned(tmp_path):
+    """A ThreadPoolExecutor refuses work once the main thread has returned; worker
+    threads of a program may still be embedding then."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "late.py"
+    script.write_text(
+        "import threading, time\n"
+        "from hybridembed.runtimes.openmp import run_threaded\n"
+        "def late():\n"
+        "    time.sleep(0.3)\n"
+        "    print(run_threaded(2, lambda: 6 * 7), flush=True)\n"
+        "threading.Thread(target=late).start()\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "42"
+
+
+def test_the_cross_encoder_runs_with_its_callers_thread_count(tiny_ce_dir, monkeypatch):
+    import torch
+
+    from hybridembed.rerank import CrossEncoderReranker
+
+    reranker = CrossEncoderReranker(str(tiny_ce_dir), device="cpu")
+    seen = []
+    original = CrossEncoderReranker._logits
+
+    def spy(self, inputs, threads=None):
+        out = original(self, inputs, threads)
+        seen.append((threading.current_thread(), torch.get_num_threads()))
+        return out
+
+    monkeypatch.setattr(CrossEncoderReranker, "_logits", spy)
+
+    def rerank_with(threads):
+        def call():
+            torch.set_num_threads(threads)
+            reranker.score("a query", ["a text", "another text"])
+            return threading.current_thread()
+        return call
+
+    caller = _from_new_thread(rerank_with(1))
+    assert seen == [(caller, 1)]
+    seen.clear()
+    _from_new_thread(rerank_with(2))
+    _from_new_thread(rerank_with(2))
+    assert len({t for t, _ in seen}) == 1 and {n for _, n in seen} == {2}
+    assert caller not in {t for t, _ in seen}
