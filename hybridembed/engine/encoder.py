@@ -202,7 +202,8 @@ SIDE_BY_SIDE_MIN_BATCHES = 4
 
 # A padded batch on a CPU ends before a tenth of it would be padding: the server merges
 # texts of every length, and on a CPU a padded position costs what a real one does while
-# one more batch costs only a call (measured in docs/BENCHMARKS.md, "Padding on CPUs").
+# one more batch costs only a call (docs/BENCHMARKS.md, "Unpadding, one OpenMP team,
+# padding cut on CPUs").
 # Length-sorted calls are hardly cut. Not on accelerators, where a smaller batch costs
 # nearly what a full one does.
 CPU_MAX_PADDING = 0.1

@@ -21,7 +21,7 @@ many short ones does not make it large.
 An earlier version packed several texts into rows of 2-4x the longest text with a
 block-diagonal mask (Krell et al., arXiv:2107.02027); each position then attended over
 the whole row, which cost more than the FLOP count said on a CPU (12 heads of 32 dims):
-random 20-text batches ran 15% slower than length-sorted ones, unpadded they run as fast
+random 20-text batches ran 13% slower than length-sorted ones, unpadded they run as fast
 (docs/BENCHMARKS.md).
 
 Encoders: the BERT layer layout (``bert``; ``roberta`` / ``xlm-roberta``, whose positions
