@@ -24,7 +24,7 @@ from .errors import (
     OutOfMemoryError,
     UnsupportedModelError,
 )
-from .runtimes.openmp import run_threaded
+from .runtimes.openmp import torch_call
 from .scores import BGE_M3_WEIGHTS, combined, maxsim
 from .textcheck import check_text, check_texts
 
@@ -205,13 +205,10 @@ class CrossEncoderReranker:
                     block[r, :len(seq)] = seq
             inputs[key] = torch.from_numpy(block).to(self.device)
         if self.device == "cpu":  # one OpenMP team per process (see runtimes/openmp.py)
-            threads = torch.get_num_threads()  # the caller's count, set where it runs
-            return run_threaded(threads, self._logits, inputs, threads)
+            return torch_call(torch.get_num_threads(), self._logits, inputs)
         return self._logits(inputs)
 
-    def _logits(self, inputs: dict, threads: int | None = None) -> np.ndarray:
-        if threads is not None:
-            self._torch.set_num_threads(threads)
+    def _logits(self, inputs: dict) -> np.ndarray:
         with self._torch.inference_mode():
             logits = self.model(**inputs).logits
             column = logits[:, 0] if logits.shape[-1] == 1 else logits[:, -1]

@@ -143,14 +143,16 @@ def _delta_report(before: dict[str, float], after: dict[str, float]) -> dict:
             "stage_ms": stages}
 
 
-def _load(url: str, name: str, requests: list[list[str]], concurrency: int, pid: int) -> dict:
+def _measured(url: str, pid: int, name: str, clients: int, texts_per_request: int,
+              texts: int, run) -> dict:
+    """The report of one load: ``run()`` drives the server and returns ``(seconds,
+    latencies)``; around it, the server's CPU time and its ``/metrics``."""
     before = _scrape(url)
     load = _load_average()
     cpu = _cpu_seconds(pid)
-    wall, latencies = asyncio.run(_drive(url, requests, concurrency))
+    wall, latencies = run()
     cpu_after = _cpu_seconds(pid)
-    texts = sum(len(r) for r in requests)
-    return {"load": name, "clients": concurrency, "texts_per_request": len(requests[0]),
+    return {"load": name, "clients": clients, "texts_per_request": texts_per_request,
             "texts_per_s": texts / wall,
             # CPU per text is steadier than texts/s on a machine shared with other work
             "server_cpu_ms_per_text": None if cpu is None or cpu_after is None
@@ -159,6 +161,12 @@ def _load(url: str, name: str, requests: list[list[str]], concurrency: int, pid:
             "p95_ms": 1000 * _percentile(latencies, 0.95),
             "p99_ms": 1000 * _percentile(latencies, 0.99),
             "load_average": load, **_delta_report(before, _scrape(url))}
+
+
+def _load(url: str, name: str, requests: list[list[str]], concurrency: int, pid: int) -> dict:
+    return _measured(url, pid, name, concurrency, len(requests[0]),
+                     sum(len(r) for r in requests),
+                     lambda: asyncio.run(_drive(url, requests, concurrency)))
 
 
 @contextlib.contextmanager
@@ -304,18 +312,14 @@ async def _singles(url: str, texts: list[str], inproc: InProcess | None
 
 
 def _single_load(url: str, texts: list[str], inproc: InProcess | None, pid: int) -> dict:
-    before = _scrape(url)
-    load, cpu = _load_average(), _cpu_seconds(pid)
-    server, local = asyncio.run(_singles(url, texts, inproc))
-    cpu_after = _cpu_seconds(pid)
-    out = {"load": "single", "clients": 1, "texts_per_request": 1,
-           "texts_per_s": len(texts) / sum(server),
-           "server_cpu_ms_per_text": None if cpu is None or cpu_after is None
-           else 1000 * (cpu_after - cpu) / len(texts),
-           "p50_ms": 1000 * statistics.median(server),
-           "p95_ms": 1000 * _percentile(server, 0.95),
-           "p99_ms": 1000 * _percentile(server, 0.99),
-           "load_average": load, **_delta_report(before, _scrape(url))}
+    local: list[float] = []
+
+    def run():
+        server, mine = asyncio.run(_singles(url, texts, inproc))
+        local.extend(mine)
+        return sum(server), server
+
+    out = _measured(url, pid, "single", 1, 1, len(texts), run)
     if local:
         out["in_process_p50_ms"] = 1000 * statistics.median(local)
         out["in_process_p95_ms"] = 1000 * _percentile(local, 0.95)

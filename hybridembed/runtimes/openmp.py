@@ -12,7 +12,7 @@ machine: its workers slept 89 times per lone forward pass (measured, docs/BENCHM
 :func:`run_threaded` runs every call that wants more than one thread on one long-lived
 thread, so a process keeps one team however many threads call in. Calls with one thread
 (the server's lanes, the engine's side-by-side batches) start no team and run where they
-are called.
+are called. :func:`torch_call` does that for a torch computation with a thread count.
 """
 
 from __future__ import annotations
@@ -74,3 +74,23 @@ def run_threaded(threads: int, fn: Callable[..., T], *args, **kwargs) -> T:
     future: Future = Future()
     _queue().put((fn, args, kwargs, future))
     return future.result()
+
+
+def torch_call(threads: int, fn: Callable[..., T], *args) -> T:
+    """``fn(*args)`` computed by torch with ``threads`` CPU threads, where
+    :func:`run_threaded` puts it. torch keeps the count per thread but seeds new threads
+    from a process-wide value, so it is set at every call (~0.3 us) and the thread's
+    previous count put back after."""
+    return run_threaded(threads, _with_torch_threads, threads, fn, *args)
+
+
+def _with_torch_threads(threads: int, fn: Callable[..., T], *args) -> T:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn(*args)
+    finally:
+        if before != threads:
+            torch.set_num_threads(before)

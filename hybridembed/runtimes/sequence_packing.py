@@ -87,8 +87,9 @@ def _bert_layout(encoder: torch.nn.Module) -> bool:
 
 
 class Packer:
-    """Runs a BERT-layout torch encoder on the real tokens of a padded batch (see the
-    module docs); :func:`for_encoder` says whether an encoder can be."""
+    """Runs a BERT-layout torch encoder on the real tokens of a padded batch, as
+    :func:`plan` lays them out (see the module docs); :func:`for_encoder` says whether an
+    encoder can be."""
 
     def __init__(self, encoder: torch.nn.Module, from_padding: bool):
         self.encoder = encoder
@@ -109,11 +110,6 @@ class Packer:
         if from_padding and getattr(config, "pad_token_id", None) is None:
             return None
         return cls(encoder, from_padding)
-
-    def plan(self, ids: np.ndarray, mask: np.ndarray) -> PackPlan | None:
-        """The plan for a right-padded batch's ``(n, longest)`` ids and attention mask
-        (see :func:`plan`)."""
-        return plan(mask)
 
     def _positions(self, ids: torch.Tensor) -> torch.Tensor:
         """``(n, longest)`` position ids as the model's own embeddings compute them."""

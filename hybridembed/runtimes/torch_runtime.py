@@ -12,8 +12,9 @@ from ..errors import InvalidOptionError
 from ..registry import ModelSpec
 from .base import RuntimeOutOfMemory, RuntimeOutput, keep_heaviest
 from .late_interaction import LateInteractionTokens
-from .openmp import run_threaded
+from .openmp import torch_call
 from .sequence_packing import Packer
+from .sequence_packing import plan as packing_plan
 from .torch_model import build_module
 
 log = logging.getLogger(__name__)
@@ -155,22 +156,13 @@ class TorchRuntime:
                                                                    DTYPES[self.dtype])
             return self.module.dense_head(x).float().cpu().numpy()
 
-    def _on_compute_thread(self, fn, *args):
-        """``fn(*args)`` where this runtime's forward passes run (see :meth:`forward`)."""
+    def _on_compute_thread(self, fn, *args, threads: int | None = None):
+        """``fn(*args)`` with ``threads`` compute threads (default: the runtime's); on a
+        CPU on the process's one threaded-compute thread when more than one (see
+        :mod:`.openmp`)."""
         if self.device != "cpu":
             return fn(*args)
-        return run_threaded(self.threads, self._with_threads, self.threads, fn, *args)
-
-    def _with_threads(self, threads: int, fn, *args):
-        """torch keeps the thread count per thread but seeds new threads from a
-        process-wide value, so it is set at every call (~0.3 us) and that value put back
-        after a call that asked for fewer."""
-        torch.set_num_threads(threads)
-        try:
-            return fn(*args)
-        finally:
-            if threads != self.threads:
-                torch.set_num_threads(self.threads)
+        return torch_call(threads or self.threads, fn, *args)
 
     def span_sparse(self, states: np.ndarray) -> np.ndarray:
         """SPLADE weight of every vocabulary id for one span of token states (``(n,
@@ -212,11 +204,8 @@ class TorchRuntime:
         ``threads`` compute threads (default: the runtime's), on the process's one
         threaded-compute thread when more than one (see :mod:`.openmp`). With ``states``,
         the last hidden states too (late chunking pools spans of them)."""
-        args = (input_ids, attention_mask, dense, sparse, multivector, query, states)
-        if self.device != "cpu":
-            return self._forward(*args)
-        threads = threads or self.threads
-        return run_threaded(threads, self._with_threads, threads, self._forward, *args)
+        return self._on_compute_thread(self._forward, input_ids, attention_mask, dense, sparse,
+                                       multivector, query, states, threads=threads)
 
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, dense: bool,
                  sparse: bool, multivector: bool, query: bool = False,
@@ -228,8 +217,7 @@ class TorchRuntime:
             with torch.inference_mode():
                 ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
                 mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
-                packed = (self.packer.plan(input_ids, attention_mask)
-                          if self.packer is not None else None)
+                packed = packing_plan(attention_mask) if self.packer is not None else None
                 if self.left_pad:
                     hidden = self._encode_left_padded(ids, mask)
                 elif packed is not None:

@@ -50,26 +50,27 @@ def fast_routes(routes) -> dict[str, FastRoute]:
     and the request, with no dependencies, no path parameters, no response model and the
     default response class; other routes keep FastAPI's path. Where two routes share a
     path, the first is taken, as FastAPI's router takes it."""
-    out: dict[str, FastRoute] = {}
+    out: dict[str, FastRoute | None] = {}
     for route in routes:
-        if (not isinstance(route, APIRoute) or "POST" not in route.methods
-                or "{" in route.path or route.response_model is not None
-                or not isinstance(route.response_class, DefaultPlaceholder)
-                or route.dependencies or not inspect.iscoroutinefunction(route.endpoint)):
-            if isinstance(route, APIRoute) and "POST" in route.methods:
-                out.setdefault(route.path, None)  # FastAPI's: later routes must not win
-            continue
-        params = inspect.signature(route.endpoint).parameters
-        hints = get_type_hints(route.endpoint, include_extras=True)
-        body = [n for n in params if isinstance(hints.get(n), type)
-                and get_origin(hints[n]) is not Annotated and issubclass(hints[n], BaseModel)]
-        request = [n for n in params if hints.get(n) is Request]
-        fast = None
-        if len(params) == 2 and len(body) == 1 and len(request) == 1:
-            fast = FastRoute(hints[body[0]], route.endpoint, body[0], request[0],
-                             route.status_code or 200)
-        out.setdefault(route.path, fast)
+        if isinstance(route, APIRoute) and "POST" in route.methods:
+            out.setdefault(route.path, _fast(route))  # FastAPI's router: the first wins
     return {path: fast for path, fast in out.items() if fast is not None}
+
+
+def _fast(route: APIRoute) -> FastRoute | None:
+    if ("{" in route.path or route.response_model is not None
+            or not isinstance(route.response_class, DefaultPlaceholder)
+            or route.dependencies or not inspect.iscoroutinefunction(route.endpoint)):
+        return None
+    params = inspect.signature(route.endpoint).parameters
+    hints = get_type_hints(route.endpoint, include_extras=True)
+    body = [n for n in params if isinstance(hints.get(n), type)
+            and get_origin(hints[n]) is not Annotated and issubclass(hints[n], BaseModel)]
+    request = [n for n in params if hints.get(n) is Request]
+    if len(params) == 2 and len(body) == 1 and len(request) == 1:
+        return FastRoute(hints[body[0]], route.endpoint, body[0], request[0],
+                         route.status_code or 200)
+    return None
 
 
 async def serve(route: FastRoute, api, app, scope, receive, send) -> None:

@@ -48,7 +48,7 @@ def _assert_packs(emb, texts):
 
     ids = emb.tokenizer.encode(texts)
     ids, mask = pad_batch(ids, list(range(len(ids))), emb.tokenizer.pad_id)
-    assert emb._runtime.packer is not None and emb._runtime.packer.plan(ids, mask) is not None
+    assert emb._runtime.packer is not None and plan(mask) is not None
 
 
 @pytest.fixture
