@@ -21,6 +21,16 @@ Settling: before taking a batch, a lane waits (``settle_ms`` at a time, ``max_se
 at most) while requests the edge has received (``arriving()``) are still being parsed and
 tokenised, unless a full batch is already queued. With nothing arriving, a request is
 taken at once: a lone client never waits for company.
+
+Inline: a batch that takes the whole machine while nothing else is queued, running or
+arriving, and whose run is predicted (from the seconds per token of earlier such batches)
+to end within ``inline_max_seconds``, runs on the event loop's own thread instead of a
+worker thread. Nothing else could use that time (every lane is its), and the thread that
+parsed the request carries on hot, as an in-process caller does: handing a lone batch to
+a worker thread and back cost a lone client 1.3 ms per request on the 2-core machine
+(docs/BENCHMARKS.md, issue 18), most of it Python run on a thread that had been idle. The
+loop is held at most about that long, so other connections wait at most that long to be
+read.
 """
 
 from __future__ import annotations
@@ -39,6 +49,9 @@ from ..errors import InputTooLongError, NonFiniteOutputError, OverloadedError
 from ..types import EmbedRequest, EmbedResult
 
 log = logging.getLogger(__name__)
+# How long a lone batch may hold the event loop (see "Inline" above): a short text through
+# a small model on a CPU, any short batch on a GPU; never a large call on a CPU.
+INLINE_MAX_SECONDS = 0.1
 
 
 @dataclass
@@ -70,13 +83,15 @@ class DynamicBatcher:
     request over it is a batch of its own. ``lanes``: batches run at once; ``threads``:
     compute threads each batch asks ``embedder.run`` for (``None``: the embedder's own).
     ``max_queued_texts`` / ``max_queued_tokens``: admission limits. ``on_batch`` receives a
-    :class:`BatchRecord` after every batch."""
+    :class:`BatchRecord` after every batch. ``inline_max_seconds``: the longest predicted
+    run of a lone batch on the event loop's thread (0: never; see the module's text)."""
 
     def __init__(self, embedder, *, max_batch_tokens: int, max_batch_requests: int | None = None,
                  max_queued_texts: int = 4096, max_queued_tokens: int | None = None,
                  lanes: int = 1, threads: int | None = None, settle_ms: float = 1.0,
                  max_settle_ms: float = 20.0,
-                 on_batch: Callable[[BatchRecord], None] | None = None):
+                 on_batch: Callable[[BatchRecord], None] | None = None,
+                 inline_max_seconds: float = INLINE_MAX_SECONDS):
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.embedder = embedder
@@ -89,6 +104,8 @@ class DynamicBatcher:
         self.on_batch = on_batch
         self.settle = settle_ms / 1000
         self.max_settle = max_settle_ms / 1000
+        self.inline_max_seconds = inline_max_seconds
+        self._seconds_per_token: float | None = None  # of whole-machine batches, smoothed
         self._queue: deque[_Job] = deque()
         self._queued_texts = 0
         self._queued_tokens = 0
@@ -220,6 +237,9 @@ class DynamicBatcher:
                 for _ in range(self.lanes - 1):
                     await self._free_lanes.acquire()
                 lanes = self.lanes
+            if lanes == self.lanes and self._inline(batch):
+                self._run_inline(batch, lanes)
+                continue
             task = asyncio.create_task(self._run(batch, lanes))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -235,52 +255,85 @@ class DynamicBatcher:
                and time.perf_counter() < deadline):
             await asyncio.sleep(self.settle)
 
-    def _call(self, request: EmbedRequest, lanes: int) -> tuple[EmbedResult, float, float]:
-        started = time.perf_counter()
-        if lanes == 1 and self.threads is not None:
-            result = self.embedder.run(request, threads=self.threads)
-        else:
-            result = self.embedder.run(request)
-        return result, started, time.perf_counter()
+    def _inline(self, batch: list[_Job]) -> bool:
+        """Whether ``batch``, which has every lane, runs on the event loop's thread: only
+        when nothing else is queued, running or announced, and earlier whole-machine
+        batches predict it ends within :attr:`inline_max_seconds`."""
+        return (self._seconds_per_token is not None and not self._queue and not self._running
+                and self._arrived >= self._expected
+                and self._seconds_per_token * sum(job.tokens for job in batch)
+                <= self.inline_max_seconds)
 
-    async def _run(self, batch: list[_Job], lanes: int = 1) -> None:
+    def _run_inline(self, batch: list[_Job], lanes: int) -> None:
         try:
-            texts = tuple(t for job in batch for t in job.request.texts)
-            merged = EmbedRequest(texts, batch[0].request.options)  # parts already validated
-            loop = asyncio.get_running_loop()
-            started = time.perf_counter()
-            try:
-                result, started, finished = await loop.run_in_executor(
-                    self._pool, self._call, merged, lanes)
-                failed, failure = set(), None
-            except (InputTooLongError, NonFiniteOutputError) as exc:
-                # Some texts failed; the others were embedded. Each request gets its own
-                # rows, or the error re-addressed to its own indexes: a bad text of one
-                # client never fails the clients merged into the same batch.
-                finished = time.perf_counter()
-                result, failed, failure = _spread(exc, len(texts)), _failed_of(exc), exc
-            if self.on_batch:
-                self.on_batch(BatchRecord(len(texts), result.usage.total_tokens, len(batch),
-                                          finished - started, self.max_batch_tokens))
-            start = 0
-            for job in batch:
-                stop = start + len(job.request)
-                mine = [i - start for i in sorted(failed) if start <= i < stop]
-                if job.stamps is not None:
-                    job.stamps.update(queue=max(0.0, started - job.enqueued),
-                                      inference=finished - started, finished=finished)
-                if not job.future.done():
-                    if mine:
-                        job.future.set_exception(_readdressed(failure, mine, result, start,
-                                                              stop))
-                    else:
-                        job.future.set_result(_slice(result, start, stop))
-                start = stop
+            self._deliver(batch, lanes, self._compute(batch, lanes))
         except BaseException as exc:  # every waiting request gets an answer
             fail_batch(batch, exc, "batch")
         finally:
             for _ in range(lanes):
                 self._free_lanes.release()
+
+    async def _run(self, batch: list[_Job], lanes: int = 1) -> None:
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._compute, batch, lanes)
+            self._deliver(batch, lanes, outcome)
+        except BaseException as exc:  # every waiting request gets an answer
+            fail_batch(batch, exc, "batch")
+        finally:
+            for _ in range(lanes):
+                self._free_lanes.release()
+
+    def _compute(self, batch: list[_Job], lanes: int) -> tuple:
+        """Run ``batch`` as one request (on a worker thread, or inline): ``(result, failed
+        row indexes, their error or None, started, finished)``."""
+        texts = tuple(t for job in batch for t in job.request.texts)
+        merged = EmbedRequest(texts, batch[0].request.options)  # parts already validated
+        started = time.perf_counter()
+        try:
+            if lanes == 1 and self.threads is not None:
+                result = self.embedder.run(merged, threads=self.threads)
+            else:
+                result = self.embedder.run(merged)
+            return result, set(), None, started, time.perf_counter()
+        except (InputTooLongError, NonFiniteOutputError) as exc:
+            # Some texts failed; the others were embedded. Each request gets its own rows,
+            # or the error re-addressed to its own indexes: a bad text of one client never
+            # fails the clients merged into the same batch.
+            return (_spread(exc, len(texts)), _failed_of(exc), exc, started,
+                    time.perf_counter())
+
+    def _deliver(self, batch: list[_Job], lanes: int, outcome: tuple) -> None:
+        """Hand each request of ``batch`` its rows (or its error) from ``outcome`` (see
+        :meth:`_compute`), on the event loop."""
+        result, failed, failure, started, finished = outcome
+        self._timed(batch, lanes, finished - started)
+        if self.on_batch:
+            self.on_batch(BatchRecord(sum(len(job.request) for job in batch),
+                                      result.usage.total_tokens, len(batch),
+                                      finished - started, self.max_batch_tokens))
+        start = 0
+        for job in batch:
+            stop = start + len(job.request)
+            mine = [i - start for i in sorted(failed) if start <= i < stop]
+            if job.stamps is not None:
+                job.stamps.update(queue=max(0.0, started - job.enqueued),
+                                  inference=finished - started, finished=finished)
+            if not job.future.done():
+                if mine:
+                    job.future.set_exception(_readdressed(failure, mine, result, start, stop))
+                else:
+                    job.future.set_result(_slice(result, start, stop))
+            start = stop
+
+    def _timed(self, batch: list[_Job], lanes: int, seconds: float) -> None:
+        """Learn the seconds per (admission) token of whole-machine batches, for
+        :meth:`_inline`: a moving average, so one slow batch moves it by a third."""
+        if lanes != self.lanes:
+            return
+        rate = seconds / max(1, sum(job.tokens for job in batch))
+        last = self._seconds_per_token
+        self._seconds_per_token = rate if last is None else last + (rate - last) / 3
 
     def _fail_all(self, exc: Exception) -> None:
         while self._queue:

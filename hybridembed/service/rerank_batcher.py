@@ -6,14 +6,10 @@ result or its own error. No HTTP here."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 
 from ..types import RerankResult
-from .batcher import BatchRecord, DynamicBatcher, fail_batch
-
-log = logging.getLogger(__name__)
+from .batcher import BatchRecord, DynamicBatcher
 
 
 class RerankBatcher(DynamicBatcher):
@@ -26,27 +22,22 @@ class RerankBatcher(DynamicBatcher):
         super().__init__(service, **options)
         self.service = service
 
-    async def _run(self, batch, lanes: int = 1) -> None:
-        try:
-            started = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._pool, self.service.run_many,
-                                                 [job.request for job in batch])
-            if self.on_batch:
-                pairs = sum(len(job.request) for job in batch)
-                tokens = sum(r.usage.total_tokens for r in results
-                             if isinstance(r, RerankResult))
-                self.on_batch(BatchRecord(pairs, tokens, len(batch),
-                                          time.perf_counter() - started))
-            for job, result in zip(batch, results, strict=True):
-                if job.future.done():
-                    continue
-                if isinstance(result, Exception):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
-        except BaseException as exc:  # every waiting request gets an answer
-            fail_batch(batch, exc, "rerank batch")
-        finally:
-            for _ in range(lanes):  # the lanes the worker took for this batch
-                self._free_lanes.release()
+    def _compute(self, batch, lanes: int) -> tuple:
+        started = time.perf_counter()
+        results = self.service.run_many([job.request for job in batch])
+        return results, started, time.perf_counter()
+
+    def _deliver(self, batch, lanes: int, outcome: tuple) -> None:
+        results, started, finished = outcome
+        self._timed(batch, lanes, finished - started)
+        if self.on_batch:
+            pairs = sum(len(job.request) for job in batch)
+            tokens = sum(r.usage.total_tokens for r in results if isinstance(r, RerankResult))
+            self.on_batch(BatchRecord(pairs, tokens, len(batch), finished - started))
+        for job, result in zip(batch, results, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(result, Exception):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)

@@ -1,5 +1,6 @@
 """The dynamic batcher with a recording embedder: merging, dropping callers who left,
-admission by texts, and failures that reach every waiting request."""
+admission by texts, failures that reach every waiting request, and lone short batches run
+on the event loop's thread."""
 
 import asyncio
 import threading
@@ -247,7 +248,8 @@ def test_a_call_alone_gets_the_whole_machine():
     that arrives while a lane is busy waits for it, then runs alone; under load, lanes."""
     async def main():
         emb = WorkingEmbedder(per_text=0, per_batch=0.05)
-        b = DynamicBatcher(emb, max_batch_tokens=100, lanes=2, threads=1)
+        b = DynamicBatcher(emb, max_batch_tokens=100, lanes=2, threads=1,
+                           inline_max_seconds=0)  # lone batches on the loop: tested below
         await b.start()
         small = await b.submit(req(["small"]), 5)
         busy = asyncio.create_task(b.submit(req(["busy"]), 5))
@@ -284,3 +286,91 @@ def test_a_free_lane_waits_for_requests_the_edge_announced():
         return emb.calls
 
     assert run(main()) == [["first", "second"]]
+
+
+class ThreadRecorder(WorkingEmbedder):
+    """A :class:`WorkingEmbedder` that also records the thread each call ran on; a text
+    "bad" fails as too long (the others of its batch embedded)."""
+
+    def __init__(self, **timing):
+        super().__init__(**timing)
+        self.threads: list[str] = []
+
+    def run(self, request, threads=None):
+        from hybridembed.errors import InputTooLongError
+
+        self.threads.append(threading.current_thread().name)
+        result = super().run(request, threads)
+        bad = [i for i, t in enumerate(request.texts) if t == "bad"]
+        if bad:
+            ok = [i for i in range(len(request.texts)) if i not in bad]
+            partial = EmbedResult("fake", result.dense[ok], None, None, Usage([1] * len(ok)))
+            raise InputTooLongError({i: 999 for i in bad}, 512, partial, ok)
+        return result
+
+
+def test_a_short_lone_batch_runs_on_the_event_loop_thread():
+    """Once a whole-machine batch has been timed, a lone batch predicted to end within
+    ``inline_max_seconds`` runs on the loop's thread; one predicted longer, and the first
+    (nothing to predict from), on a worker. Answers and errors are the same either way."""
+    async def main():
+        emb = ThreadRecorder(per_text=0, per_batch=0.01)
+        b = DynamicBatcher(emb, max_batch_tokens=1000, lanes=2, threads=1,
+                           inline_max_seconds=0.05)
+        await b.start()
+        first = await b.submit(req(["first"]), 2)  # nothing known yet: a worker
+        short = await b.submit(req(["short"]), 2)  # ~0.01 s predicted: inline
+        long = await b.submit(req(["long"]), 40)  # ~0.2 s predicted: a worker
+        mixed = await asyncio.gather(b.submit(req(["ok", "bad"]), 2), return_exceptions=True)
+        await b.stop()
+        return emb, first, short, long, mixed[0]
+
+    emb, first, short, long, mixed = run(main())
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop here
+    assert emb.threads[0] != loop_thread and emb.threads[1] == loop_thread
+    assert emb.threads[2] != loop_thread and emb.threads[3] == loop_thread
+    assert [(n, threads) for n, _, threads in emb.calls] == [(1, None)] * 3 + [(2, None)]
+    for result, text in ((first, "first"), (short, "short"), (long, "long")):
+        np.testing.assert_array_equal(result.dense, [WorkingEmbedder.row(text)])
+    assert mixed.too_long == {1: 999}  # the bad text's own index, inline too
+    np.testing.assert_array_equal(mixed.partial.dense, [WorkingEmbedder.row("ok")])
+
+
+def test_no_inline_run_while_a_request_is_still_arriving():
+    """A lone batch holds the loop only when nothing else needs it: not while a request
+    the edge announced is still being parsed (under load, batches run in lanes: see the
+    sustained-load test, where no call ever ran beside a whole-machine one)."""
+    async def main():
+        emb = ThreadRecorder(per_text=0, per_batch=0.01)
+        b = DynamicBatcher(emb, max_batch_tokens=1000, lanes=2, threads=1,
+                           inline_max_seconds=10, max_settle_ms=1)
+        await b.start()
+        await b.submit(req(["timed"]), 1)  # on a worker: nothing known yet
+        b.expect()  # a request the edge has received and not yet queued
+        await b.submit(req(["announced"]), 1)
+        b.arrived()
+        await b.submit(req(["alone"]), 1)
+        await b.stop()
+        return emb
+
+    emb = run(main())
+    loop_thread = threading.current_thread().name
+    assert [name == loop_thread for name in emb.threads] == [False, False, True]
+
+
+def test_a_failing_inline_batch_fails_its_requests_and_the_worker_carries_on():
+    async def main():
+        emb = RecordingEmbedder()
+        b = DynamicBatcher(emb, max_batch_tokens=1000, inline_max_seconds=10)
+        await b.start()
+        await b.submit(req(["timed"]), 1)
+        emb.fail = True
+        failed = await asyncio.gather(b.submit(req(["inline"]), 1), return_exceptions=True)
+        emb.fail = False
+        later = await b.submit(req(["later"]), 1)
+        await b.stop()
+        return failed[0], later
+
+    failed, later = run(main())
+    assert isinstance(failed, RuntimeError) and "on fire" in str(failed)
+    assert later.dense[0, 0] == len("later")
