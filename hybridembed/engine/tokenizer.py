@@ -5,7 +5,12 @@ Safe to share between threads: transformers switches truncation on or off on the
 Rust tokenizer at every call, and a call from another thread meanwhile fails ("Already
 borrowed") or runs with the wrong truncation; every call is therefore made under a lock
 (the Embedder tokenises its next chunk on a helper thread, the server counts tokens while
-a batch is embedded)."""
+a batch is embedded).
+
+Counting remembers: the ids :meth:`TextTokenizer.lengths` computed for a text are kept
+(up to :data:`COUNTED_TOKENS` tokens, oldest forgotten first) and taken by the next
+:meth:`TextTokenizer.encode` of the same text, so the server, which counts a request's
+tokens on admission and embeds the same texts moments later, tokenises each text once."""
 
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ from pathlib import Path
 import numpy as np
 
 SEGMENT_CHARS = 65_536  # characters tokenised at once in a long text
+# Tokens of counted texts kept for encode() (~1 MB per 32k tokens as Python lists): the
+# server's queue holds a few thousand short texts at most between admission and batch.
+COUNTED_TOKENS = 262_144
 
 
 def segments(text: str, size: int = SEGMENT_CHARS, cut: str = "drop"
@@ -85,6 +93,9 @@ class TextTokenizer:
         special = {self._tok.cls_token_id, self._tok.eos_token_id, self._tok.sep_token_id,
                    self._tok.pad_token_id, self._tok.unk_token_id, self._tok.bos_token_id}
         self.special_ids = np.array(sorted(i for i in special if i is not None), dtype=np.int64)
+        self._counted: dict[str, list[int]] = {}  # text -> ids, oldest first
+        self._counted_tokens = 0
+        self._counted_lock = threading.Lock()
         # The special tokens the model's template puts around a text (BERT: [CLS] / [SEP];
         # XLM-R: <s> / </s>), found by encoding one word with and without them; windows
         # of a long text are wrapped in the same.
@@ -117,10 +128,39 @@ class TextTokenizer:
             return self._call(list(texts), add_special_tokens=True, truncation=False,
                               verbose=False, return_attention_mask=False,
                               return_token_type_ids=False)["input_ids"]
-        with self._lock:
-            backend.no_truncation()
-            backend.no_padding()
-            return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=True)]
+        ids = self._take_counted(texts)
+        missing = [i for i, found in enumerate(ids) if found is None]
+        if missing:
+            with self._lock:
+                backend.no_truncation()
+                backend.no_padding()
+                encoded = backend.encode_batch([texts[i] for i in missing],
+                                               add_special_tokens=True)
+            for i, e in zip(missing, encoded, strict=True):
+                ids[i] = e.ids
+        return ids
+
+    def _take_counted(self, texts: Sequence[str]) -> list[list[int] | None]:
+        """The remembered ids of each of ``texts`` (``None`` where not counted), taken:
+        a text counted once is encoded from memory once."""
+        if not self._counted:
+            return [None] * len(texts)
+        with self._counted_lock:
+            ids = [self._counted.pop(t, None) for t in texts]
+            self._counted_tokens -= sum(len(i) for i in ids if i is not None)
+        return ids
+
+    def _remember(self, texts: Sequence[str], encodings) -> None:
+        with self._counted_lock:
+            for text, e in zip(texts, encodings, strict=True):
+                if len(e) > COUNTED_TOKENS // 4:
+                    continue  # a long document is not kept whole
+                old = self._counted.pop(text, None)
+                self._counted_tokens += len(e) - (len(old) if old is not None else 0)
+                self._counted[text] = e.ids
+            while self._counted_tokens > COUNTED_TOKENS:
+                oldest = next(iter(self._counted))
+                self._counted_tokens -= len(self._counted.pop(oldest))
 
     def encode_bare(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids without special tokens, never truncated."""
@@ -165,7 +205,8 @@ class TextTokenizer:
         """Token count of each text (special tokens included, never truncated), from a
         private copy of the Rust tokenizer whose settings never change: no lock, so the
         server counting a request's tokens on its event loop never waits for a batch
-        being tokenised on another thread."""
+        being tokenised on another thread. The ids are remembered for :meth:`encode`
+        (see the module's text)."""
         if not texts:
             return []
         if self._counter is None:
@@ -179,8 +220,11 @@ class TextTokenizer:
             counter.no_padding()
             self._counter = counter
         if len(texts) == 1:
-            return [len(self._counter.encode(texts[0], add_special_tokens=True))]
-        return [len(e) for e in self._counter.encode_batch(list(texts), add_special_tokens=True)]
+            encodings = [self._counter.encode(texts[0], add_special_tokens=True)]
+        else:
+            encodings = self._counter.encode_batch(list(texts), add_special_tokens=True)
+        self._remember(texts, encodings)
+        return [len(e) for e in encodings]
 
     def encode_truncated(self, texts: Sequence[str], side: str = "right") -> list[list[int]]:
         """Token ids cut to :attr:`max_length` (special tokens kept) on ``side``:

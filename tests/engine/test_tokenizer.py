@@ -74,3 +74,50 @@ def test_long_texts_tokenise_in_segments_to_the_same_tokens(request, model, monk
     assert len(module.segments(text, 37)) > 10
     np.testing.assert_array_equal(ids, whole[0])
     np.testing.assert_array_equal(offsets, whole[1])
+
+
+class _CountingBackend:
+    """The Rust tokenizer, with the texts each ``encode_batch`` call was given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.encoded: list[str] = []
+
+    def encode_batch(self, texts, **kwargs):
+        self.encoded += texts
+        return self.inner.encode_batch(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_counted_texts_are_encoded_once_and_memory_stays_bounded(monkeypatch):
+    """The server counts a request's tokens on admission (lengths) and its batch encodes
+    the same texts: encode takes the counted ids (equal to a fresh encode) instead of
+    tokenising again, each once; what is kept stays within COUNTED_TOKENS."""
+    from hybridembed.engine import tokenizer as module
+
+    spec = resolve("minilm")
+    tok = TextTokenizer(spec.path, spec.max_length)
+    fresh = TextTokenizer(spec.path, spec.max_length)
+    texts = ["Hybrid search, in one record!", "ünïcödé 東京", "a third text"]
+    backend = tok._tok._tokenizer = _CountingBackend(tok._tok._tokenizer)
+    assert tok.lengths(texts[:2]) == [len(ids) for ids in fresh.encode(texts[:2])]
+    assert tok.encode(texts) == fresh.encode(texts)
+    assert backend.encoded == ["a third text"]  # the counted two came from memory
+    assert tok.encode(texts[:1]) == fresh.encode(texts[:1])  # taken once: encoded now
+    assert backend.encoded == ["a third text", texts[0]]
+
+    monkeypatch.setattr(module, "COUNTED_TOKENS", 64)
+    many = [f"text number {i} with a few words" for i in range(40)]
+    tok.lengths(many[:20])
+    for text in many[20:]:
+        tok.lengths([text])
+    assert 0 < tok._counted_tokens <= 64
+    assert tok._counted_tokens == sum(map(len, tok._counted.values()))
+    assert many[-1] in tok._counted and many[0] not in tok._counted  # oldest forgotten
+    kept = set(tok._counted)
+    backend.encoded.clear()
+    assert tok.encode(many) == fresh.encode(many)
+    assert backend.encoded == [t for t in many if t not in kept]  # only the forgotten
+    assert tok._counted_tokens == 0 and not tok._counted
