@@ -25,12 +25,12 @@ taken at once: a lone client never waits for company.
 Inline: a batch that takes the whole machine while nothing else is queued, running or
 arriving, and whose run is predicted (from the seconds per token of earlier such batches)
 to end within ``inline_max_seconds``, runs on the event loop's own thread instead of a
-worker thread. Nothing else could use that time (every lane is its), and the thread that
-parsed the request carries on hot, as an in-process caller does: handing a lone batch to
-a worker thread and back cost a lone client 1.3 ms per request on the 2-core machine
-(docs/BENCHMARKS.md, issue 18), most of it Python run on a thread that had been idle. The
-loop is held at most about that long, so other connections wait at most that long to be
-read.
+worker thread. Nothing else could use that time (the batch holds every lane), and the
+thread that parsed the request carries on hot, as an in-process caller does: handing a
+lone batch to a worker thread and back cost a lone client 1.3 ms per request on the
+2-core machine (docs/BENCHMARKS.md, issue 18), most of it Python run on a thread that had
+been idle. The loop is held at most about that long, so other connections wait at most
+that long to be read.
 """
 
 from __future__ import annotations
