@@ -13,10 +13,12 @@ machine: its workers slept 89 times per lone forward pass (measured, docs/BENCHM
 thread, so a process keeps one team however many threads call in. Calls with one thread
 (the server's lanes, the engine's side-by-side batches) start no team and run where they
 are called. :func:`torch_call` does that for a torch computation with a thread count.
+An exiting process waits for the thread's current call (see :func:`_finish`).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import threading
@@ -33,7 +35,10 @@ _thread: threading.Thread | None = None
 
 def _serve(jobs: queue.SimpleQueue) -> None:
     while True:
-        fn, args, kwargs, future = jobs.get()
+        job = jobs.get()
+        if job is None:  # the process is exiting (see _finish)
+            return
+        fn, args, kwargs, future = job
         if future.set_running_or_notify_cancel():
             try:
                 future.set_result(fn(*args, **kwargs))
@@ -51,10 +56,28 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget)
 
 
+def _finish() -> None:
+    """At exit, let the thread finish the jobs already given to it, then end. A daemon
+    thread still inside torch's C++ code when the process runs its static destructors
+    aborts the process ("terminate called without an active exception", exit status 134:
+    a migration stopped with Ctrl-C while a forward pass ran); waiting for one forward
+    pass is the price of a clean exit."""
+    with _lock:
+        thread, jobs = _thread, _jobs
+    if thread is not None and thread.is_alive():
+        jobs.put(None)
+        thread.join(EXIT_WAIT_SECONDS)
+
+
+# How long an exiting process waits for the thread's jobs: a forward pass takes seconds.
+EXIT_WAIT_SECONDS = 300
+atexit.register(_finish)
+
+
 def _queue() -> queue.SimpleQueue:
     global _jobs, _thread
     with _lock:
-        if _thread is None:
+        if _thread is None or not _thread.is_alive():  # not started, or ended at exit
             # a daemon thread of our own, not a ThreadPoolExecutor: an executor refuses work
             # once the main thread has returned, while other threads may still embed
             _jobs = queue.SimpleQueue()

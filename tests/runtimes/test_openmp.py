@@ -131,3 +131,36 @@ def test_the_cross_encoder_runs_with_its_callers_thread_count(tiny_ce_dir, monke
     _from_new_thread(rerank_with(2))
     assert len({t for t, _ in seen}) == 1 and {n for _, n in seen} == {2}
     assert caller not in {t for t, _ in seen}
+
+
+def test_a_process_exiting_during_a_torch_call_exits_cleanly(tmp_path):
+    """A process that ends while the shared thread is inside torch (a migration stopped
+    with Ctrl-C mid forward pass) waits for that call instead of aborting ("terminate
+    called without an active exception", status 134); a call made after that, from an
+    exit handler, still runs."""
+    import subprocess
+    import sys
+
+    body = ("import atexit, threading, time\n"
+            "import torch\n"
+            "from hybridembed.runtimes.openmp import run_threaded, torch_call\n"
+            "{handler}"
+            "def work():\n"
+            "    a = torch.randn(600, 600)\n"
+            "    def many():\n"
+            "        for _ in range(300):\n"
+            "            a @ a\n"
+            "        print('done', flush=True)\n"
+            "    torch_call(2, many)\n"
+            "threading.Thread(target=work, daemon=True).start()\n"
+            "time.sleep(0.3)\n")
+    handler = "atexit.register(lambda: print('after', run_threaded(2, lambda: 42), flush=True))\n"
+    for name, extra, printed in (("exiting.py", "", ["done"]),
+                                 ("handler.py", handler, ["done", "after", "42"])):
+        script = tmp_path / name
+        script.write_text(body.format(handler=extra))
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "terminate called" not in out.stderr
+        assert out.stdout.split() == printed
