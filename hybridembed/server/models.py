@@ -275,9 +275,10 @@ class ModelRegistry:
 
         options = {**s.embedder_options(), "model": slot.config.source}
         if s.runtime == "onnx":
-            # batches one per core as torch's run, and no threads spinning between calls
-            # where the event loop needs the core (see OnnxRuntime)
-            options["runtime_options"] = {"spin": "in-call", "side_by_side": True}
+            # batches one per core as torch's run (one-thread sessions: nothing spins); the
+            # whole-machine session spins between calls as in process (a lone client's
+            # text ~2 ms sooner; the loads were no worse: docs/BENCHMARKS.md, session 6)
+            options["runtime_options"] = {"spin": "always", "side_by_side": True}
         return Embedder(**options)
 
     async def _attach(self, slot: ModelSlot, obj) -> None:
