@@ -204,6 +204,10 @@ def child_server(flags: list[str], env: dict[str, str] | None = None,
 QUIET_SECONDS = 0.5
 # Single-text requests per block of the alternating latency measurement.
 SINGLE_BLOCK = 10
+# Pause between those blocks: ONNX Runtime's threads spin ~60 ms after a call and
+# OpenMP's ~12 ms on the 2-core machine (CPU time burnt after the last call), which would
+# slow the other process's next block.
+SINGLE_PAUSE_SECONDS = 0.2
 
 
 # Prefix of the worker's answers on its stdout: any other line there (a library's print)
@@ -290,8 +294,8 @@ def _worker(model: str, n: int, runtime: str | None) -> None:
 async def _singles(url: str, texts: list[str], inproc: InProcess | None
                    ) -> tuple[list, list]:
     """One request at a time, in blocks of :data:`SINGLE_BLOCK`, each block followed by
-    the same texts in process (with ``inproc``): the latencies of both, alternated so a
-    change of machine speed touches both alike."""
+    the same texts in process (with ``inproc``), :data:`SINGLE_PAUSE_SECONDS` apart: the
+    latencies of both, alternated so a change of machine speed touches both alike."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     server, local = [], []
@@ -305,7 +309,9 @@ async def _singles(url: str, texts: list[str], inproc: InProcess | None
                 await _post(reader, writer, f"{host}:{port}", "/v1/embeddings", payload)
                 server.append(time.perf_counter() - began)
             if inproc is not None:
+                time.sleep(SINGLE_PAUSE_SECONDS)
                 local += inproc.singles(first, len(block))
+                time.sleep(SINGLE_PAUSE_SECONDS)
     finally:
         writer.close()
     return server, local

@@ -664,7 +664,7 @@ class OnnxRuntime:
     instance had to build the cache entry. ``spin``: whether ONNX Runtime's compute threads
     spin while they wait for work — ``"always"`` (its default: also after a call, fastest
     for a process doing nothing but embedding), ``"in-call"`` (between the operators of a
-    call, then they sleep) or ``"never"``.
+    call, then they sleep: the server's choice) or ``"never"``.
     ``side_by_side=True`` (the server, on a multi-core CPU): a second session with one
     compute thread, so :attr:`parallel_forwards` batches run at once, one per core, each
     on its caller's thread (``forward(threads=1)``) — no thread pool to spin or wake, as

@@ -276,9 +276,11 @@ class ModelRegistry:
         options = {**s.embedder_options(), "model": slot.config.source}
         if s.runtime == "onnx":
             # batches one per core as torch's run (one-thread sessions: nothing spins); the
-            # whole-machine session spins between calls as in process (a lone client's
-            # text ~2 ms sooner; the loads were no worse: docs/BENCHMARKS.md, session 6)
-            options["runtime_options"] = {"spin": "always", "side_by_side": True}
+            # whole-machine session's threads stop spinning when a call ends: spinning on
+            # (~60 ms after each call) took a core from the next batches and, measured
+            # with pauses between the compared blocks, gained a lone client nothing
+            # (docs/BENCHMARKS.md, session 6)
+            options["runtime_options"] = {"spin": "in-call", "side_by_side": True}
         return Embedder(**options)
 
     async def _attach(self, slot: ModelSlot, obj) -> None:

@@ -283,11 +283,12 @@ def _config(emb, key: str) -> str | None:
         return None
 
 
-def test_the_server_loads_onnx_with_lanes_spinning_as_in_process(tiny_m3_dir, tiny_onnx):
-    """ONNX Runtime's threads spin, also between calls, in process and in the server's
-    whole-machine session (a lone client's text sooner); the server's batches under load
-    run one per core on one-thread sessions (no pool to spin), each equal to what the
-    shared session gives."""
+def test_the_server_loads_onnx_with_lanes_and_no_spinning_between_calls(tiny_m3_dir,
+                                                                         tiny_onnx):
+    """In process, ONNX Runtime's threads spin, also between calls (fastest alone); the
+    server's stop spinning when a call ends, or they would take a core from the next
+    batches, and its batches run one per core on a one-thread session (no pool to spin),
+    each equal to what the shared session gives."""
     import os
 
     from hybridembed.config import Settings
@@ -297,15 +298,14 @@ def test_the_server_loads_onnx_with_lanes_spinning_as_in_process(tiny_m3_dir, ti
     settings = Settings(model=str(tiny_m3_dir), runtime="onnx", device="cpu")
     registry = ModelRegistry(settings, [ModelConfig("m", str(tiny_m3_dir))])
     served = registry._construct(registry.slots["m"])
-    assert _config(served, "session.force_spinning_stop") is None
-    assert _config(served, "session.intra_op.allow_spinning") is None
-    runtime = served._runtime
-    assert runtime.lane_session is not None and runtime.session is not runtime.lane_session
+    assert _config(served, "session.force_spinning_stop") == "1"
     assert _config(tiny_onnx, "session.force_spinning_stop") is None
     assert _config(tiny_onnx, "session.intra_op.allow_spinning") is None
     assert tiny_onnx.parallel_forwards == 1
     if (os.cpu_count() or 1) > 1:
         assert served.parallel_forwards == os.cpu_count()
+        runtime = served._runtime
+        assert runtime.lane_session is not None and runtime.session is not runtime.lane_session
     texts = corpus(12, seed=4)
     lane = served.run(served.request(texts, sparse=True, multivector=True), threads=1)
     whole = tiny_onnx.embed(texts, sparse=True, multivector=True)
