@@ -56,6 +56,10 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget)
 
 
+# How long an exiting process waits for the thread's jobs: a forward pass takes seconds.
+EXIT_WAIT_SECONDS = 300
+
+
 def _finish() -> None:
     """At exit, let the thread finish the jobs already given to it, then end. A daemon
     thread still inside torch's C++ code when the process runs its static destructors
@@ -69,8 +73,6 @@ def _finish() -> None:
         thread.join(EXIT_WAIT_SECONDS)
 
 
-# How long an exiting process waits for the thread's jobs: a forward pass takes seconds.
-EXIT_WAIT_SECONDS = 300
 atexit.register(_finish)
 
 
