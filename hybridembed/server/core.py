@@ -26,6 +26,9 @@ from .errors import ApiError
 from .metrics import CLOCK, Metrics, StageClock, lap
 
 log = logging.getLogger(__name__)
+# Requests of more strings are counted on a worker thread, so the event loop never holds
+# a large tokenisation.
+COUNT_ON_LOOP = 64
 # Texts per part of a large request in the queue, at least: a part is about four batches
 # of the longest texts (64 texts at MiniLM's CPU budget, 2,048 at the CUDA one), so two
 # parts in flight keep the device busy while memory stays bounded, and each part finishes
@@ -128,16 +131,21 @@ class ServerCore:
         counted on the tokenizer's private copy (:meth:`TextTokenizer.lengths`): no lock,
         so counting on the event loop never waits for a batch being tokenised."""
         emb = emb or self.ready()
+        tokens = self.count_now(request, emb)
+        if tokens is None:  # many texts: counted off the event loop
+            strings = [t for t in request.texts if isinstance(t, str)]
+            tokens = _admitted(request, emb, await asyncio.to_thread(emb.tokenizer.lengths,
+                                                                      strings))
+        return tokens
+
+    def count_now(self, request: EmbedRequest, emb=None) -> int | None:
+        """:meth:`count_tokens` on this thread, for requests of at most
+        :data:`COUNT_ON_LOOP` strings; ``None`` for larger ones."""
+        emb = emb or self.ready()
         strings = [t for t in request.texts if isinstance(t, str)]  # checked already
-        lengths = [len(t) for t in request.texts if not isinstance(t, str)]  # token ids
-        if len(strings) > 64:
-            lengths += await asyncio.to_thread(emb.tokenizer.lengths, strings)
-        else:
-            lengths += emb.tokenizer.lengths(strings)
-        if request.options.overflow == "chunk":  # every token goes through the model
-            return sum(lengths)
-        limit = emb.max_length
-        return sum(min(n, limit) for n in lengths)
+        if len(strings) > COUNT_ON_LOOP:
+            return None
+        return _admitted(request, emb, emb.tokenizer.lengths(strings))
 
     # -- the one embedding path -----------------------------------------------------------
     def announce(self, clock: StageClock) -> None:
@@ -176,7 +184,8 @@ class ServerCore:
         memory stays bounded and other clients' requests interleave. Only the first part
         can be refused as overload (429); later parts wait for room. The request timeout
         bounds waiting without progress: it restarts whenever a part completes. The stage
-        clock gets the first part's queue time and the parts' inference times summed."""
+        clock gets the first part's queue time and the parts' inference times summed. A
+        one-part request to an idle batcher runs at once, unqueued (:meth:`_now`)."""
         clock = CLOCK.get()
         try:
             if slot is None:
@@ -185,8 +194,13 @@ class ServerCore:
         except ApiError:
             self.arrived(clock)
             raise
-        watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
         size = self.part_texts(slot.embedder if slot else None)
+        tokens = None
+        if len(embed) <= size:
+            result, tokens = self._now(embed, slot, clock)
+            if result is not None:
+                return result
+        watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
         parts = [EmbedRequest(embed.texts[a:a + size], embed.options)
                  for a in range(0, len(embed), size)]
         stamps: list[dict[str, float]] = [{} for _ in parts]
@@ -195,7 +209,7 @@ class ServerCore:
         try:
             for k, part in enumerate(parts):
                 pending.append(asyncio.ensure_future(
-                    self._submit(part, k == 0, stamps[k], slot)))
+                    self._submit(part, k == 0, stamps[k], slot, tokens if k == 0 else None)))
                 if len(pending) >= 2 or k == len(parts) - 1:
                     while len(pending) > (0 if k == len(parts) - 1 else 1):
                         start = len(results) * size
@@ -211,6 +225,35 @@ class ServerCore:
             clock.last = stamps[-1]["finished"]
         return results[0] if len(results) == 1 else concat_results(results)
 
+    def _now(self, embed: EmbedRequest, slot, clock: StageClock | None
+             ) -> tuple[EmbedResult | None, int | None]:
+        """A one-part request run at once in the caller's step when its batcher is idle
+        (:meth:`DynamicBatcher.run_now`): ``(result, tokens)``; ``(None, tokens)`` when it
+        must be queued (``tokens``: its count if already taken, else ``None``). Overload
+        and the request's own errors are raised as the queue would raise them."""
+        batcher = slot.batcher if slot else self.batcher
+        announced = int(clock is not None and clock.announced is batcher)
+        if not batcher.idle(announced):
+            return None, None
+        tokens = self.count_now(embed, slot.embedder if slot else None)
+        if tokens is None:
+            return None, None
+        lap("tokenize")
+        stamps: dict[str, float] = {}
+        try:
+            result = batcher.run_now(embed, tokens, stamps, announced=announced)
+        except BaseException:
+            self.arrived(clock)
+            raise
+        if result is None:
+            return None, tokens
+        self.arrived(clock)
+        if clock is not None:
+            clock.seconds["queue"] = stamps["queue"]
+            clock.seconds["inference"] = stamps["inference"]
+            clock.last = stamps["finished"]
+        return result, tokens
+
     def part_texts(self, emb=None) -> int:
         """Texts per queue part of a large request to ``emb`` (default: the default
         embedding model); see :data:`PART_TEXTS`."""
@@ -218,13 +261,14 @@ class ServerCore:
         return max(PART_TEXTS, min(PART_TEXTS_MAX, 4 * emb.max_batch_tokens // emb.max_length))
 
     async def _submit(self, part: EmbedRequest, first: bool, stamps: dict[str, float],
-                      slot=None) -> EmbedResult:
+                      slot=None, tokens: int | None = None) -> EmbedResult:
         clock = CLOCK.get()  # the request's (a task starts with a copy of the context)
         batcher = slot.batcher if slot else self.batcher
         try:
-            tokens = await self.count_tokens(part, slot.embedder if slot else None)
-            if first:
-                lap("tokenize")
+            if tokens is None:  # not counted yet (counted ones were timed by _now)
+                tokens = await self.count_tokens(part, slot.embedder if slot else None)
+                if first:
+                    lap("tokenize")
             while True:
                 try:
                     job = batcher.enqueue(part, tokens, stamps)
@@ -250,7 +294,7 @@ class ServerCore:
         document as an input; an over-long query or pair with truncation off is refused
         (by the service's ``count_tokens``) before queueing."""
         self.check_inputs(rerank.documents, protocol, field="documents")
-        if len(rerank) > 64:
+        if len(rerank) > COUNT_ON_LOOP:
             tokens = await asyncio.to_thread(slot.reranker.count_tokens, rerank)
         else:
             tokens = slot.reranker.count_tokens(rerank)
@@ -281,6 +325,15 @@ class ServerCore:
         raise RequestTimeoutError(f"request waited more than {self.settings.request_timeout:g} s "
                                   "without progress and was dropped; retry later or raise "
                                   "the timeout")
+
+
+def _admitted(request: EmbedRequest, emb, lengths: list[int]) -> int:
+    """Tokens ``request`` occupies given its strings' ``lengths`` (token-id inputs count
+    their own length): each text at most the model's limit, unless it is chunked."""
+    lengths = [*lengths, *(len(t) for t in request.texts if not isinstance(t, str))]
+    if request.options.overflow == "chunk":  # every token goes through the model
+        return sum(lengths)
+    return sum(min(n, emb.max_length) for n in lengths)
 
 
 def concat_results(results: list[EmbedResult]) -> EmbedResult:

@@ -31,6 +31,12 @@ lone batch to a worker thread and back cost a lone client 1.3 ms per request on 
 2-core machine (docs/BENCHMARKS.md, issue 18), most of it Python run on a thread that had
 been idle. The loop is held at most about that long, so other connections wait at most
 that long to be read.
+
+Now: a caller on the event loop may go one step further with :meth:`run_now`: when the
+batcher is idle, its request runs as such an inline batch at once, in the caller's own
+step, without being queued, waking the worker task and waking the caller again: on a small
+machine each of those steps is cold Python, and a lone client waits for all of them
+(docs/BENCHMARKS.md, issue 18).
 """
 
 from __future__ import annotations
@@ -83,8 +89,9 @@ class DynamicBatcher:
     request over it is a batch of its own. ``lanes``: batches run at once; ``threads``:
     compute threads each batch asks ``embedder.run`` for (``None``: the embedder's own).
     ``max_queued_texts`` / ``max_queued_tokens``: admission limits. ``on_batch`` receives a
-    :class:`BatchRecord` after every batch. ``inline_max_seconds``: the longest predicted
-    run of a lone batch on the event loop's thread (0: never; see the module's text)."""
+    :class:`BatchRecord` after every batch, in the event loop's next step.
+    ``inline_max_seconds``: the longest predicted run of a lone batch on the event loop's
+    thread (0: never; see the module's text)."""
 
     def __init__(self, embedder, *, max_batch_tokens: int, max_batch_requests: int | None = None,
                  max_queued_texts: int = 4096, max_queued_tokens: int | None = None,
@@ -166,6 +173,42 @@ class DynamicBatcher:
         """:meth:`submit` without the wait: queue ``request`` now (or raise
         :class:`OverloadedError`) and return the future of its result; cancelling the
         future drops the texts before they are computed."""
+        self._admit(request, tokens)
+        job = _Job(request, tokens, asyncio.get_running_loop().create_future(), stamps)
+        self._queue.append(job)
+        self._queued_texts += len(request)
+        self._queued_tokens += tokens
+        self._wakeup.set()
+        return job.future
+
+    def idle(self, announced: int = 0) -> bool:
+        """Whether nothing is queued or running and no request the edge announced is
+        still arriving, but for ``announced`` of them (the caller's own, already counted
+        by :meth:`expect`)."""
+        # A finished batch task leaves the running set a loop step after its callers
+        # resumed (its done callback), with its lanes already released.
+        return (not self._queue and all(task.done() for task in self._running)
+                and self._arrived + announced >= self._expected)
+
+    def run_now(self, request: EmbedRequest, tokens: int, stamps: dict | None = None, *,
+                announced: int = 0) -> EmbedResult | None:
+        """Run ``request`` at once on the calling (event loop's) thread when the batcher is
+        :meth:`idle` (``announced``: 1 if the caller's request was announced and has not
+        arrived) and earlier whole-machine batches predict it ends within
+        :attr:`inline_max_seconds`: its result, or its error raised, exactly as
+        :meth:`submit` would give them (admission limits included; ``stamps`` filled the
+        same way). ``None``: not now; :meth:`submit` it instead. The caller still calls
+        :meth:`arrived` for an announced request."""
+        job = _Job(request, tokens, asyncio.get_running_loop().create_future(), stamps)
+        if not (self.idle(announced) and self._short([job])):
+            return None
+        self._admit(request, tokens)
+        self._run_inline([job], self.lanes)
+        return job.future.result()
+
+    def _admit(self, request: EmbedRequest, tokens: int) -> None:
+        """Raise what admission refuses: the batcher not running, or
+        :class:`OverloadedError` past the queue's limits."""
         if self._worker is None or self._worker.done():
             raise RuntimeError("the batcher is not running")
         n = len(request)
@@ -176,12 +219,6 @@ class DynamicBatcher:
                 f"limits {self.max_queued_texts} texts"
                 + (f" / {self.max_queued_tokens} tokens" if self.max_queued_tokens else "")
                 + "); retry shortly")
-        job = _Job(request, tokens, asyncio.get_running_loop().create_future(), stamps)
-        self._queue.append(job)
-        self._queued_texts += n
-        self._queued_tokens += tokens
-        self._wakeup.set()
-        return job.future
 
     # -- worker ---------------------------------------------------------------------------
     def _take(self, job: _Job) -> None:
@@ -238,7 +275,11 @@ class DynamicBatcher:
                     await self._free_lanes.acquire()
                 lanes = self.lanes
             if lanes == self.lanes and self._inline(batch):
-                self._run_inline(batch, lanes)
+                try:
+                    self._run_inline(batch, lanes)
+                finally:
+                    for _ in range(lanes):
+                        self._free_lanes.release()
                 continue
             task = asyncio.create_task(self._run(batch, lanes))
             self._running.add(task)
@@ -259,19 +300,22 @@ class DynamicBatcher:
         """Whether ``batch``, which has every lane, runs on the event loop's thread: only
         when nothing else is queued, running or announced, and earlier whole-machine
         batches predict it ends within :attr:`inline_max_seconds`."""
-        return (self._seconds_per_token is not None and not self._queue and not self._running
-                and self._arrived >= self._expected
+        return self.idle() and self._short(batch)
+
+    def _short(self, batch: list[_Job]) -> bool:
+        """Whether earlier whole-machine batches predict ``batch`` ends within
+        :attr:`inline_max_seconds` (never before one has been timed)."""
+        return (self._seconds_per_token is not None
                 and self._seconds_per_token * sum(job.tokens for job in batch)
                 <= self.inline_max_seconds)
 
     def _run_inline(self, batch: list[_Job], lanes: int) -> None:
+        """Compute and deliver ``batch`` on this thread (the caller holds or stands in for
+        ``lanes``)."""
         try:
             self._deliver(batch, lanes, self._compute(batch, lanes))
         except BaseException as exc:  # every waiting request gets an answer
             fail_batch(batch, exc, "batch")
-        finally:
-            for _ in range(lanes):
-                self._free_lanes.release()
 
     async def _run(self, batch: list[_Job], lanes: int = 1) -> None:
         try:
@@ -307,11 +351,8 @@ class DynamicBatcher:
         """Hand each request of ``batch`` its rows (or its error) from ``outcome`` (see
         :meth:`_compute`), on the event loop."""
         result, failed, failure, started, finished = outcome
-        self._timed(batch, lanes, finished - started)
-        if self.on_batch:
-            self.on_batch(BatchRecord(sum(len(job.request) for job in batch),
-                                      result.usage.total_tokens, len(batch),
-                                      finished - started, self.max_batch_tokens))
+        self._record(batch, lanes, finished - started, sum(len(job.request) for job in batch),
+                     result.usage.total_tokens, self.max_batch_tokens)
         start = 0
         for job in batch:
             stop = start + len(job.request)
@@ -325,6 +366,17 @@ class DynamicBatcher:
                 else:
                     job.future.set_result(_slice(result, start, stop))
             start = stop
+
+    def _record(self, batch: list[_Job], lanes: int, seconds: float, texts: int,
+                tokens: int, budget: int = 0) -> None:
+        """After a batch: learn its speed (:meth:`_timed`) and hand its
+        :class:`BatchRecord` to ``on_batch`` in the loop's next step, once the answers
+        of a batch run in its caller's step (:meth:`run_now`) are on their way: metrics
+        are not part of a lone request's wait."""
+        self._timed(batch, lanes, seconds)
+        if self.on_batch:
+            asyncio.get_running_loop().call_soon(
+                self.on_batch, BatchRecord(texts, tokens, len(batch), seconds, budget))
 
     def _timed(self, batch: list[_Job], lanes: int, seconds: float) -> None:
         """Learn the seconds per (admission) token of whole-machine batches, for

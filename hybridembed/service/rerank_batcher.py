@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from ..types import RerankResult
-from .batcher import BatchRecord, DynamicBatcher
+from .batcher import DynamicBatcher
 
 
 class RerankBatcher(DynamicBatcher):
@@ -29,11 +29,8 @@ class RerankBatcher(DynamicBatcher):
 
     def _deliver(self, batch, lanes: int, outcome: tuple) -> None:
         results, started, finished = outcome
-        self._timed(batch, lanes, finished - started)
-        if self.on_batch:
-            pairs = sum(len(job.request) for job in batch)
-            tokens = sum(r.usage.total_tokens for r in results if isinstance(r, RerankResult))
-            self.on_batch(BatchRecord(pairs, tokens, len(batch), finished - started))
+        self._record(batch, lanes, finished - started, sum(len(job.request) for job in batch),
+                     sum(r.usage.total_tokens for r in results if isinstance(r, RerankResult)))
         for job, result in zip(batch, results, strict=True):
             if job.future.done():
                 continue

@@ -116,3 +116,23 @@ def test_an_unexpected_error_is_answered_and_logged(both, monkeypatch, caplog):
     assert fast.status_code == 500 and got == want
     assert any("unexpected error on /v1/embeddings" in r.getMessage()
                and r.exc_info for r in caplog.records)
+
+
+def test_a_hot_route_never_enters_fastapis_middleware_stack(both, monkeypatch):
+    """The edge sits in front of FastAPI's stack: a POST to a hot route goes from the server
+    to the edge to the route, and only other requests enter FastAPI."""
+    from fastapi import FastAPI
+
+    entered = []
+    call = FastAPI.__call__
+
+    async def counting(self, scope, receive, send):
+        entered.append(scope["path"])
+        await call(self, scope, receive, send)
+
+    monkeypatch.setattr(FastAPI, "__call__", counting)
+    fast, _ = both
+    assert httpx.post(fast + "/v1/embeddings", json={"model": "m", "input": "x"},
+                      timeout=60).status_code == 200
+    assert httpx.get(fast + "/health", timeout=60).status_code == 200
+    assert entered == ["/health"]

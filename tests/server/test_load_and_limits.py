@@ -106,6 +106,46 @@ def test_sustained_mixed_load_gives_each_client_its_own_vectors(uncached, minilm
     assert batches < requests  # requests were merged
 
 
+def test_one_client_at_a_time_is_answered_unqueued_on_every_protocol(uncached, minilm,
+                                                                     monkeypatch):
+    """Requests one after another find the batcher idle and, once a batch has been timed,
+    run at once in their own step: each protocol's answer equals in-process, each request
+    is its own batch with every stage on /metrics, and a text over the limit gets the
+    protocol's own error, the server carrying on after it."""
+    protocols = ("openai-float", "openai-base64", "ollama", "tei", "native")
+    jobs = [[f"one client, question {k} part {j}" for j in range(1 + k % 3)] for k in range(10)]
+    expected = minilm.embed([t for texts in jobs for t in texts], dimensions=128).dense
+    from hybridembed.service.batcher import DynamicBatcher
+
+    queued = []
+    enqueue = DynamicBatcher.enqueue
+    monkeypatch.setattr(DynamicBatcher, "enqueue",
+                        lambda self, request, *a, **k: queued.append(request.texts)
+                        or enqueue(self, request, *a, **k))
+    with running_server(uncached) as url, httpx.Client(base_url=url, timeout=60) as http:
+        _ask(http, "native", ["the first batch is timed on a worker"])
+        assert len(queued) == 1  # nothing to predict its run from yet: queued
+        before = http.get("/metrics").text
+        answers = [_ask(http, protocols[k % 5], texts) for k, texts in enumerate(jobs)]
+        after = http.get("/metrics").text
+        too_long = [http.post("/embed", json={"inputs": LONG, "truncate": False}),
+                    http.post("/api/embed", json={"model": "minilm", "input": LONG,
+                                                  "truncate": False})]
+        again = _ask(http, "tei", jobs[0])
+    np.testing.assert_allclose([row for rows in answers for row in rows], expected, atol=1e-5)
+    np.testing.assert_allclose(again, expected[:1], atol=1e-5)
+    # none of the others was queued (an over-long text may be: predicted to run long)
+    assert [texts for texts in queued if texts != (LONG,)] == queued[:1]
+    for stage in ("parse", "validate", "tokenize", "queue", "inference", "serialize", "write"):
+        name = f'hybridembed_request_stage_seconds_count{{stage="{stage}"}}'
+        assert _metric(after, name) - _metric(before, name) == len(jobs), stage
+    name = "hybridembed_batch_requests_count"
+    assert _metric(after, name) - _metric(before, name) == len(jobs)
+    assert [r.status_code for r in too_long] == [413, 400]
+    assert too_long[0].json()["error_type"] and "token" in too_long[0].json()["error"]
+    assert "token" in too_long[1].json()["error"]
+
+
 def test_float_vectors_read_back_to_the_same_float32():
     from hybridembed.server.wire import VectorsResponse
 

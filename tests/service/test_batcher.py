@@ -374,3 +374,79 @@ def test_a_failing_inline_batch_fails_its_requests_and_the_worker_carries_on():
     failed, later = run(main())
     assert isinstance(failed, RuntimeError) and "on fire" in str(failed)
     assert later.dense[0, 0] == len("later")
+
+
+def test_run_now_runs_a_lone_request_in_the_callers_step_as_submit_would():
+    """An idle batcher runs ``run_now``'s request at once on the caller's thread, without
+    queueing it or waking the worker: the same rows, stamps and errors as ``submit``. Not
+    before a batch has been timed, not for one predicted too long (``None``: queue it)."""
+    async def main():
+        emb = ThreadRecorder(per_text=0, per_batch=0.01)
+        b = DynamicBatcher(emb, max_batch_tokens=1000, lanes=2, threads=1,
+                           inline_max_seconds=0.05)
+        await b.start()
+        untimed = b.run_now(req(["untimed"]), 2)  # nothing to predict from yet
+        await b.submit(req(["timed"]), 2)
+        stamps: dict = {}
+        woke = b._wakeup.is_set()
+        now = b.run_now(req(["now"]), 2, stamps)
+        queued_after = (b.queued_texts, b._wakeup.is_set() != woke)
+        long = b.run_now(req(["long"]), 40)  # ~0.2 s predicted
+        with pytest.raises(Exception) as bad:
+            b.run_now(req(["ok", "bad"]), 2)
+        await b.stop()
+        return emb, untimed, now, stamps, queued_after, long, bad.value
+
+    emb, untimed, now, stamps, queued_after, long, bad = run(main())
+    loop_thread = threading.current_thread().name
+    assert untimed is None and long is None
+    assert [n for n, _, _ in emb.calls] == [1, 1, 2]  # timed, now, ok + bad
+    assert emb.threads[0] != loop_thread and emb.threads[1] == emb.threads[2] == loop_thread
+    np.testing.assert_array_equal(now.dense, [WorkingEmbedder.row("now")])
+    assert set(stamps) == {"queue", "inference", "finished"} and stamps["inference"] > 0
+    assert queued_after == (0, False)  # never queued, the worker never woken
+    assert bad.too_long == {1: 999}  # as submit raises it
+    np.testing.assert_array_equal(bad.partial.dense, [WorkingEmbedder.row("ok")])
+
+
+def test_run_now_declines_while_anything_else_is_queued_running_or_arriving():
+    async def main():
+        emb = ThreadRecorder(per_text=0, per_batch=0.05)
+        b = DynamicBatcher(emb, max_batch_tokens=1000, lanes=2, threads=1,
+                           inline_max_seconds=10, max_settle_ms=1)
+        await b.start()
+        await b.submit(req(["timed"]), 1)
+        b.expect()  # the caller's own request, announced by the edge
+        mine = b.run_now(req(["mine"]), 1, announced=1)
+        b.arrived()
+        b.expect()  # another client's request, still being parsed
+        arriving = b.run_now(req(["x"]), 1)
+        b.arrived()
+        b.expect()  # the worker runs long batches off the loop: ~0.1 s
+        running = asyncio.ensure_future(b.submit(req(["long"]), 1000))
+        b.arrived()
+        await asyncio.sleep(0.02)
+        beside = b.run_now(req(["x"]), 1)
+        await running
+        await b.stop()
+        return mine, arriving, beside
+
+    mine, arriving, beside = run(main())
+    assert mine is not None and arriving is None and beside is None
+
+
+def test_run_now_keeps_the_admission_limits():
+    async def main():
+        b = DynamicBatcher(RecordingEmbedder(), max_batch_tokens=1000, max_queued_texts=2,
+                           inline_max_seconds=10)
+        with pytest.raises(RuntimeError, match="not running"):
+            b._admit(req(["x"]), 1)
+        await b.start()
+        await b.submit(req(["timed"]), 1)
+        with pytest.raises(OverloadedError):
+            b.run_now(req(["a", "b", "c"]), 3)
+        ok = b.run_now(req(["a", "b"]), 2)
+        await b.stop()
+        return ok
+
+    assert run(main()).dense.shape[0] == 2
