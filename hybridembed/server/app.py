@@ -82,7 +82,7 @@ class EdgeMiddleware:
         protocol = protocol_of(path)
         route = route_label(path, self.routes)
         started = time.perf_counter()
-        status = [500]
+        status: list[int | None] = [None]  # the answer's, once sent
         clock = StageClock()
         context = CLOCK.set(clock)
         if scope["method"] == "POST" and _may_embed(path):
@@ -126,11 +126,17 @@ class EdgeMiddleware:
             except _TooLarge:
                 await render(protocol, ApiError(413, f"request body over {limit} bytes",
                                                 "too_large"))(scope, receive, send_tracked)
+        except BaseException:
+            if status[0] is None:
+                status[0] = 500  # what the server answers an error that escaped
+            raise
         finally:
             self.core.arrived(clock)
             CLOCK.reset(context)
             m = self.core.metrics
-            m.requests.labels(route, str(status[0])).inc()
+            # Neither an answer nor an error: the client left before one could be sent
+            # (499, as nginx records it).
+            m.requests.labels(route, str(status[0] or 499)).inc()
             m.latency.labels(route).observe(time.perf_counter() - started)
             m.record_stages(clock)
 

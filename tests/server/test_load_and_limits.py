@@ -146,6 +146,54 @@ def test_one_client_at_a_time_is_answered_unqueued_on_every_protocol(uncached, m
     assert "token" in too_long[1].json()["error"]
 
 
+def _requests_metric(url: str, route: str, status: int) -> float:
+    return _metric(httpx.get(url + "/metrics").text,
+                   f'hybridembed_requests_total{{route="{route}",status="{status}"}}')
+
+
+def _post_and_leave(url: str, body: bytes, send: int | None = None) -> None:
+    """POST ``body`` to /v1/embeddings on a raw socket (only its first ``send`` bytes)
+    and close the connection without reading an answer."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                     + body[:send])
+
+
+def test_clients_that_leave_are_recorded_as_499_and_the_server_carries_on(uncached, minilm):
+    """A client that leaves mid-body, or while its request waits in the queue behind a
+    long one, is recorded as 499 (client closed request), never as a server error; the
+    clients after it are answered."""
+    import threading
+    import time
+
+    long = [f"a long request, text {i} " + "padding words " * 40 for i in range(48)]
+    body = json.dumps({"model": "minilm", "input": ["I will not wait for this"]}).encode()
+    with running_server(uncached) as url:
+        before = {s: _requests_metric(url, "/v1/embeddings", s) for s in (499, 500)}
+        _post_and_leave(url, body, send=10)  # mid-body
+        busy = threading.Thread(target=httpx.post, args=(url + "/v1/embeddings",),
+                                kwargs={"json": {"model": "minilm", "input": long},
+                                        "timeout": 120})
+        busy.start()
+        time.sleep(0.3)  # the long request is running: the next one queues behind it
+        _post_and_leave(url, body)
+        busy.join()
+        deadline = time.time() + 30
+        while (_requests_metric(url, "/v1/embeddings", 499) - before[499] < 2
+               and time.time() < deadline):
+            time.sleep(0.1)
+        after = {s: _requests_metric(url, "/v1/embeddings", s) for s in (499, 500)}
+        r = httpx.post(url + "/v1/embeddings", json={"model": "minilm", "input": "still here"})
+    assert after[499] - before[499] == 2 and after[500] == before[500]
+    assert r.status_code == 200
+    np.testing.assert_allclose(r.json()["data"][0]["embedding"],
+                               minilm.embed(["still here"]).dense[0], atol=1e-5)
+
+
 def test_float_vectors_read_back_to_the_same_float32():
     from hybridembed.server.wire import VectorsResponse
 
