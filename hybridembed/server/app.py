@@ -56,8 +56,10 @@ def _may_embed(path: str) -> bool:
                 or "tokenize" in path or path.endswith("/embed_chunks"))
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(BaseException):
+    """Raised from the edge's ``receive`` past ``--max-body-bytes``. A BaseException so
+    that FastAPI's body parsing and error middleware (which catch ``Exception``: a 400
+    "not valid JSON", a 500) let it through to the edge, which answers 413."""
 
 
 class EdgeMiddleware:

@@ -125,27 +125,26 @@ class ServerCore:
                            "too_large" if status == 413 else "invalid_request", field)
 
     async def count_tokens(self, request: EmbedRequest, emb=None) -> int:
-        """Tokens the request will occupy (each text at most the model's limit), for
-        admission and batch packing; whether a text may be cut is the Embedder's call.
+        """Tokens the request will occupy (each text with the model's prompt, at most the
+        model's limit), for admission and batch packing; whether a text may be cut is the
+        Embedder's call.
         ``emb``: the request's model (default: the default embedding model). Strings are
         counted on the tokenizer's private copy (:meth:`TextTokenizer.lengths`): no lock,
         so counting on the event loop never waits for a batch being tokenised."""
         emb = emb or self.ready()
         tokens = self.count_now(request, emb)
         if tokens is None:  # many texts: counted off the event loop
-            strings = [t for t in request.texts if isinstance(t, str)]
             tokens = _admitted(request, emb, await asyncio.to_thread(emb.tokenizer.lengths,
-                                                                      strings))
+                                                                      _strings(request, emb)))
         return tokens
 
     def count_now(self, request: EmbedRequest, emb=None) -> int | None:
         """:meth:`count_tokens` on this thread, for requests of at most
         :data:`COUNT_ON_LOOP` strings; ``None`` for larger ones."""
         emb = emb or self.ready()
-        strings = [t for t in request.texts if isinstance(t, str)]  # checked already
-        if len(strings) > COUNT_ON_LOOP:
+        if sum(isinstance(t, str) for t in request.texts) > COUNT_ON_LOOP:
             return None
-        return _admitted(request, emb, emb.tokenizer.lengths(strings))
+        return _admitted(request, emb, emb.tokenizer.lengths(_strings(request, emb)))
 
     # -- the one embedding path -----------------------------------------------------------
     def announce(self, clock: StageClock) -> None:
@@ -325,6 +324,12 @@ class ServerCore:
         raise RequestTimeoutError(f"request waited more than {self.settings.request_timeout:g} s "
                                   "without progress and was dropped; retry later or raise "
                                   "the timeout")
+
+
+def _strings(request: EmbedRequest, emb) -> list[str]:
+    """The strings of ``request`` as ``emb`` will tokenise them (prompt included), so the
+    count is what the model processes and the batch reuses the counted ids."""
+    return [t for t in emb.with_prompt(request.texts, request.options) if isinstance(t, str)]
 
 
 def _admitted(request: EmbedRequest, emb, lengths: list[int]) -> int:

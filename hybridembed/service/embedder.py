@@ -297,6 +297,15 @@ class Embedder:
         names = self._bm25.token_names(text or "")
         return vector.to_tokens(lambda i: names.get(i, f"#{i}"))
 
+    def with_prompt(self, texts: Sequence[str | tuple[int, ...]], options: EmbedOptions
+                    ) -> list[str | tuple[int, ...]]:
+        """``texts`` as the model reads them under ``options``: each string after the
+        model's prompt for the request's ``prompt_name`` or ``kind`` (none for most
+        models); token-id inputs as they are (they are embedded without prompt). What a
+        caller counting tokens for admission should count."""
+        prompt = prompt_of(self.spec, options)
+        return [prompt + t if isinstance(t, str) else t for t in texts] if prompt else list(texts)
+
     # -- internals ------------------------------------------------------------------------
     def _compute(self, texts: list[str], origin: list[int], options: EmbedOptions,
                  threads: int | None = None
@@ -305,7 +314,7 @@ class Embedder:
         refused (``{text: tokens}``) and those whose outputs were not finite."""
         o = options
         prompt = prompt_of(self.spec, o)
-        prompted = [prompt + t if isinstance(t, str) else t for t in texts] if prompt else texts
+        prompted = self.with_prompt(texts, o)
         static = self._static_sparse if o.kind == "query" else None  # inference-free SPLADE
         want = Outputs(dense=o.dense, sparse=o.sparse and self._bm25 is None and static is None,
                        multivector=o.multivector, query=o.kind == "query")

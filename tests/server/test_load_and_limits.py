@@ -310,6 +310,25 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize("path, shape", [("/v1/embeddings", "openai"),
+                                         ("/v1/collections/kb/documents", "native"),
+                                         ("/rerank", "tei")])
+def test_a_chunked_body_over_the_limit_is_413_on_every_route(client, path, shape):
+    """A body sent without a length (chunked) is cut off at --max-body-bytes with the same
+    413 whichever way the route is served: the edge's shorter path (embeddings) or
+    FastAPI's (collections, TEI's rerank)."""
+    def chunks():
+        yield b'{"input": "'
+        for _ in range(40):
+            yield b"x" * 8192
+        yield b'"}'
+
+    r = client.post(path, content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    message = r.json()["error"] if shape == "tei" else r.json()["error"]["message"]
+    assert "262144 bytes" in message
+
+
 @pytest.mark.parametrize("path, body, status, shape", BAD,
                          ids=[f"{p}-{i}" for i, (p, *_) in enumerate(BAD)])
 def test_bad_input_gets_a_clear_4xx_in_the_protocols_shape(client, path, body, status, shape):
