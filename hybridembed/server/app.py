@@ -4,6 +4,7 @@ renders in the client's protocol."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -85,6 +86,7 @@ class EdgeMiddleware:
         route = route_label(path, self.routes)
         started = time.perf_counter()
         status: list[int | None] = [None]  # the answer's, once sent
+        left = [False]  # a disconnect was read
         clock = StageClock()
         context = CLOCK.set(clock)
         if scope["method"] == "POST" and _may_embed(path):
@@ -116,6 +118,8 @@ class EdgeMiddleware:
                     seen[0] += len(message.get("body", b""))
                     if seen[0] > limit:
                         raise _TooLarge
+                elif message["type"] == "http.disconnect" and status[0] is None:
+                    left[0] = True  # (uvicorn also says so once an answer is complete)
                 return message
 
             try:
@@ -126,8 +130,11 @@ class EdgeMiddleware:
                 else:
                     await self.app(scope, receive_limited, send_tracked)
             except _TooLarge:
-                await render(protocol, ApiError(413, f"request body over {limit} bytes",
-                                                "too_large"))(scope, receive, send_tracked)
+                if status[0] is None:  # else the answer has begun: nothing more to send
+                    await render(protocol, ApiError(413, f"request body over {limit} bytes",
+                                                    "too_large"))(scope, receive, send_tracked)
+        except asyncio.CancelledError:  # the server is stopping: nothing answered
+            raise
         except BaseException:
             if status[0] is None:
                 status[0] = 500  # what the server answers an error that escaped
@@ -136,9 +143,10 @@ class EdgeMiddleware:
             self.core.arrived(clock)
             CLOCK.reset(context)
             m = self.core.metrics
-            # Neither an answer nor an error: the client left before one could be sent
-            # (499, as nginx records it).
-            m.requests.labels(route, str(status[0] or 499)).inc()
+            # The client left before an answer began (whatever was then answered went
+            # nowhere; FastAPI's path answers a body cut short with a 400), or neither an
+            # answer nor an error: 499, as nginx records a client that closed its request.
+            m.requests.labels(route, str(499 if left[0] else status[0] or 499)).inc()
             m.latency.labels(route).observe(time.perf_counter() - started)
             m.record_stages(clock)
 
@@ -165,7 +173,10 @@ class EdgedApp(FastAPI):
     request on a fast route goes from the server straight to the edge, past the
     layers FastAPI puts before user middleware (its telemetry check, error and body-limit
     middleware), which a lone request pays for in cold Python on a small machine. Every
-    other request passes through the edge into FastAPI as before."""
+    other request passes through the edge into FastAPI as before. So an error escaping
+    the edge itself gets the server's plain 500 rather than the protocol's (the fast path
+    renders its routes' errors with the app's handlers), and FastAPI's OpenTelemetry
+    instrumentation does not see the hot routes."""
 
     edge = None
 

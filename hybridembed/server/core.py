@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # Requests of more strings are counted on a worker thread, so the event loop never holds
 # a large tokenisation.
 COUNT_ON_LOOP = 64
+# Event loop iterations a lone request lets pass before it runs unqueued (see _now).
+IDLE_CHECK_STEPS = 2
 # Texts per part of a large request in the queue, at least: a part is about four batches
 # of the longest texts (64 texts at MiniLM's CPU budget, 2,048 at the CUDA one), so two
 # parts in flight keep the device busy while memory stays bounded, and each part finishes
@@ -184,7 +186,8 @@ class ServerCore:
         can be refused as overload (429); later parts wait for room. The request timeout
         bounds waiting without progress: it restarts whenever a part completes. The stage
         clock gets the first part's queue time and the parts' inference times summed. A
-        one-part request to an idle batcher runs at once, unqueued (:meth:`_now`)."""
+        one-part request of at most :data:`COUNT_ON_LOOP` strings to an idle batcher, its
+        run predicted short, runs at once, unqueued (:meth:`_now`)."""
         clock = CLOCK.get()
         try:
             if slot is None:
@@ -196,7 +199,7 @@ class ServerCore:
         size = self.part_texts(slot.embedder if slot else None)
         tokens = None
         if len(embed) <= size:
-            result, tokens = self._now(embed, slot, clock)
+            result, tokens = await self._now(embed, slot, clock)
             if result is not None:
                 return result
         watch = asyncio.ensure_future(_client_left(request)) if request is not None else None
@@ -224,14 +227,21 @@ class ServerCore:
             clock.last = stamps[-1]["finished"]
         return results[0] if len(results) == 1 else concat_results(results)
 
-    def _now(self, embed: EmbedRequest, slot, clock: StageClock | None
-             ) -> tuple[EmbedResult | None, int | None]:
-        """A one-part request run at once in the caller's step when its batcher is idle
+    async def _now(self, embed: EmbedRequest, slot, clock: StageClock | None
+                   ) -> tuple[EmbedResult | None, int | None]:
+        """A one-part request run at once in the caller's task when its batcher is idle
         (:meth:`DynamicBatcher.run_now`): ``(result, tokens)``; ``(None, tokens)`` when it
         must be queued (``tokens``: its count if already taken, else ``None``). Overload
         and the request's own errors are raised as the queue would raise them."""
         batcher = slot.batcher if slot else self.batcher
         announced = int(clock is not None and clock.announced is batcher)
+        # A few loop iterations first: one reads the sockets that have data (the other
+        # clients of a burst), the next runs their requests' tasks, which announce them;
+        # a batcher that sees them coming queues this request to be batched with theirs.
+        for _ in range(IDLE_CHECK_STEPS):
+            if not batcher.idle(announced):
+                return None, None
+            await asyncio.sleep(0)
         if not batcher.idle(announced):
             return None, None
         tokens = self.count_now(embed, slot.embedder if slot else None)
@@ -334,8 +344,10 @@ def _strings(request: EmbedRequest, emb) -> list[str]:
 
 def _admitted(request: EmbedRequest, emb, lengths: list[int]) -> int:
     """Tokens ``request`` occupies given its strings' ``lengths`` (token-id inputs count
-    their own length): each text at most the model's limit, unless it is chunked."""
-    lengths = [*lengths, *(len(t) for t in request.texts if not isinstance(t, str))]
+    their own length with the special tokens the model adds): each text at most the
+    model's limit, unless it is chunked."""
+    lengths = [*lengths, *(len(emb.tokenizer.with_special(t)) for t in request.texts
+                           if not isinstance(t, str))]
     if request.options.overflow == "chunk":  # every token goes through the model
         return sum(lengths)
     return sum(min(n, emb.max_length) for n in lengths)

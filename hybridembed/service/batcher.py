@@ -123,6 +123,7 @@ class DynamicBatcher:
         self._pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="embed")
         self._worker: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
+        self._holding = False  # the worker holds a batch while it waits for lanes
 
     @property
     def queued_texts(self) -> int:
@@ -182,12 +183,13 @@ class DynamicBatcher:
         return job.future
 
     def idle(self, announced: int = 0) -> bool:
-        """Whether nothing is queued or running and no request the edge announced is
-        still arriving, but for ``announced`` of them (the caller's own, already counted
+        """Whether nothing is queued, held or running and no request the edge announced
+        is still arriving, but for ``announced`` of them (the caller's own, already counted
         by :meth:`expect`)."""
         # A finished batch task leaves the running set a loop step after its callers
         # resumed (its done callback), with its lanes already released.
-        return (not self._queue and all(task.done() for task in self._running)
+        return (not self._queue and not self._holding
+                and all(task.done() for task in self._running)
                 and self._arrived + announced >= self._expected)
 
     def run_now(self, request: EmbedRequest, tokens: int, stamps: dict | None = None, *,
@@ -271,8 +273,12 @@ class DynamicBatcher:
                 # every lane: it gets the whole machine, with the embedder's own threads
                 # (a lone client's text as fast as in-process; a large call's batches
                 # spread over the cores by the embedder).
-                for _ in range(self.lanes - 1):
-                    await self._free_lanes.acquire()
+                self._holding = True  # taken off the queue, waiting for lanes
+                try:
+                    for _ in range(self.lanes - 1):
+                        await self._free_lanes.acquire()
+                finally:
+                    self._holding = False
                 lanes = self.lanes
             if lanes == self.lanes and self._inline(batch):
                 try:

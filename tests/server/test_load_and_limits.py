@@ -113,7 +113,9 @@ def test_one_client_at_a_time_is_answered_unqueued_on_every_protocol(uncached, m
     is its own batch with every stage on /metrics, and a text over the limit gets the
     protocol's own error, the server carrying on after it."""
     protocols = ("openai-float", "openai-base64", "ollama", "tei", "native")
-    jobs = [[f"one client, question {k} part {j}" for j in range(1 + k % 3)] for k in range(10)]
+    # one text each: every request's predicted run is about the first one's (a third of
+    # inline_max_seconds on the 2-core machine), however slow the machine
+    jobs = [[f"one client asks question number {k}"] for k in range(10)]
     expected = minilm.embed([t for texts in jobs for t in texts], dimensions=128).dense
     from hybridembed.service.batcher import DynamicBatcher
 
@@ -123,7 +125,7 @@ def test_one_client_at_a_time_is_answered_unqueued_on_every_protocol(uncached, m
                         lambda self, request, *a, **k: queued.append(request.texts)
                         or enqueue(self, request, *a, **k))
     with running_server(uncached) as url, httpx.Client(base_url=url, timeout=60) as http:
-        _ask(http, "native", ["the first batch is timed on a worker"])
+        _ask(http, "native", ["the first batch is timed on a worker"])  # as long
         assert len(queued) == 1  # nothing to predict its run from yet: queued
         before = http.get("/metrics").text
         answers = [_ask(http, protocols[k % 5], texts) for k, texts in enumerate(jobs)]
@@ -151,44 +153,66 @@ def _requests_metric(url: str, route: str, status: int) -> float:
                    f'hybridembed_requests_total{{route="{route}",status="{status}"}}')
 
 
-def _post_and_leave(url: str, body: bytes, send: int | None = None) -> None:
-    """POST ``body`` to /v1/embeddings on a raw socket (only its first ``send`` bytes)
-    and close the connection without reading an answer."""
+def _post_and_leave(url: str, body: bytes, send: int | None = None,
+                    path: str = "/v1/embeddings") -> None:
+    """POST ``body`` to ``path`` on a raw socket (only its first ``send`` bytes) and close
+    the connection without reading an answer."""
     import socket
 
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                     b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (path.encode(), len(body))
                      + body[:send])
 
 
-def test_clients_that_leave_are_recorded_as_499_and_the_server_carries_on(uncached, minilm):
-    """A client that leaves mid-body, or while its request waits in the queue behind a
-    long one, is recorded as 499 (client closed request), never as a server error; the
-    clients after it are answered."""
+def test_clients_that_leave_are_recorded_as_499_and_the_server_carries_on(uncached, minilm,
+                                                                        monkeypatch):
+    """A client that leaves mid-body (on the edge's shorter path or FastAPI's), or while
+    its request waits in the queue behind a running batch, is recorded as 499 (client
+    closed request), never as a server error or a bad request; the clients after it are
+    answered."""
     import threading
     import time
 
-    long = [f"a long request, text {i} " + "padding words " * 40 for i in range(48)]
+    entered, release = threading.Event(), threading.Event()
+    run = uncached.run
+
+    def held(request, **options):  # the long request's batch runs until released
+        if len(request.texts) > 1:
+            entered.set()
+            release.wait(60)
+        return run(request, **options)
+
+    monkeypatch.setattr(uncached, "run", held)
     body = json.dumps({"model": "minilm", "input": ["I will not wait for this"]}).encode()
+    docs = "/v1/collections/{name}/documents"  # the route's label on /metrics
     with running_server(uncached) as url:
-        before = {s: _requests_metric(url, "/v1/embeddings", s) for s in (499, 500)}
-        _post_and_leave(url, body, send=10)  # mid-body
+        def count(route, status):
+            return _requests_metric(url, route, status)
+
+        before = {(r, s): count(r, s) for r in ("/v1/embeddings", docs) for s in (400, 499, 500)}
+        _post_and_leave(url, body, send=10)  # mid-body, the shorter path
+        _post_and_leave(url, b'{"documents": [{"id": "1", "text": "x"}]}', send=10,
+                        path="/v1/collections/kb/documents")
         busy = threading.Thread(target=httpx.post, args=(url + "/v1/embeddings",),
-                                kwargs={"json": {"model": "minilm", "input": long},
+                                kwargs={"json": {"model": "minilm", "input": ["a", "b"]},
                                         "timeout": 120})
         busy.start()
-        time.sleep(0.3)  # the long request is running: the next one queues behind it
-        _post_and_leave(url, body)
-        busy.join()
+        assert entered.wait(60)
+        _post_and_leave(url, body)  # queued behind the held batch
         deadline = time.time() + 30
-        while (_requests_metric(url, "/v1/embeddings", 499) - before[499] < 2
-               and time.time() < deadline):
-            time.sleep(0.1)
-        after = {s: _requests_metric(url, "/v1/embeddings", s) for s in (499, 500)}
+        while count("/v1/embeddings", 499) - before["/v1/embeddings", 499] < 2 \
+                and time.time() < deadline:
+            time.sleep(0.05)
+        release.set()
+        busy.join()
+        after = {key: count(*key) for key in before}
         r = httpx.post(url + "/v1/embeddings", json={"model": "minilm", "input": "still here"})
-    assert after[499] - before[499] == 2 and after[500] == before[500]
+    delta = {key: after[key] - before[key] for key in before}
+    assert delta == {("/v1/embeddings", 400): 0, ("/v1/embeddings", 499): 2,
+                     ("/v1/embeddings", 500): 0, (docs, 400): 0, (docs, 499): 1,
+                     (docs, 500): 0}
     assert r.status_code == 200
     np.testing.assert_allclose(r.json()["data"][0]["embedding"],
                                minilm.embed(["still here"]).dense[0], atol=1e-5)

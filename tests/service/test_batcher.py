@@ -411,9 +411,8 @@ def test_run_now_runs_a_lone_request_in_the_callers_step_as_submit_would():
 
 def test_run_now_declines_while_anything_else_is_queued_running_or_arriving():
     async def main():
-        emb = ThreadRecorder(per_text=0, per_batch=0.05)
-        b = DynamicBatcher(emb, max_batch_tokens=1000, lanes=2, threads=1,
-                           inline_max_seconds=10, max_settle_ms=1)
+        emb = RecordingEmbedder()
+        b = DynamicBatcher(emb, max_batch_tokens=1000, inline_max_seconds=1, max_settle_ms=1)
         await b.start()
         await b.submit(req(["timed"]), 1)
         b.expect()  # the caller's own request, announced by the edge
@@ -422,17 +421,20 @@ def test_run_now_declines_while_anything_else_is_queued_running_or_arriving():
         b.expect()  # another client's request, still being parsed
         arriving = b.run_now(req(["x"]), 1)
         b.arrived()
-        b.expect()  # the worker runs long batches off the loop: ~0.1 s
-        running = asyncio.ensure_future(b.submit(req(["long"]), 1000))
-        b.arrived()
-        await asyncio.sleep(0.02)
+        emb.gate.clear()  # the next batch runs (predicted long: on a worker) until opened
+        running = b.enqueue(req(["held"]), 10**9)
+        while b.queued_texts:  # until a lane has taken it
+            await asyncio.sleep(0.01)
         beside = b.run_now(req(["x"]), 1)
+        emb.gate.set()
         await running
+        after = b.run_now(req(["after"]), 1)
         await b.stop()
-        return mine, arriving, beside
+        return mine, arriving, beside, after, emb.calls
 
-    mine, arriving, beside = run(main())
-    assert mine is not None and arriving is None and beside is None
+    mine, arriving, beside, after, calls = run(main())
+    assert mine is not None and arriving is None and beside is None and after is not None
+    assert calls == [["timed"], ["mine"], ["held"], ["after"]]
 
 
 def test_run_now_keeps_the_admission_limits():
