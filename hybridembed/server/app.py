@@ -133,11 +133,11 @@ class EdgeMiddleware:
                 if status[0] is None:  # else the answer has begun: nothing more to send
                     await render(protocol, ApiError(413, f"request body over {limit} bytes",
                                                     "too_large"))(scope, receive, send_tracked)
-        except asyncio.CancelledError:  # the server is stopping: nothing answered
-            raise
-        except BaseException:
-            if status[0] is None:
-                status[0] = 500  # what the server answers an error that escaped
+        except BaseException as exc:
+            # an escaped error is answered 500 by the server; a task cancelled as the
+            # server stops is answered nothing
+            if status[0] is None and not isinstance(exc, asyncio.CancelledError):
+                status[0] = 500
             raise
         finally:
             self.core.arrived(clock)

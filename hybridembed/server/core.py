@@ -221,10 +221,7 @@ class ServerCore:
                 watch.cancel()
             for job in pending:
                 job.cancel()
-        if clock is not None and all("finished" in s for s in stamps):
-            clock.seconds["queue"] = stamps[0]["queue"]
-            clock.seconds["inference"] = sum(s["inference"] for s in stamps)
-            clock.last = stamps[-1]["finished"]
+        _clock_parts(clock, stamps)
         return results[0] if len(results) == 1 else concat_results(results)
 
     async def _now(self, embed: EmbedRequest, slot, clock: StageClock | None
@@ -242,8 +239,6 @@ class ServerCore:
             if not batcher.idle(announced):
                 return None, None
             await asyncio.sleep(0)
-        if not batcher.idle(announced):
-            return None, None
         tokens = self.count_now(embed, slot.embedder if slot else None)
         if tokens is None:
             return None, None
@@ -257,10 +252,7 @@ class ServerCore:
         if result is None:
             return None, tokens
         self.arrived(clock)
-        if clock is not None:
-            clock.seconds["queue"] = stamps["queue"]
-            clock.seconds["inference"] = stamps["inference"]
-            clock.last = stamps["finished"]
+        _clock_parts(clock, [stamps])
         return result, tokens
 
     def part_texts(self, emb=None) -> int:
@@ -334,6 +326,16 @@ class ServerCore:
         raise RequestTimeoutError(f"request waited more than {self.settings.request_timeout:g} s "
                                   "without progress and was dropped; retry later or raise "
                                   "the timeout")
+
+
+def _clock_parts(clock: StageClock | None, stamps: list[dict[str, float]]) -> None:
+    """Put a request's parts' batch stamps (see :meth:`DynamicBatcher.submit`) on its
+    stage clock: the first part's queue time, the parts' inference summed, the stage
+    after inference starting when the last part finished."""
+    if clock is not None and all("finished" in s for s in stamps):
+        clock.seconds["queue"] = stamps[0]["queue"]
+        clock.seconds["inference"] = sum(s["inference"] for s in stamps)
+        clock.last = stamps[-1]["finished"]
 
 
 def _strings(request: EmbedRequest, emb) -> list[str]:

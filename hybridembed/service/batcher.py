@@ -32,8 +32,8 @@ lone batch to a worker thread and back cost a lone client 1.3 ms per request on 
 been idle. The loop is held at most about that long, so other connections wait at most
 that long to be read.
 
-Now: a caller on the event loop may go one step further with :meth:`run_now`: when the
-batcher is idle, its request runs as such an inline batch at once, in the caller's own
+Unqueued: a caller on the event loop may go one step further with :meth:`run_now`: when
+the batcher is idle, its request runs as such an inline batch at once, in the caller's own
 step, without being queued, waking the worker task and waking the caller again: on a small
 machine each of those steps is cold Python, and a lone client waits for all of them
 (docs/BENCHMARKS.md, issue 18).

@@ -135,28 +135,31 @@ def test_the_cross_encoder_runs_with_its_callers_thread_count(tiny_ce_dir, monke
 
 def test_a_process_exiting_during_a_torch_call_exits_cleanly(tmp_path):
     """A process that ends while the shared thread is inside torch (a migration stopped
-    with Ctrl-C mid forward pass) waits for that call instead of aborting ("terminate
-    called without an active exception", status 134); a call made after that, from an
-    exit handler, still runs."""
+    with Ctrl-C mid forward pass: the main thread, waiting for the call, gets
+    KeyboardInterrupt) waits for that call instead of aborting ("terminate called without
+    an active exception", status 134); a call made after that, from an exit handler,
+    still runs. The caller is the main thread, as in the CLI: a daemon thread of the
+    script's own still waiting would race Python's finalisation by itself."""
     import subprocess
     import sys
 
-    body = ("import atexit, threading, time\n"
+    body = ("import atexit, os, signal, threading\n"
             "import torch\n"
             "from hybridembed.runtimes.openmp import run_threaded, torch_call\n"
             "{handler}"
-            "def work():\n"
-            "    a = torch.randn(600, 600)\n"
-            "    def many():\n"
-            "        for _ in range(300):\n"
-            "            a @ a\n"
-            "        print('done', flush=True)\n"
+            "a = torch.randn(600, 600)\n"
+            "def many():\n"
+            "    for _ in range(300):\n"
+            "        a @ a\n"
+            "    print('done', flush=True)\n"
+            "threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
+            "try:\n"
             "    torch_call(2, many)\n"
-            "threading.Thread(target=work, daemon=True).start()\n"
-            "time.sleep(0.3)\n")
+            "except KeyboardInterrupt:\n"
+            "    print('interrupted', flush=True)\n")
     handler = "atexit.register(lambda: print('after', run_threaded(2, lambda: 42), flush=True))\n"
-    for name, extra, printed in (("exiting.py", "", ["done"]),
-                                 ("handler.py", handler, ["done", "after", "42"])):
+    for name, extra, printed in (("exiting.py", "", ["interrupted", "done"]),
+                                 ("handler.py", handler, ["interrupted", "done", "after", "42"])):
         script = tmp_path / name
         script.write_text(body.format(handler=extra))
         out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,

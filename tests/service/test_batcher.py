@@ -441,8 +441,8 @@ def test_run_now_keeps_the_admission_limits():
     async def main():
         b = DynamicBatcher(RecordingEmbedder(), max_batch_tokens=1000, max_queued_texts=2,
                            inline_max_seconds=10)
-        with pytest.raises(RuntimeError, match="not running"):
-            b._admit(req(["x"]), 1)
+        with pytest.raises(RuntimeError, match="not running"):  # both share admission
+            b.enqueue(req(["x"]), 1)
         await b.start()
         await b.submit(req(["timed"]), 1)
         with pytest.raises(OverloadedError):
