@@ -339,7 +339,7 @@ def cmd_serve(args) -> int:
     served = ", ".join([settings.model, *filter(None, settings.models.split(","))])
     print(f"hybridembed serving {served} on http://{settings.host}:{settings.port} "
           f"(docs at /docs)", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    uvicorn.run(create_app(settings, gc_freeze=True), host=settings.host, port=settings.port,
                 log_level=args.log_level, access_log=False)
     return 0
 

@@ -38,12 +38,19 @@ def _serve(jobs: queue.SimpleQueue) -> None:
         job = jobs.get()
         if job is None:  # the process is exiting (see _finish)
             return
-        fn, args, kwargs, future = job
-        if future.set_running_or_notify_cancel():
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                future.set_exception(exc)
+        _run(*job)
+        # Not kept while waiting for the next job: it holds the caller's function (a
+        # model's bound method) and arguments, and a server that unloads that model
+        # would keep its weights until some other model's next call.
+        job = None
+
+
+def _run(fn: Callable, args: tuple, kwargs: dict, future: Future) -> None:
+    if future.set_running_or_notify_cancel():
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            future.set_exception(exc)
 
 
 def _forget() -> None:

@@ -188,17 +188,20 @@ class EdgedApp(FastAPI):
 
 
 def create_app(settings: Settings | None = None, embedder=None,
-               models: dict | None = None) -> EdgedApp:
+               models: dict | None = None, *, gc_freeze: bool = False) -> EdgedApp:
     """Build the app. With ``embedder`` given, it is used as is (tests, embedding apps);
     otherwise the model named in ``settings`` loads in the background at start-up.
     ``models`` maps more names to models already loaded (an :class:`Embedder` or a
     :class:`~hybridembed.rerank.CrossEncoderReranker`), served beside those of
-    ``settings`` (see :mod:`hybridembed.server.models`)."""
+    ``settings`` (see :mod:`hybridembed.server.models`). ``gc_freeze``: the app owns its
+    process (``hybridembed serve``), so the objects alive after each model load are
+    frozen out of the garbage collector's full passes
+    (:func:`~hybridembed.server.models.freeze_heap`)."""
     settings = settings or Settings.from_env()
     if settings.token_ids not in POLICIES:
         raise InvalidOptionError(f"token_ids must be one of {', '.join(POLICIES)}, got "
                                  f"{settings.token_ids!r}", "token_ids")
-    core = ServerCore(settings)
+    core = ServerCore(settings, gc_freeze=gc_freeze)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

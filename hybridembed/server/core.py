@@ -51,6 +51,7 @@ class ServerCore:
     started: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     load_error: str | None = None
+    gc_freeze: bool = False  # see ModelRegistry
     _store: object | None = None
 
     async def start(self, embedder=None, models: dict | None = None) -> None:
@@ -66,7 +67,8 @@ class ServerCore:
                         if n not in {c.name for c in configs}]
             preloaded = {**(models or {}), **({configs[0].name: embedder} if embedder else {})}
             self.models = ModelRegistry(self.settings, configs, preloaded,
-                                        on_batch=self.metrics.record_batch)
+                                        on_batch=self.metrics.record_batch,
+                                        gc_freeze=self.gc_freeze)
             await self.models.start()
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"

@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,14 +179,30 @@ class ModelSlot:
                    for b in (self.batcher, self.rerank_batcher))
 
 
+def freeze_heap() -> None:
+    """Collect what loading left behind, then move every object alive into the garbage
+    collector's permanent generation (``gc.freeze``), which its full passes skip.
+
+    Why: a loaded model is some 400,000 Python objects (MiniLM with torch and
+    transformers), and a full pass visits each of them while holding the GIL: 0.4-0.5 s
+    with every thread of the server stopped, on the 2-core machine, whenever enough newer
+    objects (cached results, remembered token ids) have outlived the young generations
+    (docs/BENCHMARKS.md). Frozen objects are never collected, so call this only in a
+    process the server owns, and thaw before unloading (see :meth:`ModelRegistry.unload`).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class ModelRegistry:
     """The models of one server (see the module docs). ``settings`` gives the batcher
     limits, ``max_memory`` (bytes, 0: no budget) and ``keep_alive`` (seconds, default
     forever); ``preloaded`` maps configured names to objects already loaded (tests,
-    embedding apps)."""
+    embedding apps). ``gc_freeze``: after each load, :func:`freeze_heap` (a server that
+    owns its process)."""
 
     def __init__(self, settings, configs: list[ModelConfig], preloaded: dict | None = None,
-                 on_batch=None):
+                 on_batch=None, gc_freeze: bool = False):
         if not configs:
             raise ValueError("configure at least one model")
         self.settings = settings
@@ -199,6 +216,7 @@ class ModelRegistry:
             self.slots[configs[0].name].aliases |= _names_of(
                 ModelConfig(settings.served_model_name, settings.served_model_name))
         self.preloaded = dict(preloaded or {})
+        self.gc_freeze = gc_freeze
         self._reaper: asyncio.Task | None = None
 
     # -- life cycle -----------------------------------------------------------------------
@@ -261,6 +279,8 @@ class ModelRegistry:
             slot.bytes = loaded_bytes(obj if not hasattr(obj, "reranker") else obj.reranker)
             log.info("loaded %s (%s, %.1f MiB) in %.1f s", slot.name, slot.task,
                      slot.bytes / 2**20, slot.load_seconds)
+            if self.gc_freeze:
+                freeze_heap()
 
     def _construct(self, slot: ModelSlot):
         s = self.settings
@@ -313,19 +333,33 @@ class ModelRegistry:
                 await b.stop()
 
     async def unload(self, slot: ModelSlot, why: str) -> bool:
-        """Release a loaded model (not one given preloaded). Returns whether it was."""
+        """Release a loaded model (not one given preloaded): its memory is free when this
+        returns (a warning is logged if something still holds it). Returns whether it
+        was."""
         if not slot.loaded or slot.preloaded:
             return False
         async with slot.lock:
             await self._stop_batchers(slot)
             device = getattr(slot.model, "device", "cpu")
+            held = [weakref.ref(o) for o in (slot.embedder, slot.reranker) if o is not None]
             slot.embedder = slot.reranker = slot.batcher = slot.rerank_batcher = None
             slot.bytes = 0
+            # The stopped batchers' tasks hold the model until their done callbacks have
+            # run, a loop step later; collected before that, nothing was freed (and CUDA
+            # memory stayed taken until some later full collection).
+            await asyncio.sleep(0)
+            if self.gc_freeze:
+                gc.unfreeze()  # the model's own reference cycles were frozen with it
             gc.collect()
+            if self.gc_freeze:
+                gc.freeze()
             if str(device).startswith("cuda"):
                 import torch
 
                 torch.cuda.empty_cache()
+            if any(ref() is not None for ref in held):
+                log.warning("model %s is still referenced after unloading; its memory is "
+                            "not free", slot.name)
         log.info("unloaded %s (%s)", slot.name, why)
         return True
 

@@ -1,8 +1,11 @@
 """One OpenMP team per process: every multi-threaded torch call runs on one thread,
 whichever thread asks, so libgomp never has more workers than CPUs."""
 
+import functools
 import os
 import threading
+import time
+import weakref
 
 import pytest
 
@@ -47,6 +50,24 @@ def test_an_exception_reaches_the_caller():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_the_shared_thread_keeps_nothing_of_a_finished_call():
+    # A server that unloads a model frees its weights at once: waiting for its next job,
+    # the thread holds no reference to the last call's function (a model's bound
+    # method) or arguments.
+    class Model:
+        def forward(self, rows):
+            return len(rows)
+
+    model = Model()
+    gone = weakref.ref(model)
+    assert _from_new_thread(functools.partial(run_threaded, 2, model.forward, [1, 2])) == 2
+    del model
+    deadline = time.monotonic() + 10  # the thread drops the job just after answering
+    while gone() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gone() is None
+
+
 def test_a_forked_child_gets_its_own_thread():
     run_threaded(2, lambda: None)  # the parent's thread exists
     pid = os.fork()
