@@ -67,6 +67,11 @@ class RawRow:
 
 @dataclass
 class EncoderStats:
+    """Totals of the forward passes so far. ``tokens``: real tokens sent to the model;
+    ``padded_tokens``: the positions its layers computed, padding included (a batch a
+    runtime ran packed computes its real tokens only); ``forward_seconds``: wall time in
+    the runtime's ``forward``."""
+
     batches: int = 0
     texts: int = 0
     tokens: int = 0
@@ -191,7 +196,7 @@ class Encoder:
             self.stats.batches += 1
             self.stats.texts += len(batch)
             self.stats.tokens += int(mask.sum())
-            self.stats.padded_tokens += mask.size
+            self.stats.padded_tokens += mask.size if out.positions is None else out.positions
         finish(batch, input_ids, out)
 
 

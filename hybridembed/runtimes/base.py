@@ -26,6 +26,9 @@ class RuntimeOutput:
     token_states: ``(batch, length, hidden)`` float32 last hidden states of every position,
     not normalised (any value where padded) — what pooling averages; asked for by late
     chunking, which pools spans of them (only from runtimes with ``token_states = True``).
+    positions: how many positions the encoder's layers computed, when the runtime ran the
+    batch without its padding (its real tokens, :mod:`.sequence_packing`); ``None``: all
+    ``batch * length`` of them.
     """
 
     dense: np.ndarray | None = None
@@ -34,6 +37,7 @@ class RuntimeOutput:
     token_mask: np.ndarray | None = None
     vocab_weights: np.ndarray | None = None
     token_states: np.ndarray | None = None
+    positions: int | None = None
 
 
 def keep_heaviest(weights: np.ndarray, k: int) -> np.ndarray:

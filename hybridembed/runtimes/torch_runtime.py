@@ -236,6 +236,7 @@ class TorchRuntime:
                     vocab_weights=weights if self.splade else None,
                     token_vectors=None if vectors is None else self._vectors_to_host(vectors),
                     token_mask=None if plan is None or vectors is None else plan.keep,
+                    positions=None if packed is None else len(packed.source),
                 )
         except Exception as exc:
             if _is_oom(exc):

@@ -230,3 +230,23 @@ def test_tokenisation_chunks_start_small_and_double():
     assert _chunk_bounds(5, 1024, 4096) == [(0, 5)]
     assert _chunk_bounds(0, 1024, 4096) == []
     assert _chunk_bounds(7, 4, 2) == [(0, 2), (2, 4), (4, 6), (6, 7)]  # never above most
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_padded_tokens_count_the_positions_the_model_computed(packing):
+    # torch runs a mixed-length batch of a BERT-layout encoder packed: its layers compute
+    # the real tokens only, and the padding efficiency reported reads 1.0; run padded,
+    # every position of the batch is computed.
+    emb = Embedder("minilm", device="cpu", cache_size=0,
+                   runtime_options={"sequence_packing": packing})
+    before = dict(emb.stats()["encoder"])
+    # 20 and 17 tokens: 7.5% of a padded batch would be padding, which packing removes
+    # and a padded CPU batch still takes (it is cut at 10%)
+    result = emb.embed(["search " * 18, "search " * 15])
+    assert result.usage.tokens == [20, 17]
+    after = emb.stats()["encoder"]
+    assert after["batches"] - before["batches"] == 1
+    tokens = after["tokens"] - before["tokens"]
+    assert tokens == result.usage.total_tokens
+    computed = tokens if packing else 2 * max(result.usage.tokens)
+    assert after["padded_tokens"] - before["padded_tokens"] == computed
