@@ -24,4 +24,16 @@ def load_runtime(name: str, spec, **options) -> Runtime:
     raise InvalidOptionError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}", "runtime")
 
 
-__all__ = ["RUNTIMES", "Runtime", "RuntimeOutOfMemory", "RuntimeOutput", "load_runtime"]
+def serving_options(name: str) -> dict:
+    """The options the server gives runtime ``name`` (``SERVING_OPTIONS`` of its module:
+    what differs from an in-process caller's defaults, and why, is said there); ``{}``
+    for a runtime that needs none."""
+    if name == "onnx":
+        from .onnx_runtime import SERVING_OPTIONS
+
+        return dict(SERVING_OPTIONS)
+    return {}
+
+
+__all__ = ["RUNTIMES", "Runtime", "RuntimeOutOfMemory", "RuntimeOutput", "load_runtime",
+           "serving_options"]

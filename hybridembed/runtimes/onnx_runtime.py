@@ -49,6 +49,12 @@ CACHE_ENV = "HYBRIDEMBED_ONNX_CACHE"
 OPSET = 17
 # Bumped whenever the exported graph or the cache layout changes; part of the hash.
 FORMAT_VERSION = 1
+# What a server loads (runtimes.serving_options): batches one per core, as torch's run, on
+# one-thread sessions (nothing spins); the whole-machine session's threads stop spinning
+# when a call ends: spinning on (~60 ms after each call) took a core from the next batches
+# and, measured with pauses between the compared blocks, gained a lone client nothing
+# (docs/BENCHMARKS.md, session 6).
+SERVING_OPTIONS = {"spin": "in-call", "side_by_side": True}
 QUANTIZE: tuple[str, ...] = ("int8",)
 DTYPES: tuple[str, ...] = ("auto", "fp32", "int8")
 # The export must reproduce torch: below this worst-case cosine it is a broken export.

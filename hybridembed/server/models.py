@@ -291,17 +291,11 @@ class ModelRegistry:
                 slot.config.source, device=s.device,
                 dtype=None if s.dtype == "auto" else s.dtype, fallback=slot.config.fallback,
                 max_batch_tokens=s.max_batch_tokens or None)
+        from ..runtimes import serving_options
         from ..service import Embedder
 
-        options = {**s.embedder_options(), "model": slot.config.source}
-        if s.runtime == "onnx":
-            # batches one per core as torch's run (one-thread sessions: nothing spins); the
-            # whole-machine session's threads stop spinning when a call ends: spinning on
-            # (~60 ms after each call) took a core from the next batches and, measured
-            # with pauses between the compared blocks, gained a lone client nothing
-            # (docs/BENCHMARKS.md, session 6)
-            options["runtime_options"] = {"spin": "in-call", "side_by_side": True}
-        return Embedder(**options)
+        return Embedder(**{**s.embedder_options(), "model": slot.config.source,
+                           "runtime_options": serving_options(s.runtime)})
 
     async def _attach(self, slot: ModelSlot, obj) -> None:
         from ..service.batcher import DynamicBatcher
