@@ -344,9 +344,9 @@ class ModelRegistry:
             await asyncio.sleep(0)
             if self.gc_freeze:
                 gc.unfreeze()  # the model's own reference cycles were frozen with it
-            gc.collect()
-            if self.gc_freeze:
-                gc.freeze()
+                freeze_heap()  # collected, the rest frozen again
+            else:
+                gc.collect()
             if str(device).startswith("cuda"):
                 import torch
 
