@@ -1,5 +1,5 @@
-"""Sequence packing for the torch runtime: a mixed-length batch runs its linear layers on
-the real tokens only, packed end to end, instead of one row per text padded to the longest.
+"""Sequence packing for the torch runtime: a batch runs its linear layers on the real
+tokens only, packed end to end, instead of one row per text padded to the longest.
 
 Why: the server merges what concurrent clients send, so its batches mix lengths (twenty
 texts of 25-54 tokens are ~30% padding when padded to the longest), and in the linear
@@ -8,21 +8,23 @@ layers, most of an encoder's work, a padded position costs as much as a real one
 How (the "unpadding" of FlashAttention's varlen kernels and ModernBERT, here on a CPU):
 the real tokens of the batch form one ``(tokens, hidden)`` stream; embeddings, the Q/K/V
 and output projections, the feed-forward pair and the layer norms act on it token by
-token. Only attention needs each text's own tokens together: Q, K and V are scattered to
-the padded ``(texts, heads, longest, head_dim)`` layout for one SDPA call with a key
-padding mask, and the context gathered back. Each text attends only to itself, exactly as
-padded, so the outputs equal the padded ones, and a text whose states are not finite
-cannot touch the others. The hidden states are scattered back to the padded layout at the
-end, so every head reads them unchanged. Attention still spends ``longest^2`` per text,
-a small share of the work for texts of similar lengths; the engine keeps a batch's padded
-size within a few times its token budget (``RAGGED_MAX_PADDED``), so a long text beside
-many short ones does not make it large.
+token. Only attention needs each text's own tokens together: the engine's batches are
+length-sorted, so texts of equal length lie side by side in the stream, and each *run* of
+them is one ``(texts, heads, length, head_dim)`` view of Q, K and V for one SDPA call
+with no mask. Each text attends only to itself over exactly its own tokens, so outputs
+equal the padded ones, a text whose states are not finite cannot touch the others, and
+attention costs ``sum(length^2)``, not ``texts x longest^2``. With no mask PyTorch takes
+its fused CPU attention kernel and nothing is scattered to a padded layout until the
+hidden states at the end (so every head reads them unchanged). That is faster than the
+Hugging Face module even on a batch with no padding at all, or one text (its mask
+handling and per-module dispatch cost more than the runs' extra calls), so every batch
+of a packing encoder runs here (docs/BENCHMARKS.md, session 9).
 
-An earlier version packed several texts into rows of 2-4x the longest text with a
-block-diagonal mask (Krell et al., arXiv:2107.02027); each position then attended over
-the whole row, which cost more than the FLOP count said on a CPU (12 heads of 32 dims):
-random 20-text batches ran 13% slower than length-sorted ones, unpadded they run as fast
-(docs/BENCHMARKS.md).
+Earlier versions, measured against this one (docs/BENCHMARKS.md): rows of 2-4x the
+longest text under a block-diagonal mask (Krell et al., arXiv:2107.02027) cost more than
+the FLOP count said on a CPU (12 heads of 32 dims); scattering Q/K/V to the padded layout
+for one masked SDPA call per layer paid for the scatters, the mask and ``longest^2`` per
+text, and did not pay off on batches with under 5% padding.
 
 Encoders: the BERT layer layout (``bert``; ``roberta`` / ``xlm-roberta``, whose positions
 count from the padding id as HF's ``create_position_ids_from_input_ids`` counts them) with
@@ -38,10 +40,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Unpadding must remove at least this share of a batch's positions: the scatters and
-# gathers around attention cost a little, and length-sorted batches have next to no
-# padding.
-MIN_SAVING = 0.05
 # Model types whose layers have the BERT layout; value: whether positions count from the
 # padding id (RoBERTa) rather than from 0 (BERT).
 _POSITIONS_FROM_PADDING = {"bert": False, "roberta": True, "xlm-roberta": True}
@@ -50,22 +48,32 @@ _POSITIONS_FROM_PADDING = {"bert": False, "roberta": True, "xlm-roberta": True}
 @dataclass(frozen=True)
 class PackPlan:
     """The real tokens of a right-padded ``(n, longest)`` batch: ``source``, int64 flat
-    indexes of the real tokens in the padded layout, in order (text by text)."""
+    indexes of the real tokens in the padded layout, in order (text by text); ``runs``,
+    ``(start, stop, texts, length)`` for each run of consecutive texts of one length, in
+    token positions of the packed stream (``stop - start == texts * length``)."""
 
     n: int
     longest: int
     source: np.ndarray
+    runs: tuple[tuple[int, int, int, int], ...]
 
 
 def plan(mask: np.ndarray) -> PackPlan | None:
     """The plan for a right-padded batch's ``(n, longest)`` attention mask, or ``None``
-    when its padding is under :data:`MIN_SAVING` of its positions (or a text is empty)."""
+    for an empty batch or one with an empty text (it would attend to nothing)."""
     mask = np.asarray(mask)
-    n, longest = mask.shape if mask.ndim == 2 else (0, 0)
-    lengths = mask.sum(axis=1) if n else np.zeros(0)
-    if n < 2 or not lengths.all() or lengths.sum() > (1 - MIN_SAVING) * n * longest:
+    if mask.ndim != 2 or mask.shape[0] == 0:
         return None
-    return PackPlan(n, longest, np.flatnonzero(mask.reshape(-1)))
+    n, longest = mask.shape
+    lengths = mask.sum(axis=1)
+    if not lengths.all():
+        return None
+    starts = np.flatnonzero(np.diff(lengths, prepend=-1))  # first text of each run
+    texts = np.diff(starts, append=n)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))[starts]
+    runs = tuple((int(a), int(a + t * length), int(t), int(length))
+                 for a, t, length in zip(offsets, texts, lengths[starts], strict=True))
+    return PackPlan(n, longest, np.flatnonzero(mask.reshape(-1)), runs)
 
 
 def _bert_layout(encoder: torch.nn.Module) -> bool:
@@ -130,20 +138,19 @@ class Packer:
         positions = self._positions(ids).reshape(-1)[source].unsqueeze(0)
         x = self.encoder.embeddings(input_ids=tokens, position_ids=positions,
                                     token_type_ids=torch.zeros_like(tokens))[0]
-        keys = torch.zeros(n * longest, dtype=torch.bool, device=ids.device)
-        keys[source] = True
-        keys = keys.view(n, 1, 1, longest)  # each text attends to its own real tokens
+        per_head = hidden // heads
         for layer in self.layers:
             attention = layer.attention
-            qkv = x.new_zeros(3, n * longest, hidden)
-            qkv[0, source] = attention.self.query(x)
-            qkv[1, source] = attention.self.key(x)
-            qkv[2, source] = attention.self.value(x)
-            q, k, v = qkv.view(3, n, longest, heads, hidden // heads).transpose(2, 3)
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
-            context = context.transpose(1, 2).reshape(n * longest, hidden)[source]
+            q, k, v = attention.self.query(x), attention.self.key(x), attention.self.value(x)
+            context = [F.scaled_dot_product_attention(
+                *(t[a:b].view(texts, length, heads, per_head).transpose(1, 2)
+                  for t in (q, k, v))).transpose(1, 2).reshape(b - a, hidden)
+                for a, b, texts, length in plan.runs]
+            context = context[0] if len(context) == 1 else torch.cat(context)
             x = attention.output.LayerNorm(attention.output.dense(context) + x)
             x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
+        if len(plan.source) == n * longest:  # no padding: the stream is the layout
+            return x.view(n, longest, hidden)
         out = x.new_zeros(n * longest, hidden)
         out[source] = x
         return out.view(n, longest, hidden)

@@ -22,16 +22,23 @@ def test_plan_keeps_every_real_token_once_in_text_order():
                                  for k in range(n)]
 
 
-def test_plan_leaves_batches_with_little_padding_padded():
-    def mask(*lengths):
-        return (np.arange(max(lengths)) < np.array(lengths)[:, None]).astype(np.int64)
+def _mask(*lengths):
+    return (np.arange(max(lengths)) < np.array(lengths)[:, None]).astype(np.int64)
 
-    assert plan(mask(40, 39, 40, 38)) is None  # 2% padding
-    assert plan(mask(12)) is None  # one text
-    assert plan(mask(50, 0, 10)) is None  # an empty text would attend to nothing
-    p = plan(mask(50, *[10] * 9))  # 68% padding
-    assert p is not None and len(p.source) == 140
-    assert plan(mask(40, 40, 40, 35)) is None and plan(mask(40, 40, 40, 30)) is not None
+
+def test_plan_cuts_the_stream_into_runs_of_equal_length():
+    p = plan(_mask(7, 7, 5, 5, 5, 3, 7))
+    # (start, stop, texts, length) in the packed stream; a length coming back later is a
+    # run of its own (the engine's batches are length-sorted, so that is rare)
+    assert p.runs == ((0, 14, 2, 7), (14, 29, 3, 5), (29, 32, 1, 3), (32, 39, 1, 7))
+    assert len(p.source) == 39
+    assert plan(_mask(40, 40, 40)).runs == ((0, 120, 3, 40),)  # no padding: still planned
+    assert plan(_mask(12)).runs == ((0, 12, 1, 12),)  # one text
+
+
+def test_plan_refuses_what_cannot_attend():
+    assert plan(_mask(50, 0, 10)) is None  # an empty text would attend to nothing
+    assert plan(np.zeros((0, 4), dtype=np.int64)) is None
 
 
 def _both(source):
@@ -133,11 +140,32 @@ def test_a_text_with_non_finite_states_fails_alone(nan_model, packed_calls):
     from hybridembed.errors import NonFiniteOutputError
     from tests.models import POISONED_WORD
 
-    texts = [*MIXED[:6], f"the {POISONED_WORD} word", *MIXED[6:]]
+    poisoned = f"the {POISONED_WORD} word"
+    twin = "the river word"  # as many tokens: one attention call holds both
+    assert len(nan_model.tokenizer.encode([twin])[0]) == len(
+        nan_model.tokenizer.encode([poisoned])[0])
+    texts = [*MIXED[:6], poisoned, twin, *MIXED[6:]]
     _assert_packs(nan_model, texts)
     with pytest.raises(NonFiniteOutputError) as caught:
         nan_model.embed(texts, sparse=True, multivector=True)
     assert caught.value.indices == [6]
     assert np.isfinite(caught.value.partial.dense).all()
-    assert len(caught.value.partial_indices) == len(texts) - 1
+    assert len(caught.value.partial_indices) == len(texts) - 1 and 7 in caught.value.partial_indices
     assert packed_calls
+
+
+def test_one_text_and_unpadded_batches_run_packed_too(minilm, packed_calls):
+    """The packed path beats the Hugging Face module even without padding (no mask, the
+    fused attention kernel), so a lone text and a batch of equal lengths take it, and
+    give what the module gives."""
+    from hybridembed import Embedder
+
+    padded = Embedder("minilm", device="cpu", cache_size=0,
+                      runtime_options={"sequence_packing": False})
+    same_length = ["river city one", "river city two", "river city six"]
+    assert len({len(ids) for ids in minilm.tokenizer.encode(same_length)}) == 1
+    for texts in (["a lone query about hybrid search"], same_length):
+        before = len(packed_calls)
+        np.testing.assert_allclose(minilm.embed(texts).dense, padded.embed(texts).dense,
+                                   atol=2e-6)
+        assert len(packed_calls) == before + 1
