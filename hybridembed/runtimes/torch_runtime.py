@@ -13,6 +13,7 @@ from ..registry import ModelSpec
 from .base import RuntimeOutOfMemory, RuntimeOutput, keep_heaviest
 from .late_interaction import LateInteractionTokens
 from .openmp import torch_call
+from .prepacked import prepack_linears
 from .sequence_packing import Packer
 from .sequence_packing import plan as packing_plan
 from .torch_model import build_module
@@ -99,7 +100,8 @@ class TorchRuntime:
     token_states = True  # forward(states=True) returns the last hidden states too
 
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str | None = None,
-                 threads: int | None = None, sequence_packing: bool = True):
+                 threads: int | None = None, sequence_packing: bool = True,
+                 prepacked_weights: bool = True):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -114,6 +116,10 @@ class TorchRuntime:
         self.parallel_forwards = self.threads if self.device == "cpu" else 1
         self.module = build_module(spec, DTYPES[self.dtype], _load_encoder)
         self.module.to(self.device).eval()
+        # fp32 on a CPU: the encoder's weights laid out once for oneDNN instead of by MKL
+        # on every call (see runtimes/prepacked.py)
+        if prepacked_weights and self.device == "cpu" and self.dtype == "fp32":
+            prepack_linears(self.module.encoder)
         self.splade = spec.splade is not None
         self.max_active_dims = spec.max_active_dims
         self.late = (LateInteractionTokens(spec.late_interaction, spec.path)

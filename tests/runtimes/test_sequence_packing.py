@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from hybridembed.runtimes.sequence_packing import plan
+from tests.runtimes import assert_same_result
 
 # Lengths as concurrent clients send them: one batch, 4 to ~60 tokens.
 MIXED = (["ok", "a short query", "hybrid search keeps dense and sparse vectors in one record"]
@@ -74,22 +75,12 @@ def packed_calls(monkeypatch):
     return calls
 
 
-def _assert_same(a, b):
-    if a.dense is not None:
-        np.testing.assert_allclose(a.dense, b.dense, atol=2e-5)
-    for x, y in zip(a.sparse or (), b.sparse or (), strict=True):
-        assert x.indices.tolist() == y.indices.tolist()
-        np.testing.assert_allclose(x.values, y.values, atol=2e-4)
-    for x, y in zip(a.multivector or (), b.multivector or (), strict=True):
-        np.testing.assert_allclose(x, y, atol=2e-5)
-
-
 @pytest.mark.parametrize("family", ["dense", "splade"])
 def test_each_packing_family_gives_what_padded_gives(family_dir, family, packed_calls):
     packed, padded = _both(family_dir(family))
     _assert_packs(packed, MIXED)
     options = {"sparse": family == "splade", "dense": family != "splade"}
-    _assert_same(packed.embed(MIXED, **options), padded.embed(MIXED, **options))
+    assert_same_result(packed.embed(MIXED, **options), padded.embed(MIXED, **options))
     assert packed_calls  # the batch did run packed
 
 
@@ -98,7 +89,7 @@ def test_xlm_roberta_positions_start_after_padding(tiny_m3_dir, packed_calls):
     assert packed._runtime.packer.pad_id == 1  # XLM-R: positions count from 2
     _assert_packs(packed, MIXED)
     options = {"sparse": True, "multivector": True}
-    _assert_same(packed.embed(MIXED, **options), padded.embed(MIXED, **options))
+    assert_same_result(packed.embed(MIXED, **options), padded.embed(MIXED, **options))
     assert packed_calls
 
 
@@ -109,7 +100,7 @@ def test_a_padding_id_inside_a_text_gets_the_models_own_positions(tiny_m3_dir, p
     pad = packed.tokenizer.pad_id
     ids = [tuple(t) for t in packed.tokenizer.encode(MIXED)]
     ids[3] = (ids[3][0], pad, *ids[3][1:])
-    _assert_same(packed.embed(ids), padded.embed(ids))
+    assert_same_result(packed.embed(ids), padded.embed(ids))
     assert packed_calls
 
 

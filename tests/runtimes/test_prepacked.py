@@ -1,0 +1,84 @@
+"""Prepacked linear layers (oneDNN) in the torch runtime on a CPU: every family's encoder
+gets them and gives what it gives as loaded; where the operators are missing or disagree,
+the model runs as loaded."""
+
+import pytest
+import torch
+
+from hybridembed.runtimes import prepacked
+from hybridembed.runtimes.prepacked import PrepackedLinear, prepack_linears
+from tests.runtimes import assert_same_result
+
+TEXTS = ["ok", "a short query about rivers",
+         "hybrid search keeps dense and sparse vectors in one record, near the river city"]
+
+
+def _linears(module):
+    return [m for m in module.modules() if type(m) is torch.nn.Linear]
+
+
+def _prepacked(module):
+    return [m for m in module.modules() if isinstance(m, PrepackedLinear)]
+
+
+@pytest.mark.skipif(not prepacked.available(), reason="this torch build has no oneDNN")
+@pytest.mark.parametrize("family", ["dense", "splade", "colbert", "modernbert", "mpnet", "qwen3"])
+def test_each_family_runs_prepacked_and_gives_what_it_gives_as_loaded(family_dir, family):
+    from hybridembed import Embedder
+
+    source = str(family_dir(family))
+    packed = Embedder(source, device="cpu", cache_size=0)
+    plain = Embedder(source, device="cpu", cache_size=0,
+                     runtime_options={"prepacked_weights": False})
+    assert _prepacked(packed._runtime.module.encoder)
+    assert not _linears(packed._runtime.module.encoder)
+    assert not _prepacked(plain._runtime.module)
+    options = {"dense": family != "splade", "sparse": family == "splade",
+               "multivector": family == "colbert"}
+    for texts in (TEXTS, TEXTS[2:]):  # a batch and a lone text
+        assert_same_result(packed.embed(texts, **options), plain.embed(texts, **options),
+                           atol=1e-5, sparse_atol=1e-4)
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(),
+                               torch.nn.Linear(16, 4, bias=False))
+
+
+@pytest.mark.skipif(not prepacked.available(), reason="this torch build has no oneDNN")
+def test_prepacked_linear_computes_f_linear_for_any_leading_shape():
+    model = _model()
+    x = torch.randn(2, 3, 8)
+    with torch.inference_mode():
+        expected = model(x)
+        assert prepack_linears(model) == 2
+        assert not _linears(model)
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(x[0, 0]), expected[0, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_without_the_operators_nothing_is_swapped(monkeypatch):
+    monkeypatch.setattr(prepacked, "available", lambda: False)
+    model = _model()
+    assert prepack_linears(model) == 0 and len(_linears(model)) == 2
+
+
+@pytest.mark.skipif(not prepacked.available(), reason="this torch build has no oneDNN")
+def test_operators_that_disagree_on_the_probe_leave_the_model_as_loaded(monkeypatch, caplog):
+    monkeypatch.setattr(PrepackedLinear, "forward", lambda self, x: torch.zeros(
+        *x.shape[:-1], self.out_features))
+    model = _model()
+    assert prepack_linears(model) == 0 and len(_linears(model)) == 2
+    assert "disagrees" in caplog.text
+
+
+def test_operators_that_fail_leave_the_model_as_loaded(monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("no oneDNN kernel for this CPU")
+
+    monkeypatch.setattr(prepacked, "available", lambda: True)
+    monkeypatch.setattr(PrepackedLinear, "__init__", lambda self, linear: broken())
+    model = _model()
+    assert prepack_linears(model) == 0 and len(_linears(model)) == 2
+    assert "no oneDNN kernel" in caplog.text
