@@ -110,6 +110,7 @@ class CrossEncoderReranker:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
+        from .runtimes.prepacked import prepack_linears
         from .runtimes.torch_runtime import DTYPES
 
         if not isinstance(name, str) or not name:
@@ -172,6 +173,8 @@ class CrossEncoderReranker:
         self.max_length = min(limits)
         self.tokenizer = tokenizer
         self.model = model.to(self.device).eval()
+        if self.device == "cpu" and self.dtype == "fp32":  # see runtimes/prepacked.py
+            prepack_linears(self.model)
         self.num_labels = int(getattr(config, "num_labels", 1) or 1)
 
     def _switch_to_fallback(self, index: int, tokens: int) -> None:

@@ -82,3 +82,20 @@ def test_operators_that_fail_leave_the_model_as_loaded(monkeypatch, caplog):
     model = _model()
     assert prepack_linears(model) == 0 and len(_linears(model)) == 2
     assert "no oneDNN kernel" in caplog.text
+
+
+@pytest.mark.skipif(not prepacked.available(), reason="this torch build has no oneDNN")
+def test_a_cross_encoder_runs_prepacked_and_scores_as_loaded(tiny_ce_dir, monkeypatch):
+    """(tests/service/test_rerank_service.py checks its scores against
+    sentence-transformers' CrossEncoder.)"""
+    from hybridembed.rerank import CrossEncoderReranker
+
+    ours = CrossEncoderReranker(str(tiny_ce_dir), device="cpu")
+    assert _prepacked(ours.model) and not _linears(ours.model)
+    monkeypatch.setattr(prepacked, "available", lambda: False)
+    plain = CrossEncoderReranker(str(tiny_ce_dir), device="cpu")
+    assert not _prepacked(plain.model)
+    queries, texts = ["a query", "another query"], TEXTS[1:]
+    torch.testing.assert_close(torch.from_numpy(ours.score_pairs(queries, texts)[0]),
+                               torch.from_numpy(plain.score_pairs(queries, texts)[0]),
+                               rtol=1e-4, atol=1e-5)
