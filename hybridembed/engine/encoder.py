@@ -212,10 +212,11 @@ SIDE_BY_SIDE_MIN_BATCHES = 4
 # Length-sorted calls are hardly cut. Not on accelerators, where a smaller batch costs
 # nearly what a full one does.
 CPU_MAX_PADDING = 0.1
-# A runtime that skips padding is budgeted by real tokens, but lays each batch out padded
-# for attention: one 512-token text beside a hundred short ones would attend over 51,712
-# positions and allocate Q/K/V for them. Its batches also stay within this many times the
-# budget, padded.
+# A runtime that skips padding is budgeted by real tokens, but hands its hidden states
+# back padded, and the heads run on that layout (SPLADE's vocabulary logits are
+# texts x longest x vocab): one 512-token text beside a hundred short ones would make
+# 51,712 positions of them. Its batches also stay within this many times the budget,
+# padded.
 RAGGED_MAX_PADDED = 4
 
 # Threads that widen half-precision vectors to float32 (see widen()).

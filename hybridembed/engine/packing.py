@@ -28,7 +28,7 @@ def pack_by_token_budget(lengths: Sequence[int], max_tokens: int,
     ``max_padding`` (padded only): a batch also ends before its padding would pass this
     share of its tokens (texts go in longest first, so a batch's padding only grows).
     ``max_padded`` (unpadded only): nor may its ``longest * count`` pass this (a runtime
-    that skips padding still lays a batch out padded for attention)."""
+    that skips padding still hands its outputs back padded, to the heads)."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if max_items is not None and max_items < 1:

@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def available() -> bool:
-    """Whether this torch build has oneDNN's prepacked linear operators (and oneDNN on)."""
+    """Whether this torch build has oneDNN's prepacked linear operators and oneDNN is
+    on (``torch.backends.mkldnn.enabled``)."""
     ops = getattr(torch.ops, "mkldnn", None)
-    return (torch.backends.mkldnn.is_available() and ops is not None
-            and hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise"))
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and ops is not None and hasattr(ops, "_reorder_linear_weight")
+            and hasattr(ops, "_linear_pointwise"))
 
 
 class PrepackedLinear(torch.nn.Module):
@@ -55,28 +57,36 @@ class PrepackedLinear(torch.nn.Module):
 def prepack_linears(module: torch.nn.Module) -> int:
     """Swap every float32 ``nn.Linear`` under ``module`` (on the CPU) for a
     :class:`PrepackedLinear`, after checking one against ``F.linear`` on a probe; returns
-    how many were swapped (0 when the operators are missing or disagree)."""
+    how many were swapped (0 when the operators are missing or disagree). Each plain
+    weight is freed as its layer is swapped, so loading never holds two copies of more
+    than one layer's weight. An operator failing part way leaves the layers not yet
+    swapped as loaded (outputs are the same either way), and says so."""
     if not available():
         return 0
-    targets = [(parent, name, child) for parent in module.modules()
+    # (parent, name) only: a list holding the layers would keep every plain weight alive
+    # until the last one is swapped
+    targets = [(parent, name) for parent in module.modules()
                for name, child in parent.named_children()
                if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32
                and child.weight.device.type == "cpu"]
-    if not targets:
-        return 0
+    swapped = 0
     try:
         with torch.inference_mode():
-            first = targets[0][2]
-            probe = torch.randn(3, 5, first.in_features, generator=torch.Generator().manual_seed(0))
-            if not torch.allclose(PrepackedLinear(first)(probe), F.linear(
-                    probe, first.weight, first.bias), rtol=1e-4, atol=1e-4):
+            if targets and not _agrees(getattr(*targets[0])):
                 log.warning("oneDNN's prepacked linear disagrees with F.linear here; "
                             "running the model's linear layers as loaded")
                 return 0
-            for parent, name, child in targets:
-                setattr(parent, name, PrepackedLinear(child))
+            for parent, name in targets:
+                setattr(parent, name, PrepackedLinear(getattr(parent, name)))
+                swapped += 1
     except RuntimeError as exc:  # an operator this build or CPU does not support
-        log.warning("oneDNN's prepacked linear is unavailable (%s); running the model's "
-                    "linear layers as loaded", exc)
-        return 0
-    return len(targets)
+        log.warning("oneDNN's prepacked linear failed (%s) after %d of %d linear layers; "
+                    "the rest run as loaded", exc, swapped, len(targets))
+    return swapped
+
+
+def _agrees(linear: torch.nn.Linear) -> bool:
+    """Whether a :class:`PrepackedLinear` of ``linear`` computes ``F.linear`` on a probe."""
+    probe = torch.randn(3, 5, linear.in_features, generator=torch.Generator().manual_seed(0))
+    return torch.allclose(PrepackedLinear(linear)(probe),
+                          F.linear(probe, linear.weight, linear.bias), rtol=1e-4, atol=1e-4)

@@ -125,8 +125,8 @@ class TorchRuntime:
         self.late = (LateInteractionTokens(spec.late_interaction, spec.path)
                      if spec.late_interaction is not None else None)
         self.left_pad = spec.padding_side == "left"
-        # Mixed-length batches run unpadded on a CPU (see runtimes/sequence_packing.py), so
-        # the engine budgets a batch by its real tokens, not by its longest text. Not for
+        # Batches run unpadded on a CPU (see runtimes/sequence_packing.py), so the engine
+        # budgets a batch by its real tokens, not by its longest text. Not for
         # left-padded decoders, nor for ColBERT checkpoints, whose token plan (markers,
         # query expansion) reshapes every batch first.
         self.packer = (Packer.for_encoder(self.module.encoder)

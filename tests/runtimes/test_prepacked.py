@@ -85,6 +85,47 @@ def test_operators_that_fail_leave_the_model_as_loaded(monkeypatch, caplog):
 
 
 @pytest.mark.skipif(not prepacked.available(), reason="this torch build has no oneDNN")
+def test_a_failure_part_way_says_how_many_were_swapped(monkeypatch, caplog):
+    """The layers swapped so far stay swapped (they compute the same), the rest run as
+    loaded, and the count and the log say so."""
+    init = PrepackedLinear.__init__
+
+    def third_fails(self, linear):
+        if linear.in_features == 16:
+            raise RuntimeError("out of memory")
+        init(self, linear)
+
+    monkeypatch.setattr(PrepackedLinear, "__init__", third_fails)
+    model = _model()
+    x = torch.randn(4, 8)
+    with torch.inference_mode():
+        expected = model(x)
+        assert prepack_linears(model) == 1
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert len(_linears(model)) == 1 and len(_prepacked(model)) == 1
+    assert "after 1 of 2" in caplog.text
+
+
+@pytest.mark.skipif(not prepacked.available(), reason="this torch build has no oneDNN")
+def test_loading_frees_each_plain_weight_as_it_goes(monkeypatch):
+    """When a layer is swapped, the plain weights of the layers swapped before it are
+    gone already: loading holds two copies of one layer's weight at most, not of all."""
+    import weakref
+
+    init, seen, alive_at_swap = PrepackedLinear.__init__, [], []
+
+    def watched(self, linear):
+        alive_at_swap.append(sum(1 for w in seen if w() is not None and w() is not linear.weight))
+        seen.append(weakref.ref(linear.weight))
+        init(self, linear)
+
+    monkeypatch.setattr(PrepackedLinear, "__init__", watched)
+    model = torch.nn.Sequential(*(torch.nn.Linear(8, 8) for _ in range(4)))
+    assert prepack_linears(model) == 4
+    assert alive_at_swap == [0, 0, 0, 0, 0]  # the probe, then each of the four layers
+
+
+@pytest.mark.skipif(not prepacked.available(), reason="this torch build has no oneDNN")
 def test_a_cross_encoder_runs_prepacked_and_scores_as_loaded(tiny_ce_dir, monkeypatch):
     """(tests/service/test_rerank_service.py checks its scores against
     sentence-transformers' CrossEncoder.)"""
