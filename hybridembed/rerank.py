@@ -69,6 +69,10 @@ class CrossEncoderReranker:
     and the scores are put back in the caller's order. :meth:`score_pairs` scores pairs of
     different queries in one pass (the server merges concurrent requests this way).
 
+    On a CPU in fp32 the model's linear layers run on weights laid out once for oneDNN
+    (:mod:`hybridembed.runtimes.prepacked`; ``prepacked_weights=False`` runs them as
+    loaded).
+
     Out of memory during a batch halves the batch size (for the rest of the call) and
     retries, down to one pair. If a single pair still does not fit and ``fallback`` names
     another reranker, a warning is logged, the fallback replaces this model (the first one is
@@ -79,7 +83,7 @@ class CrossEncoderReranker:
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str | None = None,
                  batch_size: int = 32, max_length: int = 512, fallback: str | None = None,
-                 max_batch_tokens: int | None = None):
+                 max_batch_tokens: int | None = None, prepacked_weights: bool = True):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidOptionError(f"batch_size must be an integer >= 1, got {batch_size!r}",
                                      "batch_size")
@@ -99,6 +103,7 @@ class CrossEncoderReranker:
         self.max_batch_tokens = max_batch_tokens
         self.requested_max_length = max_length
         self.fallback = fallback
+        self.prepacked_weights = prepacked_weights
         self._load(model)
 
     # -- loading --------------------------------------------------------------------------
@@ -173,7 +178,8 @@ class CrossEncoderReranker:
         self.max_length = min(limits)
         self.tokenizer = tokenizer
         self.model = model.to(self.device).eval()
-        if self.device == "cpu" and self.dtype == "fp32":  # see runtimes/prepacked.py
+        if self.prepacked_weights and self.device == "cpu" and self.dtype == "fp32":
+            # the weights laid out once for oneDNN (see runtimes/prepacked.py)
             prepack_linears(self.model)
         self.num_labels = int(getattr(config, "num_labels", 1) or 1)
 

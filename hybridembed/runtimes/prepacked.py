@@ -6,14 +6,15 @@ caches (MiniLM-L6's layers are 42 MB), so every batch reads each weight from mem
 then again to lay it out; a short batch (one query of ~20 tokens) is bound by that memory
 traffic, not by arithmetic. oneDNN's inner product takes a weight laid out ahead of time
 (``torch.ops.mkldnn._reorder_linear_weight``, what TorchInductor's freezing uses on a
-CPU), so each call reads it once. Measured on the 2-core AMD EPYC machine, MiniLM, torch
-2.13 (docs/BENCHMARKS.md, session 9): one text 31.6 -> 27.7 ms, random 20-text batches on
-one thread 17.56 -> 16.57 ms per text, outputs within 2e-7.
+CPU), so each call reads it once: ~5% faster for single texts and batches alike on the
+2-core machine (docs/BENCHMARKS.md, session 9).
 
 :func:`prepack_linears` swaps every ``nn.Linear`` under a module for a
 :class:`PrepackedLinear` holding only the laid-out weight (the plain one is freed). These
 are private torch operators: when they are missing or do not reproduce ``F.linear`` on a
-probe, nothing is swapped and the model runs as loaded.
+probe, nothing is swapped and the model runs as loaded. A swapped model's weights are
+opaque oneDNN tensors: it cannot be deep-copied, moved to another dtype or device, or
+saved through ``state_dict`` (nothing in the package does these to a loaded model).
 """
 
 from __future__ import annotations

@@ -126,15 +126,14 @@ def test_loading_frees_each_plain_weight_as_it_goes(monkeypatch):
 
 
 @pytest.mark.skipif(not prepacked.available(), reason="this torch build has no oneDNN")
-def test_a_cross_encoder_runs_prepacked_and_scores_as_loaded(tiny_ce_dir, monkeypatch):
+def test_a_cross_encoder_runs_prepacked_and_scores_as_loaded(tiny_ce_dir):
     """(tests/service/test_rerank_service.py checks its scores against
     sentence-transformers' CrossEncoder.)"""
     from hybridembed.rerank import CrossEncoderReranker
 
     ours = CrossEncoderReranker(str(tiny_ce_dir), device="cpu")
     assert _prepacked(ours.model) and not _linears(ours.model)
-    monkeypatch.setattr(prepacked, "available", lambda: False)
-    plain = CrossEncoderReranker(str(tiny_ce_dir), device="cpu")
+    plain = CrossEncoderReranker(str(tiny_ce_dir), device="cpu", prepacked_weights=False)
     assert not _prepacked(plain.model)
     queries, texts = ["a query", "another query"], TEXTS[1:]
     torch.testing.assert_close(torch.from_numpy(ours.score_pairs(queries, texts)[0]),
