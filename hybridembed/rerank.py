@@ -178,8 +178,7 @@ class CrossEncoderReranker:
         self.max_length = min(limits)
         self.tokenizer = tokenizer
         self.model = model.to(self.device).eval()
-        if self.prepacked_weights and self.device == "cpu" and self.dtype == "fp32":
-            # the weights laid out once for oneDNN (see runtimes/prepacked.py)
+        if self.prepacked_weights:  # fp32 CPU weights laid out once (runtimes/prepacked.py)
             prepack_linears(self.model)
         self.num_labels = int(getattr(config, "num_labels", 1) or 1)
 

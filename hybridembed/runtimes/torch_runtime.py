@@ -116,9 +116,9 @@ class TorchRuntime:
         self.parallel_forwards = self.threads if self.device == "cpu" else 1
         self.module = build_module(spec, DTYPES[self.dtype], _load_encoder)
         self.module.to(self.device).eval()
-        # fp32 on a CPU: the encoder's weights laid out once for oneDNN instead of by MKL
-        # on every call (see runtimes/prepacked.py)
-        if prepacked_weights and self.device == "cpu" and self.dtype == "fp32":
+        # fp32 on a CPU (prepack_linears takes no other layer): the encoder's weights laid
+        # out once for oneDNN instead of by MKL on every call (see runtimes/prepacked.py)
+        if prepacked_weights:
             prepack_linears(self.module.encoder)
         self.splade = spec.splade is not None
         self.max_active_dims = spec.max_active_dims
