@@ -296,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--rounds", type=int, default=3,
                       help="rounds of paired measurements, each with a fresh server and "
                            "in-process worker (report the spread)")
+    load.add_argument("--floor", action="store_true",
+                      help="also time the one-client load on a bare uvicorn app embedding "
+                           "inline (no framework, no validation), against the same "
+                           "in-process worker: the least any server on uvicorn adds here")
     load.add_argument("--json", action="store_true")
     return parser
 
@@ -828,7 +832,8 @@ def cmd_loadtest(args) -> int:
 
     report = loadtest.run(args.model, args.texts, args.concurrency, args.single, args.rounds,
                           args.runtime, args.list_clients, args.list_size,
-                          progress=lambda m: print(m, file=sys.stderr, flush=True))
+                          progress=lambda m: print(m, file=sys.stderr, flush=True),
+                          floor=args.floor)
     print(json.dumps(report, indent=2) if args.json else loadtest.format_report(report))
     return 0
 

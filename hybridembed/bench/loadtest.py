@@ -10,7 +10,9 @@ share a process or its thread pools; only one of them works at a time), then:
 - ``lists``: ``list_clients`` clients (8) each sending ``list_size`` texts (32) per
   request, then the in-process call again;
 - ``single``: one client, one text per request, in blocks of :data:`SINGLE_BLOCK`
-  requests, each block followed by the same texts embedded one by one in process.
+  requests, each block followed by the same texts embedded one by one in process (and,
+  with ``floor``, by the same requests to a bare uvicorn app, :mod:`.floor_app`: the least
+  any server on uvicorn adds on this machine).
 
 A shared or throttled machine changes speed from one ten seconds to the next (the same
 in-process call varied by 20% between back-to-back runs here); pairing each load with
@@ -171,13 +173,13 @@ def _load(url: str, name: str, requests: list[list[str]], concurrency: int, pid:
 
 @contextlib.contextmanager
 def child_server(flags: list[str], env: dict[str, str] | None = None,
-                 ready_seconds: float = 300):
-    """``hybridembed serve FLAGS`` in a child process on a free port, offline; yields the
-    process (its ``url`` attribute: the server's URL) once ``/ready`` answers 200, and
-    stops it afterwards."""
+                 ready_seconds: float = 300, command: tuple[str, ...] = ("hybridembed", "serve")):
+    """``python -m COMMAND FLAGS`` (``hybridembed serve FLAGS``) in a child process on a
+    free port, offline; yields the process (its ``url`` attribute: the server's URL) once
+    ``/ready`` answers 200, and stops it afterwards."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    server = subprocess.Popen([sys.executable, "-m", "hybridembed", "serve", *flags,
+    server = subprocess.Popen([sys.executable, "-m", *command, *flags,
                                "--port", str(port), "--log-level", "warning"], env=env,
                               stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -291,38 +293,58 @@ def _worker(model: str, n: int, runtime: str | None) -> None:
         print(ANSWER + json.dumps(out), flush=True)
 
 
-async def _singles(url: str, texts: list[str], inproc: InProcess | None
-                   ) -> tuple[list, list]:
+async def _singles(url: str, texts: list[str], inproc: InProcess | None,
+                   floor_url: str | None = None) -> tuple[list, list, list]:
     """One request at a time, in blocks of :data:`SINGLE_BLOCK`, each block followed by
-    the same texts in process (with ``inproc``), :data:`SINGLE_PAUSE_SECONDS` apart: the
-    latencies of both, alternated so a change of machine speed touches both alike."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    server, local = [], []
+    the same texts in process (with ``inproc``) and then, with ``floor_url``, sent to that
+    server (:mod:`.floor_app`), :data:`SINGLE_PAUSE_SECONDS` apart: the latencies of the
+    server, in process and of the floor app, alternated so a change of machine speed
+    touches them alike."""
+    connections = []
+    for address in (url, floor_url):
+        if address is not None:
+            host, port = address.removeprefix("http://").split(":")
+            connections.append((f"{host}:{port}",
+                                *await asyncio.open_connection(host, int(port))))
+    server: list[float] = []
+    local: list[float] = []
+    bare: list[float] = []
+
+    async def block_to(connection, block, into):
+        target, reader, writer = connection
+        for text in block:
+            payload = json.dumps({"model": "any-name-ok", "input": [text],
+                                  "encoding_format": "base64"}).encode()
+            began = time.perf_counter()
+            await _post(reader, writer, target, "/v1/embeddings", payload)
+            into.append(time.perf_counter() - began)
+
     try:
         for first in range(0, len(texts), SINGLE_BLOCK):
             block = texts[first:first + SINGLE_BLOCK]
-            for text in block:
-                payload = json.dumps({"model": "any-name-ok", "input": [text],
-                                      "encoding_format": "base64"}).encode()
-                began = time.perf_counter()
-                await _post(reader, writer, f"{host}:{port}", "/v1/embeddings", payload)
-                server.append(time.perf_counter() - began)
+            await block_to(connections[0], block, server)
             if inproc is not None:
                 time.sleep(SINGLE_PAUSE_SECONDS)
                 local += inproc.singles(first, len(block))
                 time.sleep(SINGLE_PAUSE_SECONDS)
+            if floor_url is not None:
+                await block_to(connections[1], block, bare)
+                time.sleep(SINGLE_PAUSE_SECONDS)
     finally:
-        writer.close()
-    return server, local
+        for _, _, writer in connections:
+            writer.close()
+    return server, local, bare
 
 
-def _single_load(url: str, texts: list[str], inproc: InProcess | None, pid: int) -> dict:
+def _single_load(url: str, texts: list[str], inproc: InProcess | None, pid: int,
+                 floor_url: str | None = None) -> dict:
     local: list[float] = []
+    bare: list[float] = []
 
     def run():
-        server, mine = asyncio.run(_singles(url, texts, inproc))
+        server, mine, floor = asyncio.run(_singles(url, texts, inproc, floor_url))
         local.extend(mine)
+        bare.extend(floor)
         return sum(server), server
 
     out = _measured(url, pid, "single", 1, 1, len(texts), run)
@@ -330,16 +352,23 @@ def _single_load(url: str, texts: list[str], inproc: InProcess | None, pid: int)
         out["in_process_p50_ms"] = 1000 * statistics.median(local)
         out["in_process_p95_ms"] = 1000 * _percentile(local, 0.95)
         out["p50_over_in_process_ms"] = out["p50_ms"] - out["in_process_p50_ms"]
+    if bare:
+        out["floor_p50_ms"] = 1000 * statistics.median(bare)
+        if local:
+            out["floor_p50_over_in_process_ms"] = out["floor_p50_ms"] - out["in_process_p50_ms"]
     return out
 
 
 def round_of(model: str, texts: list[str], concurrency: int = 64, single: int = 100,
              list_clients: int = 8, list_size: int = 32, runtime: str | None = None,
-             progress=print, paired: bool = True) -> dict:
+             progress=print, paired: bool = True, floor: bool = False) -> dict:
     """One round: a server child (cache off) and, when ``paired``, an in-process worker;
     each load on the server followed by its in-process pair. Returns ``{"server": {load:
     report}, "in_process": {load: report}}``; with pairs, each server report has its ratio
-    to its pair (``vs_in_process``, or for ``single`` ``p50_over_in_process_ms``)."""
+    to its pair (``vs_in_process``, or for ``single`` ``p50_over_in_process_ms``). With
+    ``floor`` (and pairs), the ``single`` load alternates its blocks with a bare uvicorn
+    app's (:mod:`.floor_app`, same model and runtime, started after the other loads):
+    ``floor_p50_ms`` and ``floor_p50_over_in_process_ms`` in the ``single`` report."""
     env = {"HYBRIDEMBED_CACHE_SIZE": "0"}
     if runtime:
         env["HYBRIDEMBED_RUNTIME"] = runtime
@@ -370,12 +399,28 @@ def round_of(model: str, texts: list[str], concurrency: int = 64, single: int = 
                     out["in_process"][name] = pair
             progress(f"server: 1 client x 1 text, {single} requests"
                      + (", alternating with in-process ..." if inproc else " ..."))
-            time.sleep(QUIET_SECONDS)
-            out["server"]["single"] = _single_load(url, texts[:single], inproc, server.pid)
+            with contextlib.ExitStack() as stack:
+                bare = None
+                if floor and inproc is not None:
+                    progress("starting a bare uvicorn app beside it ...")
+                    bare = stack.enter_context(_floor_app(model, runtime, texts))
+                time.sleep(QUIET_SECONDS)
+                out["server"]["single"] = _single_load(url, texts[:single], inproc, server.pid,
+                                                       bare.url if bare else None)
     finally:
         if inproc is not None:
             inproc.close()
     return out
+
+
+@contextlib.contextmanager
+def _floor_app(model: str, runtime: str | None, texts: list[str]):
+    """:mod:`.floor_app` serving ``model`` in a child process, warmed up."""
+    flags = ["--model", model, "--runtime", runtime or "torch"]
+    with child_server(flags, ready_seconds=600, command=("hybridembed.bench.floor_app",)
+                      ) as bare:
+        asyncio.run(_drive(bare.url, [[t] for t in texts[:16]], 1))
+        yield bare
 
 
 def serve_and_load(model: str, texts: list[str], concurrency: int = 64, single: int = 100,
@@ -389,15 +434,17 @@ def serve_and_load(model: str, texts: list[str], concurrency: int = 64, single: 
 
 def run(model: str = "minilm", n: int = 600, concurrency: int = 64, single: int = 100,
         rounds: int = 3, runtime: str | None = None, list_clients: int = 8,
-        list_size: int = 32, progress=print) -> dict:
-    """``rounds`` rounds of :func:`round_of`. Returns every round and, per load, the
-    ratio server / in-process of each round and their median."""
+        list_size: int = 32, progress=print, floor: bool = False) -> dict:
+    """``rounds`` rounds of :func:`round_of` (``floor``: with the bare uvicorn app's
+    one-client load). Returns every round and, per load, the ratio server / in-process of
+    each round and their median; for the one-client load, the p50 differences (and the
+    bare app's, with ``floor``) and their medians."""
     texts = corpus.texts(n)
     all_rounds = []
     for r in range(rounds):
         progress(f"round {r + 1}/{rounds} (load average {_load_average()})")
         all_rounds.append(round_of(model, texts, concurrency, single, list_clients,
-                                   list_size, runtime, progress))
+                                   list_size, runtime, progress, floor=floor))
         progress(_format_round(r + 1, all_rounds[-1]))
     summary = {}
     for load in ("concurrent", "lists"):
@@ -405,6 +452,10 @@ def run(model: str = "minilm", n: int = 600, concurrency: int = 64, single: int 
         summary[load] = {"ratios": ratios, "median": statistics.median(ratios)}
     deltas = [r["server"]["single"]["p50_over_in_process_ms"] for r in all_rounds]
     summary["single"] = {"p50_over_in_process_ms": deltas, "median": statistics.median(deltas)}
+    if floor:
+        bare = [r["server"]["single"]["floor_p50_over_in_process_ms"] for r in all_rounds]
+        summary["single"].update(floor_p50_over_in_process_ms=bare,
+                                 floor_median=statistics.median(bare))
     return {"model": model, "runtime": runtime or "torch", "texts": n,
             "tokens": all_rounds[0]["in_process"]["concurrent"]["tokens"],
             "concurrency": concurrency, "list_clients": list_clients, "list_size": list_size,
@@ -420,7 +471,9 @@ def format_report(r: dict) -> str:
     lines.append("summary: server / in-process "
                  + "; ".join(f"{k} {min(v['ratios']):.2f}-{max(v['ratios']):.2f}x (median "
                              f"{v['median']:.2f}x)" for k, v in s.items() if "ratios" in v)
-                 + f"; single p50 over in-process: median {s['single']['median']:+.1f} ms")
+                 + f"; single p50 over in-process: median {s['single']['median']:+.1f} ms"
+                 + (f" (a bare uvicorn app: {s['single']['floor_median']:+.1f} ms)"
+                    if "floor_median" in s["single"] else ""))
     return "\n".join(lines)
 
 
@@ -434,6 +487,9 @@ def _format_round(i: int, rnd: dict) -> str:
         else:
             ratio = (f"p50 {s['p50_over_in_process_ms']:+.1f} ms over in-process (p50 "
                      f"{s['in_process_p50_ms']:.1f} ms)")
+            if "floor_p50_ms" in s:
+                ratio += (f"; a bare uvicorn app {s['floor_p50_over_in_process_ms']:+.1f} ms "
+                          f"(p50 {s['floor_p50_ms']:.1f} ms)")
         stages = ", ".join(f"{k} {v:.2f}" for k, v in s["stage_ms"].items())
         cpu = s["server_cpu_ms_per_text"]
         lines.append(

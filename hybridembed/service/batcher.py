@@ -375,14 +375,19 @@ class DynamicBatcher:
 
     def _record(self, batch: list[_Job], lanes: int, seconds: float, texts: int,
                 tokens: int, budget: int = 0) -> None:
-        """After a batch: learn its speed (:meth:`_timed`) and hand its
-        :class:`BatchRecord` to ``on_batch`` in the loop's next step, once the answers
-        of a batch run in its caller's step (:meth:`run_now`) are on their way: metrics
-        are not part of a lone request's wait."""
+        """After a batch, in the loop's next step (once the answers of a batch run in its
+        caller's step, :meth:`run_now`, are written): learn its speed (:meth:`_timed`)
+        and hand its :class:`BatchRecord` to ``on_batch``. Neither is part of a lone
+        request's wait; the next batch is decided in a later step."""
+        asyncio.get_running_loop().call_soon(self._recorded, batch, lanes, seconds,
+                                             BatchRecord(texts, tokens, len(batch), seconds,
+                                                         budget))
+
+    def _recorded(self, batch: list[_Job], lanes: int, seconds: float,
+                  record: BatchRecord) -> None:
         self._timed(batch, lanes, seconds)
         if self.on_batch:
-            asyncio.get_running_loop().call_soon(
-                self.on_batch, BatchRecord(texts, tokens, len(batch), seconds, budget))
+            self.on_batch(record)
 
     def _timed(self, batch: list[_Job], lanes: int, seconds: float) -> None:
         """Learn the seconds per (admission) token of whole-machine batches, for
@@ -459,6 +464,8 @@ def _slice_rows(result: EmbedResult, rows: list[int]) -> EmbedResult:
 
 
 def _slice(result: EmbedResult, a: int, b: int) -> EmbedResult:
+    if a == 0 and b == len(result.usage.tokens):  # the batch was this request alone
+        return result
     return EmbedResult(
         model=result.model,
         dense=None if result.dense is None else np.ascontiguousarray(result.dense[a:b]),

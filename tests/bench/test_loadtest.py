@@ -6,7 +6,7 @@ def test_each_load_is_paired_with_in_process_in_the_same_round(tiny_m3_dir):
     from hybridembed.bench import loadtest
 
     report = loadtest.run(str(tiny_m3_dir), n=24, concurrency=4, single=12, rounds=1,
-                          list_clients=2, list_size=4, progress=lambda m: None)
+                          list_clients=2, list_size=4, progress=lambda m: None, floor=True)
     rnd = report["rounds"][0]
     for load in ("concurrent", "lists"):
         server, pair = rnd["server"][load], rnd["in_process"][load]
@@ -19,8 +19,15 @@ def test_each_load_is_paired_with_in_process_in_the_same_round(tiny_m3_dir):
     assert single["in_process_p50_ms"] > 0 and single["mean_texts_per_batch"] == 1
     assert report["summary"]["concurrent"]["median"] == rnd["server"]["concurrent"][
         "vs_in_process"]
+    # the bare uvicorn app, timed against the same worker
+    assert single["floor_p50_over_in_process_ms"] == (single["floor_p50_ms"]
+                                                      - single["in_process_p50_ms"])
+    assert single["floor_p50_ms"] > 0
+    assert report["summary"]["single"]["floor_median"] == single[
+        "floor_p50_over_in_process_ms"]
     text = loadtest.format_report(report)
     assert "x in-process" in text and "over in-process" in text
+    assert "a bare uvicorn app" in text
 
 
 def test_serve_and_load_measures_the_server_alone(tiny_m3_dir, monkeypatch):

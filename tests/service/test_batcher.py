@@ -409,6 +409,36 @@ def test_run_now_runs_a_lone_request_in_the_callers_step_as_submit_would():
     np.testing.assert_array_equal(bad.partial.dense, [WorkingEmbedder.row("ok")])
 
 
+def test_run_now_answers_before_its_batch_is_recorded():
+    """A lone request run in its caller's step gets its rows before the batch is learned
+    from or handed to ``on_batch``: both come in the loop's next step, so the answer is
+    written first; the rows are the request's own."""
+    async def main():
+        records = []
+        emb = ThreadRecorder(per_text=0, per_batch=0.01)
+        b = DynamicBatcher(emb, max_batch_tokens=1000, lanes=2, threads=1,
+                           inline_max_seconds=0.05, on_batch=records.append)
+        await b.start()
+        await b.submit(req(["timed"]), 2)
+        await asyncio.sleep(0)
+        learned = b._seconds_per_token
+        b._seconds_per_token = 1e-9  # a marker: overwritten when the batch is learned
+        now = b.run_now(req(["now", "and this"]), 4)
+        at_answer = (len(records), b._seconds_per_token)
+        await asyncio.sleep(0)
+        after = (len(records), b._seconds_per_token)
+        await b.stop()
+        return learned, now, at_answer, after, records
+
+    learned, now, at_answer, after, records = run(main())
+    assert learned is not None
+    np.testing.assert_array_equal(now.dense, [WorkingEmbedder.row("now"),
+                                              WorkingEmbedder.row("and this")])
+    assert at_answer == (1, 1e-9)  # only the earlier batch's record, nothing learned yet
+    assert after[0] == 2 and after[1] != 1e-9
+    assert records[1].texts == 2 and records[1].requests == 1
+
+
 def test_run_now_declines_while_anything_else_is_queued_running_or_arriving():
     async def main():
         emb = RecordingEmbedder()
