@@ -1,7 +1,8 @@
 """The least an HTTP server on uvicorn adds to an embedding: a bare ASGI app, no framework,
 that reads ``{"input": [texts]}``, embeds the texts inline with ``Embedder.embed`` and
-answers ``{"data": [{"embedding": base64 float32}]}``, served the way ``hybridembed
-serve`` serves (uvicorn's defaults, no access log).
+answers ``{"data": [{"embedding": base64 float32}]}``, with the model loaded and served
+the way ``hybridembed serve`` loads and serves it (the runtime's serving options, e.g.
+ONNX Runtime's threads not spinning after a call; uvicorn's defaults, no access log).
 
 ``hybridembed loadtest --floor`` measures its one-client latency against the same
 in-process worker as the real server's: what is left between the two is what the server's
@@ -57,6 +58,7 @@ def floor_app(embedder):
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
+    from ..runtimes import serving_options
     from ..service import Embedder
 
     parser = argparse.ArgumentParser(prog="python -m hybridembed.bench.floor_app")
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
-    embedder = Embedder(args.model, cache_size=0, runtime=args.runtime)
+    embedder = Embedder(args.model, cache_size=0, runtime=args.runtime,
+                        runtime_options=serving_options(args.runtime))
     embedder.embed(["warm up"] * 8)
     uvicorn.run(floor_app(embedder), host="127.0.0.1", port=args.port,
                 log_level=args.log_level, access_log=False)
