@@ -1,8 +1,10 @@
 """The least an HTTP server on uvicorn adds to an embedding: a bare ASGI app, no framework,
 that reads ``{"input": [texts]}``, embeds the texts inline with ``Embedder.embed`` and
 answers ``{"data": [{"embedding": base64 float32}]}``, with the model loaded and served
-the way ``hybridembed serve`` loads and serves it (the runtime's serving options, e.g.
-ONNX Runtime's threads not spinning after a call; uvicorn's defaults, no access log).
+the way ``hybridembed serve`` loads and serves it (the same ``HYBRIDEMBED_*`` settings
+and the runtime's serving options, e.g. ONNX Runtime's threads not spinning after a
+call, through :func:`~hybridembed.server.models.served_embedder`; uvicorn's defaults, no
+access log).
 
 ``hybridembed loadtest --floor`` measures its one-client latency against the same
 in-process worker as the real server's: what is left between the two is what the server's
@@ -11,7 +13,8 @@ between this app and in-process is the machine's and uvicorn's, which no change 
 server can remove. Not a server to deploy: no validation, no errors in any protocol's
 shape.
 
-Run as ``python -m hybridembed.bench.floor_app --model M [--runtime R] --port P``."""
+Run as ``python -m hybridembed.bench.floor_app --model M [--runtime R] --port P`` (the
+result cache is off)."""
 
 from __future__ import annotations
 
@@ -58,17 +61,17 @@ def floor_app(embedder):
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    from ..runtimes import serving_options
-    from ..service import Embedder
+    from ..config import Settings
+    from ..server.models import served_embedder
 
     parser = argparse.ArgumentParser(prog="python -m hybridembed.bench.floor_app")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--runtime", default="torch")
+    parser.add_argument("--runtime", help="default: HYBRIDEMBED_RUNTIME, else torch")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
-    embedder = Embedder(args.model, cache_size=0, runtime=args.runtime,
-                        runtime_options=serving_options(args.runtime))
+    settings = Settings.from_env(model=args.model, runtime=args.runtime, cache_size=0)
+    embedder = served_embedder(settings, args.model)
     embedder.embed(["warm up"] * 8)
     uvicorn.run(floor_app(embedder), host="127.0.0.1", port=args.port,
                 log_level=args.log_level, access_log=False)

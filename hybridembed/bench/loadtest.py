@@ -399,11 +399,10 @@ def round_of(model: str, texts: list[str], concurrency: int = 64, single: int = 
                     out["in_process"][name] = pair
             progress(f"server: 1 client x 1 text, {single} requests"
                      + (", alternating with in-process ..." if inproc else " ..."))
-            with contextlib.ExitStack() as stack:
-                bare = None
-                if floor and inproc is not None:
-                    progress("starting a bare uvicorn app beside it ...")
-                    bare = stack.enter_context(_floor_app(model, runtime, texts))
+            if floor and inproc is not None:
+                progress("starting a bare uvicorn app beside it ...")
+            with (_floor_app(model, runtime, texts) if floor and inproc is not None
+                  else contextlib.nullcontext()) as bare:
                 time.sleep(QUIET_SECONDS)
                 out["server"]["single"] = _single_load(url, texts[:single], inproc, server.pid,
                                                        bare.url if bare else None)
@@ -415,8 +414,9 @@ def round_of(model: str, texts: list[str], concurrency: int = 64, single: int = 
 
 @contextlib.contextmanager
 def _floor_app(model: str, runtime: str | None, texts: list[str]):
-    """:mod:`.floor_app` serving ``model`` in a child process, warmed up."""
-    flags = ["--model", model, "--runtime", runtime or "torch"]
+    """:mod:`.floor_app` serving ``model`` in a child process, warmed up (its runtime, like
+    the server child's, from ``runtime`` or else the environment)."""
+    flags = ["--model", model, *(["--runtime", runtime] if runtime else [])]
     with child_server(flags, ready_seconds=600, command=("hybridembed.bench.floor_app",)
                       ) as bare:
         asyncio.run(_drive(bare.url, [[t] for t in texts[:16]], 1))

@@ -179,6 +179,18 @@ class ModelSlot:
                    for b in (self.batcher, self.rerank_batcher))
 
 
+def served_embedder(settings, source: str):
+    """The :class:`~hybridembed.service.Embedder` the server loads for ``source`` (an
+    alias, folder or hub id) under ``settings``: its embedder options, with the runtime's
+    serving options (:func:`hybridembed.runtimes.serving_options`). Loading errors pass
+    through."""
+    from ..runtimes import serving_options
+    from ..service import Embedder
+
+    return Embedder(**{**settings.embedder_options(), "model": source,
+                       "runtime_options": serving_options(settings.runtime)})
+
+
 def freeze_heap() -> None:
     """Collect what loading left behind, then move every object alive into the garbage
     collector's permanent generation (``gc.freeze``), which its full passes skip.
@@ -291,11 +303,7 @@ class ModelRegistry:
                 slot.config.source, device=s.device,
                 dtype=None if s.dtype == "auto" else s.dtype, fallback=slot.config.fallback,
                 max_batch_tokens=s.max_batch_tokens or None)
-        from ..runtimes import serving_options
-        from ..service import Embedder
-
-        return Embedder(**{**s.embedder_options(), "model": slot.config.source,
-                           "runtime_options": serving_options(s.runtime)})
+        return served_embedder(s, slot.config.source)
 
     async def _attach(self, slot: ModelSlot, obj) -> None:
         from ..service.batcher import DynamicBatcher

@@ -56,5 +56,6 @@ def test_the_bare_app_loads_the_model_as_the_server_does(monkeypatch):
     floor_app.main(["--model", "some-model", "--runtime", "onnx", "--port", "8123"])
     (model, options), served = loaded
     assert model == "some-model" and options["runtime"] == "onnx"
+    assert options["cache_size"] == 0
     assert options["runtime_options"] == serving_options("onnx") != {}
     assert served["port"] == 8123 and served["access_log"] is False
