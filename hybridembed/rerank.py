@@ -69,9 +69,9 @@ class CrossEncoderReranker:
     and the scores are put back in the caller's order. :meth:`score_pairs` scores pairs of
     different queries in one pass (the server merges concurrent requests this way).
 
-    On a CPU in fp32 the model's linear layers run on weights laid out once for oneDNN
-    (:mod:`hybridembed.runtimes.prepacked`; ``prepacked_weights=False`` runs them as
-    loaded).
+    ``prepacked_weights=True`` runs the model's linear layers, on a CPU in fp32, on
+    weights laid out once for oneDNN (:mod:`hybridembed.runtimes.prepacked`; off by
+    default: not faster on the machines measured).
 
     Out of memory during a batch halves the batch size (for the rest of the call) and
     retries, down to one pair. If a single pair still does not fit and ``fallback`` names
@@ -83,7 +83,7 @@ class CrossEncoderReranker:
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str | None = None,
                  batch_size: int = 32, max_length: int = 512, fallback: str | None = None,
-                 max_batch_tokens: int | None = None, prepacked_weights: bool = True):
+                 max_batch_tokens: int | None = None, prepacked_weights: bool = False):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidOptionError(f"batch_size must be an integer >= 1, got {batch_size!r}",
                                      "batch_size")

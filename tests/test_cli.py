@@ -55,3 +55,29 @@ def test_models_shows_how_each_output_of_a_family_is_computed(family_dir):
               "--model", str(family_dir("splade")))
     assert out.returncode == 0, out.stderr
     assert "sparse learned" in out.stdout and "world:" in out.stdout
+
+
+def test_serve_runs_on_uvicorns_c_parser_and_libuv_loop(monkeypatch):
+    """What `hybridembed serve` hands uvicorn resolves, with the package's dependencies
+    installed, to httptools and uvloop: h11 on asyncio's loop, uvicorn's fallback, costs
+    every request ~0.25 ms more (docs/BENCHMARKS.md, issue 18)."""
+    import asyncio
+
+    import uvicorn
+    import uvloop
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from hybridembed import cli
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli.main(["serve", "--model", "minilm", "--port", "8999"]) == 0
+    config = uvicorn.Config(**served)
+    config.load()
+    assert config.http_protocol_class is HttpToolsProtocol
+    loop = config.get_loop_factory()()
+    try:
+        assert isinstance(loop, uvloop.Loop) and isinstance(loop, asyncio.AbstractEventLoop)
+    finally:
+        loop.close()

@@ -6,8 +6,11 @@ caches (MiniLM-L6's layers are 42 MB), so every batch reads each weight from mem
 then again to lay it out; a short batch (one query of ~20 tokens) is bound by that memory
 traffic, not by arithmetic. oneDNN's inner product takes a weight laid out ahead of time
 (``torch.ops.mkldnn._reorder_linear_weight``, what TorchInductor's freezing uses on a
-CPU), so each call reads it once: ~5% faster for single texts and batches alike on the
-2-core machine (docs/BENCHMARKS.md, session 9).
+CPU), so each call reads it once. Off by default (``prepacked_weights=True`` in a torch
+runtime's options, or a reranker's argument, turns it on): on the 2-core machine it was
+~5% faster only while a second OpenMP team slowed every forward pass (session 9); with
+one team it is ~8% slower for a lone text and ~2% for batches (docs/BENCHMARKS.md,
+session 11).
 
 :func:`prepack_linears` swaps every ``nn.Linear`` under a module for a
 :class:`PrepackedLinear` holding only the laid-out weight (the plain one is freed). These
@@ -23,6 +26,8 @@ import logging
 
 import torch
 import torch.nn.functional as F
+
+from .openmp import torch_call
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +66,19 @@ def prepack_linears(module: torch.nn.Module) -> int:
     how many were swapped (0 when the operators are missing or disagree). Each plain
     weight is freed as its layer is swapped, so loading never holds two copies of more
     than one layer's weight. An operator failing part way leaves the layers not yet
-    swapped as loaded (outputs are the same either way), and says so."""
+    swapped as loaded (outputs are the same either way), and says so.
+
+    The reorders and the probe run on the process's one threaded-compute thread
+    (:func:`~hybridembed.runtimes.openmp.torch_call`): run with several threads on the
+    loading thread, they would leave it an OpenMP team of its own, and two teams on a
+    machine of as many cores make every worker sleep between a forward pass's parallel
+    regions (a lone text took twice as long, docs/BENCHMARKS.md, session 11)."""
     if not available():
         return 0
+    return torch_call(torch.get_num_threads(), _prepack, module)
+
+
+def _prepack(module: torch.nn.Module) -> int:
     # (parent, name) only: a list holding the layers would keep every plain weight alive
     # until the last one is swapped
     targets = [(parent, name) for parent in module.modules()

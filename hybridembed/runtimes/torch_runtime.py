@@ -101,7 +101,7 @@ class TorchRuntime:
 
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str | None = None,
                  threads: int | None = None, sequence_packing: bool = True,
-                 prepacked_weights: bool = True):
+                 prepacked_weights: bool = False):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -116,8 +116,9 @@ class TorchRuntime:
         self.parallel_forwards = self.threads if self.device == "cpu" else 1
         self.module = build_module(spec, DTYPES[self.dtype], _load_encoder)
         self.module.to(self.device).eval()
-        # fp32 on a CPU (prepack_linears takes no other layer): the encoder's weights laid
-        # out once for oneDNN instead of by MKL on every call (see runtimes/prepacked.py)
+        # opt-in: fp32 on a CPU (prepack_linears takes no other layer), the encoder's
+        # weights laid out once for oneDNN instead of by MKL on every call; not faster
+        # here (see runtimes/prepacked.py)
         if prepacked_weights:
             prepack_linears(self.module.encoder)
         self.splade = spec.splade is not None
