@@ -26,6 +26,20 @@ the FLOP count said on a CPU (12 heads of 32 dims); scattering Q/K/V to the padd
 for one masked SDPA call per layer paid for the scatters, the mask and ``longest^2`` per
 text, and did not pay off on batches with under 5% padding.
 
+The layer stack runs as one TorchScript call (:class:`PackedLayers`, scripted at load):
+torch releases the GIL for each operator called from Python and takes it back after,
+so an eager forward pass of a batch takes the GIL some thousand times (every run's
+views and attention call in every layer), and waits each time while another thread
+runs Python: the server's event loop parsing requests, or the other lane's forward
+pass. A scripted stack is one call that releases the GIL once. Measured on the 2-core
+machine, a thread of small operators slowed 16% beside a Python thread busy 12% of the
+time when eager, not at all when scripted, and MiniLM's forward passes got faster
+in-process too (docs/BENCHMARKS.md, session 12). ``torch.jit.script`` is deprecated in
+torch 2.x without a replacement that runs without a compiler (``torch.compile`` and
+AOTInductor need one at run time), so the same module runs eagerly, with the same
+outputs, when scripting fails or is turned off (``torchscript=False``), or when an
+activation has no scriptable equivalent.
+
 Encoders: the BERT layer layout (``bert``; ``roberta`` / ``xlm-roberta``, whose positions
 count from the padding id as HF's ``create_position_ids_from_input_ids`` counts them) with
 absolute positions, bidirectional, no feed-forward chunking. Others (rotary or
@@ -34,11 +48,17 @@ sliding-window encoders, decoders) run padded.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .openmp import torch_call
+
+log = logging.getLogger(__name__)
 
 # Model types whose layers have the BERT layout; value: whether positions count from the
 # padding id (RoBERTa) rather than from 0 (BERT).
@@ -99,25 +119,32 @@ class Packer:
     :func:`plan` lays them out (see the module docs); :func:`for_encoder` says whether an
     encoder can be."""
 
-    def __init__(self, encoder: torch.nn.Module, from_padding: bool):
+    def __init__(self, encoder: torch.nn.Module, from_padding: bool,
+                 torchscript: bool = True):
         self.encoder = encoder
         config = encoder.config
-        self.heads = config.num_attention_heads
         self.hidden = config.hidden_size
         self.pad_id = config.pad_token_id if from_padding else None
-        self.layers = list(encoder.encoder.layer)
+        # On the one threaded-compute thread (the activation probes are torch calls): a
+        # torch call on the loading thread leaves it an OpenMP team of its own, and two
+        # teams make every forward pass slower (runtimes/openmp.py)
+        self.layers, self.scripted = torch_call(
+            torch.get_num_threads(), _stack, list(encoder.encoder.layer),
+            config.num_attention_heads, config.hidden_size, torchscript)
 
     @classmethod
-    def for_encoder(cls, encoder: torch.nn.Module) -> Packer | None:
+    def for_encoder(cls, encoder: torch.nn.Module, torchscript: bool = True
+                    ) -> Packer | None:
         """A packer for ``encoder``, or ``None`` for encoders whose layers are not the
-        BERT layout with absolute positions, bidirectional."""
+        BERT layout with absolute positions, bidirectional. ``torchscript``: run the
+        layer stack as TorchScript where it scripts (see the module docs)."""
         config = getattr(encoder, "config", None)
         from_padding = _POSITIONS_FROM_PADDING.get(getattr(config, "model_type", None))
         if from_padding is None or not _bert_layout(encoder):
             return None
         if from_padding and getattr(config, "pad_token_id", None) is None:
             return None
-        return cls(encoder, from_padding)
+        return cls(encoder, from_padding, torchscript)
 
     def _positions(self, ids: torch.Tensor) -> torch.Tensor:
         """``(n, longest)`` position ids as the model's own embeddings compute them."""
@@ -132,25 +159,116 @@ class Packer:
     def encode(self, ids: torch.Tensor, plan: PackPlan) -> torch.Tensor:
         """``(n, longest, hidden)`` last hidden states of the right-padded ``ids``
         (int64), computed on the real tokens only; padding positions are zero."""
-        n, longest, hidden, heads = plan.n, plan.longest, self.hidden, self.heads
+        n, longest, hidden = plan.n, plan.longest, self.hidden
         source = torch.from_numpy(plan.source).to(ids.device)
         tokens = ids.reshape(-1)[source].unsqueeze(0)
         positions = self._positions(ids).reshape(-1)[source].unsqueeze(0)
         x = self.encoder.embeddings(input_ids=tokens, position_ids=positions,
                                     token_type_ids=torch.zeros_like(tokens))[0]
-        per_head = hidden // heads
-        for layer in self.layers:
-            attention = layer.attention
-            q, k, v = attention.self.query(x), attention.self.key(x), attention.self.value(x)
-            context = [F.scaled_dot_product_attention(
-                *(t[a:b].view(texts, length, heads, per_head).transpose(1, 2)
-                  for t in (q, k, v))).transpose(1, 2).reshape(b - a, hidden)
-                for a, b, texts, length in plan.runs]
-            context = context[0] if len(context) == 1 else torch.cat(context)
-            x = attention.output.LayerNorm(attention.output.dense(context) + x)
-            x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
+        x = (self.scripted or self.layers)(x, list(plan.runs))
         if len(plan.source) == n * longest:  # no padding: the stream is the layout
             return x.view(n, longest, hidden)
         out = x.new_zeros(n * longest, hidden)
         out[source] = x
         return out.view(n, longest, hidden)
+
+
+class PackedLayer(torch.nn.Module):
+    """One BERT-layout layer on a packed ``(tokens, hidden)`` stream: the layer's own
+    submodules (shared, not copied), attention per run of equal-length texts."""
+
+    def __init__(self, layer: torch.nn.Module, heads: int, hidden: int,
+                 act: torch.nn.Module):
+        super().__init__()
+        self.heads, self.hidden = heads, hidden
+        attention = layer.attention
+        self.query, self.key, self.value = (attention.self.query, attention.self.key,
+                                            attention.self.value)
+        self.out, self.norm1 = attention.output.dense, attention.output.LayerNorm
+        self.up, self.act = layer.intermediate.dense, act
+        self.down, self.norm2 = layer.output.dense, layer.output.LayerNorm
+
+    def forward(self, x: torch.Tensor, runs: list[tuple[int, int, int, int]]
+                ) -> torch.Tensor:
+        """``x``: ``(tokens, hidden)``; ``runs``: :attr:`PackPlan.runs`; returns the
+        layer's output, same shape and dtype."""
+        heads, hidden = self.heads, self.hidden
+        per_head = hidden // heads
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        context: list[torch.Tensor] = []
+        for a, b, texts, length in runs:
+            context.append(F.scaled_dot_product_attention(
+                q[a:b].view(texts, length, heads, per_head).transpose(1, 2),
+                k[a:b].view(texts, length, heads, per_head).transpose(1, 2),
+                v[a:b].view(texts, length, heads, per_head).transpose(1, 2),
+            ).transpose(1, 2).reshape(b - a, hidden))
+        attended = context[0] if len(context) == 1 else torch.cat(context)
+        x = self.norm1(self.out(attended) + x)
+        return self.norm2(self.down(self.act(self.up(x))) + x)
+
+
+class PackedLayers(torch.nn.Module):
+    """A BERT-layout encoder's layer stack on a packed stream (see :class:`PackedLayer`).
+    Each layer's activation is the model's own, or the ``torch.nn`` module that computes
+    exactly the same values (checked on a probe; HF's activations are not scriptable):
+    :attr:`scriptable` says whether every one has such a stand-in."""
+
+    def __init__(self, layers: list[torch.nn.Module], heads: int, hidden: int):
+        super().__init__()
+        acts = [_scriptable_activation(layer.intermediate.intermediate_act_fn,
+                                       layer.output.LayerNorm.weight)
+                for layer in layers]
+        self.scriptable = all(act is not None for act in acts)
+        self.layers = torch.nn.ModuleList(
+            PackedLayer(layer, heads, hidden,
+                        act if self.scriptable else layer.intermediate.intermediate_act_fn)
+            for layer, act in zip(layers, acts, strict=True))
+
+    def forward(self, x: torch.Tensor, runs: list[tuple[int, int, int, int]]
+                ) -> torch.Tensor:
+        """``x``: ``(tokens, hidden)`` embeddings of the packed stream; returns the last
+        hidden states, same shape and dtype."""
+        for layer in self.layers:
+            x = layer(x, runs)
+        return x
+
+
+# torch.nn activations a Hugging Face activation may compute exactly (HF's "gelu" calls
+# F.gelu, "gelu_pytorch_tanh" F.gelu(approximate="tanh"), "relu" F.relu, "silu" F.silu)
+_STAND_INS = (lambda: torch.nn.GELU(), lambda: torch.nn.GELU(approximate="tanh"),
+              lambda: torch.nn.ReLU(), lambda: torch.nn.SiLU())
+
+
+def _scriptable_activation(act, weight: torch.Tensor) -> torch.nn.Module | None:
+    """A ``torch.nn`` activation that gives exactly what ``act`` gives on a probe over
+    [-8, 8] (in ``weight``'s dtype and device), or ``None``."""
+    probe = torch.linspace(-8, 8, 257).to(weight.device, weight.dtype)
+    with torch.inference_mode():
+        want = act(probe)
+        for make in _STAND_INS:
+            stand_in = make()
+            if torch.equal(stand_in(probe), want):
+                return stand_in
+    return None
+
+
+def _stack(layers: list[torch.nn.Module], heads: int, hidden: int, torchscript: bool
+           ) -> tuple[PackedLayers, torch.jit.ScriptModule | None]:
+    stack = PackedLayers(layers, heads, hidden)
+    return stack, _scripted(stack) if torchscript else None
+
+
+def _scripted(layers: PackedLayers) -> torch.jit.ScriptModule | None:
+    """``layers`` compiled by ``torch.jit.script`` (sharing its weights), or ``None`` when
+    it cannot be: an activation without a stand-in, or a layer TorchScript cannot compile
+    (e.g. a custom linear layer); the eager module then runs instead, same outputs."""
+    if not layers.scriptable:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit, see module docs
+            return torch.jit.script(layers)
+    except Exception as exc:  # noqa: BLE001 - any compile error: run eagerly
+        log.info("the packed layer stack runs eagerly: TorchScript could not compile it (%s)",
+                 str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None

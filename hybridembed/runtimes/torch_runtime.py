@@ -101,7 +101,7 @@ class TorchRuntime:
 
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str | None = None,
                  threads: int | None = None, sequence_packing: bool = True,
-                 prepacked_weights: bool = False):
+                 prepacked_weights: bool = False, torchscript: bool = True):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -130,7 +130,7 @@ class TorchRuntime:
         # budgets a batch by its real tokens, not by its longest text. Not for
         # left-padded decoders, nor for ColBERT checkpoints, whose token plan (markers,
         # query expansion) reshapes every batch first.
-        self.packer = (Packer.for_encoder(self.module.encoder)
+        self.packer = (Packer.for_encoder(self.module.encoder, torchscript)
                        if sequence_packing and self.device == "cpu" and not self.left_pad
                        and self.late is None else None)
         self.packs_ragged = self.packer is not None

@@ -2,13 +2,18 @@
 whichever thread asks, so libgomp never has more workers than CPUs."""
 
 import functools
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import weakref
 
 import pytest
+import torch
 
+from hybridembed.runtimes import prepacked
 from hybridembed.runtimes.openmp import run_threaded
 
 
@@ -188,3 +193,34 @@ def test_a_process_exiting_during_a_torch_call_exits_cleanly(tmp_path):
         assert out.returncode == 0, out.stderr
         assert "terminate called" not in out.stderr
         assert out.stdout.split() == printed
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or torch.get_num_threads() < 2,
+                    reason="needs Linux's /proc and more than one torch thread")
+@pytest.mark.parametrize("options", [
+    {},  # sequence packing with its scripted layer stack (the activations probed)
+    {"torchscript": False},
+    pytest.param({"prepacked_weights": True}, marks=pytest.mark.skipif(
+        not prepacked.available(), reason="this torch build has no oneDNN")),
+], ids=["scripted", "eager", "prepacked"])
+def test_loading_leaves_the_process_one_openmp_team(options):
+    """A torch call with several threads on the loading thread (laying weights out, a
+    probe) gave that thread an OpenMP team of its own; with two teams on a 2-core machine
+    every worker slept between a forward pass's parallel regions and a lone text took
+    twice as long. Loaded (and used) with ``options``, a fresh process has the threads it
+    has with none of the loading-time work (plain modules, no packing)."""
+    code = ("import json, os, sys\n"
+            "from hybridembed import Embedder\n"
+            "emb = Embedder('minilm', device='cpu', cache_size=0,\n"
+            "               runtime_options=json.loads(sys.argv[1]))\n"
+            "emb.embed(['a lone text'])\n"
+            "emb.embed(['one text', 'and another, a little longer'])\n"
+            "print(len(os.listdir('/proc/self/task')))\n")
+    threads = {}
+    for name, chosen in (("plain", {"sequence_packing": False}), ("chosen", options)):
+        out = subprocess.run([sys.executable, "-c", code, json.dumps(chosen)],
+                             capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert out.returncode == 0, out.stderr
+        threads[name] = int(out.stdout.split()[-1])
+    assert threads["chosen"] == threads["plain"], threads

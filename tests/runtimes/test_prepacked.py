@@ -1,10 +1,7 @@
 """Prepacked linear layers (oneDNN), opt-in in the torch runtime on a CPU: every family's
 encoder can have them and gives what it gives as loaded; where the operators are missing
-or disagree, the model runs as loaded; loading them leaves the process one OpenMP team."""
-
-import os
-import subprocess
-import sys
+or disagree, the model runs as loaded (loading them leaves the process one OpenMP team:
+tests/runtimes/test_openmp.py)."""
 
 import pytest
 import torch
@@ -143,27 +140,3 @@ def test_a_cross_encoder_runs_prepacked_and_scores_as_loaded(tiny_ce_dir):
     torch.testing.assert_close(torch.from_numpy(ours.score_pairs(queries, texts)[0]),
                                torch.from_numpy(plain.score_pairs(queries, texts)[0]),
                                rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.skipif(not prepacked.available() or not os.path.isdir("/proc/self/task")
-                    or torch.get_num_threads() < 2,
-                    reason="needs oneDNN, Linux's /proc and more than one torch thread")
-def test_loading_prepacked_weights_leaves_the_process_one_openmp_team():
-    """Laying weights out with several threads on the loading thread gave that thread an
-    OpenMP team of its own; with two teams on a 2-core machine every worker slept between
-    a forward pass's parallel regions and a lone text took twice as long. Loaded (and
-    used) prepacked or not, a fresh process has the same threads."""
-    code = ("import os, sys\n"
-            "from hybridembed import Embedder\n"
-            "emb = Embedder('minilm', device='cpu', cache_size=0,\n"
-            "               runtime_options={'prepacked_weights': sys.argv[1] == 'on'})\n"
-            "emb.embed(['a lone text'])\n"
-            "emb.embed(['one text', 'and another, a little longer'])\n"
-            "print(len(os.listdir('/proc/self/task')))\n")
-    threads = {}
-    for switch in ("off", "on"):
-        out = subprocess.run([sys.executable, "-c", code, switch], capture_output=True,
-                             text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        assert out.returncode == 0, out.stderr
-        threads[switch] = int(out.stdout.split()[-1])
-    assert threads["on"] == threads["off"], threads

@@ -160,3 +160,100 @@ def test_one_text_and_unpadded_batches_run_packed_too(minilm, packed_calls):
         np.testing.assert_allclose(minilm.embed(texts).dense, padded.embed(texts).dense,
                                    atol=2e-6)
         assert len(packed_calls) == before + 1
+
+
+@pytest.mark.parametrize("family", ["dense", "splade", "m3"])
+def test_the_scripted_layer_stack_gives_exactly_what_the_eager_one_gives(
+        family, family_dir, tiny_m3_dir):
+    """The layer stack runs as TorchScript by default (BERT and XLM-RoBERTa layouts); the
+    same operators run eagerly with ``torchscript=False``: the same bits."""
+    from hybridembed import Embedder
+
+    source = str(tiny_m3_dir if family == "m3" else family_dir(family))
+    scripted = Embedder(source, device="cpu", cache_size=0)
+    eager = Embedder(source, device="cpu", cache_size=0, runtime_options={"torchscript": False})
+    assert scripted._runtime.packer.scripted is not None
+    assert eager._runtime.packer.scripted is None
+    options = {"dense": family != "splade", "sparse": family != "dense",
+               "multivector": family == "m3"}
+    for texts in (MIXED, MIXED[2:3]):  # many runs, one run
+        assert_same_result(scripted.embed(texts, **options), eager.embed(texts, **options),
+                           atol=0, sparse_atol=0)
+
+
+def _python_calls(packer, texts, tokenizer):
+    """How many calls into C (torch operators included) Python makes while ``packer``
+    encodes ``texts``: each one takes the GIL back after releasing it."""
+    import sys
+
+    import torch
+
+    from hybridembed.engine.encoder import pad_batch
+
+    ids, mask = pad_batch(tokenizer.encode(texts), list(range(len(texts))), tokenizer.pad_id)
+    p = plan(mask)
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "c_call":
+            calls.append(arg)
+
+    with torch.inference_mode():
+        sys.setprofile(profile)
+        try:
+            packer.encode(torch.from_numpy(ids), p)
+        finally:
+            sys.setprofile(None)
+    return len(p.runs), len(calls)
+
+
+def test_the_scripted_stack_is_one_call_whatever_the_runs(minilm):
+    """Eager, every run of every layer is a dozen operator calls, each taking the GIL back
+    from whichever thread holds it (the server's event loop, the other lane); scripted,
+    the whole stack is one call, however many runs the batch has."""
+    from hybridembed import Embedder
+
+    eager = Embedder("minilm", device="cpu", cache_size=0, runtime_options={"torchscript": False})
+    two_runs, many_runs = MIXED[1:3], MIXED  # both padded
+    runs, calls = zip(*(_python_calls(minilm._runtime.packer, t, minilm.tokenizer)
+                        for t in (two_runs, many_runs)), strict=True)
+    assert runs[0] == 2 and runs[1] >= 8
+    assert calls[0] == calls[1]
+    eager_calls = [_python_calls(eager._runtime.packer, t, eager.tokenizer)[1]
+                   for t in (two_runs, many_runs)]
+    assert eager_calls[1] > eager_calls[0] + 6 * (runs[1] - 2)  # >= one call per run and layer
+    assert calls[1] < eager_calls[0]
+
+
+def _bert(hidden_act):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, hidden_act=hidden_act,
+                        max_position_embeddings=64)
+    return BertModel(config, add_pooling_layer=False).eval()
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "relu", "gelu_pytorch_tanh", "quick_gelu"])
+def test_an_activation_without_a_scriptable_stand_in_runs_eagerly(hidden_act):
+    """HF's activation modules are not scriptable: the stack swaps in the torch.nn module
+    that computes exactly the same values; one without such a twin (QuickGELU) runs the
+    model's own activation eagerly. Either way: the model's own hidden states."""
+    import torch
+
+    from hybridembed.runtimes.sequence_packing import Packer
+
+    model = _bert(hidden_act)
+    packer = Packer.for_encoder(model)
+    assert (packer.scripted is None) == (hidden_act == "quick_gelu")
+    lengths = [9, 9, 5, 3, 3, 3, 12]
+    mask = _mask(*lengths)
+    ids = torch.from_numpy(np.where(mask, np.arange(mask.size).reshape(mask.shape) % 97 + 2, 0))
+    with torch.inference_mode():
+        packed = packer.encode(ids, plan(mask))
+        reference = model(input_ids=ids, attention_mask=torch.from_numpy(mask)).last_hidden_state
+    real = torch.from_numpy(mask).bool()
+    torch.testing.assert_close(packed[real], reference[real], atol=2e-6, rtol=1e-5)
+    assert not packed[~real].any()
