@@ -33,8 +33,9 @@ views and attention call in every layer), and waits each time while another thre
 runs Python: the server's event loop parsing requests, or the other lane's forward
 pass. A scripted stack is one call that releases the GIL once. Measured on the 2-core
 machine, a thread of small operators slowed 16% beside a Python thread busy 12% of the
-time when eager, not at all when scripted, and MiniLM's forward passes got faster
-in-process too (docs/BENCHMARKS.md, session 12). ``torch.jit.script`` is deprecated in
+time when eager, 4% when scripted; MiniLM's forward passes got faster in process too, and
+the server's 64-client throughput came closer to in-process (docs/BENCHMARKS.md, session
+12). ``torch.jit.script`` is deprecated in
 torch 2.x without a replacement that runs without a compiler (``torch.compile`` and
 AOTInductor need one at run time), so the same module runs eagerly, with the same
 outputs, when scripting fails or is turned off (``torchscript=False``), or when an
@@ -165,7 +166,8 @@ class Packer:
         positions = self._positions(ids).reshape(-1)[source].unsqueeze(0)
         x = self.encoder.embeddings(input_ids=tokens, position_ids=positions,
                                     token_type_ids=torch.zeros_like(tokens))[0]
-        x = (self.scripted or self.layers)(x, list(plan.runs))
+        stack = self.layers if self.scripted is None else self.scripted
+        x = stack(x, list(plan.runs))
         if len(plan.source) == n * longest:  # no padding: the stream is the layout
             return x.view(n, longest, hidden)
         out = x.new_zeros(n * longest, hidden)
