@@ -257,7 +257,17 @@ def _scriptable_activation(act, weight: torch.Tensor) -> torch.nn.Module | None:
 def _stack(layers: list[torch.nn.Module], heads: int, hidden: int, torchscript: bool
            ) -> tuple[PackedLayers, torch.jit.ScriptModule | None]:
     stack = PackedLayers(layers, heads, hidden)
-    return stack, _scripted(stack) if torchscript else None
+    scripted = _scripted(stack) if torchscript else None
+    if scripted is not None:
+        # TorchScript profiles a module's first call and optimises its graph in the
+        # second (~50 ms for MiniLM on the 2-core machine): both happen here, at load,
+        # not in the first requests (the Embedder's warm-up is one call)
+        dummy = torch.zeros(2, hidden, dtype=layers[0].output.LayerNorm.weight.dtype,
+                            device=layers[0].output.LayerNorm.weight.device)
+        with torch.inference_mode():
+            for _ in range(2):
+                scripted(dummy, [(0, 2, 1, 2)])
+    return stack, scripted
 
 
 def _scripted(layers: PackedLayers) -> torch.jit.ScriptModule | None:
