@@ -38,8 +38,10 @@ the server's 64-client throughput came closer to in-process (docs/BENCHMARKS.md,
 12). ``torch.jit.script`` is deprecated in
 torch 2.x without a replacement that runs without a compiler (``torch.compile`` and
 AOTInductor need one at run time), so the same module runs eagerly, with the same
-outputs, when scripting fails or is turned off (``torchscript=False``), or when an
-activation has no scriptable equivalent.
+outputs, when scripting fails or is turned off (``torchscript=False``), when an
+activation has no exact ``torch.nn`` equivalent (its own module then runs), and with
+prepacked weights (:mod:`.prepacked`, opt-in), whose operator call TorchScript cannot
+compile.
 
 Encoders: the BERT layer layout (``bert``; ``roberta`` / ``xlm-roberta``, whose positions
 count from the padding id as HF's ``create_position_ids_from_input_ids`` counts them) with
@@ -50,7 +52,6 @@ sliding-window encoders, decoders) run padded.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from .openmp import torch_call
+from .prepacked import PrepackedLinear
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,8 @@ def _bert_layout(encoder: torch.nn.Module) -> bool:
         for layer in layers:
             _ = (layer.attention.self.query, layer.attention.self.key,
                  layer.attention.self.value, layer.attention.output.dense,
-                 layer.attention.output.LayerNorm, layer.intermediate, layer.output.dense,
+                 layer.attention.output.LayerNorm, layer.intermediate.dense,
+                 layer.intermediate.intermediate_act_fn, layer.output.dense,
                  layer.output.LayerNorm)
         _ = encoder.embeddings
     except AttributeError:
@@ -129,7 +132,7 @@ class Packer:
         # On the one threaded-compute thread (the activation probes are torch calls): a
         # torch call on the loading thread leaves it an OpenMP team of its own, and two
         # teams make every forward pass slower (runtimes/openmp.py)
-        self.layers, self.scripted = torch_call(
+        self.stack, self.scripted = torch_call(
             torch.get_num_threads(), _stack, list(encoder.encoder.layer),
             config.num_attention_heads, config.hidden_size, torchscript)
 
@@ -166,7 +169,7 @@ class Packer:
         positions = self._positions(ids).reshape(-1)[source].unsqueeze(0)
         x = self.encoder.embeddings(input_ids=tokens, position_ids=positions,
                                     token_type_ids=torch.zeros_like(tokens))[0]
-        stack = self.layers if self.scripted is None else self.scripted
+        stack = self.stack if self.scripted is None else self.scripted
         x = stack(x, list(plan.runs))
         if len(plan.source) == n * longest:  # no padding: the stream is the layout
             return x.view(n, longest, hidden)
@@ -220,6 +223,7 @@ class PackedLayers(torch.nn.Module):
         acts = [_scriptable_activation(layer.intermediate.intermediate_act_fn,
                                        layer.output.LayerNorm.weight)
                 for layer in layers]
+        self.hidden = hidden
         self.scriptable = all(act is not None for act in acts)
         self.layers = torch.nn.ModuleList(
             PackedLayer(layer, heads, hidden,
@@ -241,12 +245,23 @@ _STAND_INS = (lambda: torch.nn.GELU(), lambda: torch.nn.GELU(approximate="tanh")
               lambda: torch.nn.ReLU(), lambda: torch.nn.SiLU())
 
 
+# The probe spans the values a layer's pre-activations take and far beyond: a clipped
+# activation (HF's "gelu_10") equals GELU up to its clip
+_PROBE = torch.cat([torch.linspace(-8, 8, 257),
+                    torch.tensor([-1e4, -1e3, -100.0, -50.0, -20.0, -11.0,
+                                  11.0, 20.0, 50.0, 100.0, 1e3, 1e4])])
+
+
 def _scriptable_activation(act, weight: torch.Tensor) -> torch.nn.Module | None:
-    """A ``torch.nn`` activation that gives exactly what ``act`` gives on a probe over
-    [-8, 8] (in ``weight``'s dtype and device), or ``None``."""
-    probe = torch.linspace(-8, 8, 257).to(weight.device, weight.dtype)
+    """A ``torch.nn`` activation that gives exactly what ``act`` gives on a probe from
+    -1e4 to 1e4 (in ``weight``'s dtype and device), or ``None`` (also when ``act`` fails
+    on it)."""
+    probe = _PROBE.to(weight.device, weight.dtype)
     with torch.inference_mode():
-        want = act(probe)
+        try:
+            want = act(probe)
+        except Exception:  # noqa: BLE001 - not an elementwise activation we can match
+            return None
         for make in _STAND_INS:
             stand_in = make()
             if torch.equal(stand_in(probe), want):
@@ -257,30 +272,33 @@ def _scriptable_activation(act, weight: torch.Tensor) -> torch.nn.Module | None:
 def _stack(layers: list[torch.nn.Module], heads: int, hidden: int, torchscript: bool
            ) -> tuple[PackedLayers, torch.jit.ScriptModule | None]:
     stack = PackedLayers(layers, heads, hidden)
-    scripted = _scripted(stack) if torchscript else None
-    if scripted is not None:
-        # TorchScript profiles a module's first call and optimises its graph in the
-        # second (~50 ms for MiniLM on the 2-core machine): both happen here, at load,
-        # not in the first requests (the Embedder's warm-up is one call)
-        dummy = torch.zeros(2, hidden, dtype=layers[0].output.LayerNorm.weight.dtype,
-                            device=layers[0].output.LayerNorm.weight.device)
-        with torch.inference_mode():
-            for _ in range(2):
-                scripted(dummy, [(0, 2, 1, 2)])
-    return stack, scripted
+    prepacked = any(isinstance(m, PrepackedLinear) for m in stack.modules())
+    return stack, (_scripted(stack, layers[0].output.LayerNorm.weight)
+                   if torchscript and not prepacked else None)
 
 
-def _scripted(layers: PackedLayers) -> torch.jit.ScriptModule | None:
-    """``layers`` compiled by ``torch.jit.script`` (sharing its weights), or ``None`` when
-    it cannot be: an activation without a stand-in, or a layer TorchScript cannot compile
-    (e.g. a custom linear layer); the eager module then runs instead, same outputs."""
+def _scripted(layers: PackedLayers, like: torch.Tensor) -> torch.jit.ScriptModule | None:
+    """``layers`` compiled by ``torch.jit.script`` (sharing its weights) and run twice on
+    a dummy in ``like``'s dtype and device, or ``None`` when it cannot be: an activation
+    without a stand-in, a layer TorchScript cannot compile (a custom linear layer), or
+    TorchScript turned off (``PYTORCH_JIT=0``); the eager module then runs instead."""
     if not layers.scriptable:
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit, see module docs
-            return torch.jit.script(layers)
-    except Exception as exc:  # noqa: BLE001 - any compile error: run eagerly
-        log.info("the packed layer stack runs eagerly: TorchScript could not compile it (%s)",
-                 str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        scripted = torch.jit.script(layers)  # deprecated in torch 2.x: see the module docs
+        if not isinstance(scripted, torch.jit.ScriptModule):  # PYTORCH_JIT=0
+            return None
+        # TorchScript profiles a module's first call and optimises its graph during the
+        # second (~50 ms for MiniLM on the 2-core machine): both happen here, at load,
+        # not in the first requests (the Embedder's warm-up is one call)
+        dummy = torch.zeros(2, layers.hidden, dtype=like.dtype, device=like.device)
+        with torch.inference_mode():
+            for _ in range(2):
+                scripted(dummy, [(0, 2, 1, 2)])
+        return scripted
+    except Exception as exc:  # noqa: BLE001 - any compile or run error: run eagerly
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()),
+                      type(exc).__name__)
+        log.warning("the packed layer stack runs eagerly (slower): TorchScript could not "
+                    "compile or run it: %s", reason)
         return None

@@ -236,18 +236,20 @@ def _bert(hidden_act):
     return BertModel(config, add_pooling_layer=False).eval()
 
 
-@pytest.mark.parametrize("hidden_act", ["gelu", "relu", "gelu_pytorch_tanh", "quick_gelu"])
+@pytest.mark.parametrize("hidden_act", ["gelu", "relu", "gelu_pytorch_tanh", "silu",
+                                       "quick_gelu", "gelu_10"])
 def test_an_activation_without_a_scriptable_stand_in_runs_eagerly(hidden_act):
     """HF's activation modules are not scriptable: the stack swaps in the torch.nn module
-    that computes exactly the same values; one without such a twin (QuickGELU) runs the
-    model's own activation eagerly. Either way: the model's own hidden states."""
+    that computes exactly the same values; one without such a twin runs the model's own
+    activation eagerly: QuickGELU, and GELU clipped at +-10 ("gelu_10"), which equals GELU
+    on small values only. Either way: the model's own hidden states."""
     import torch
 
     from hybridembed.runtimes.sequence_packing import Packer
 
     model = _bert(hidden_act)
     packer = Packer.for_encoder(model)
-    assert (packer.scripted is None) == (hidden_act == "quick_gelu")
+    assert (packer.scripted is None) == (hidden_act in ("quick_gelu", "gelu_10"))
     lengths = [9, 9, 5, 3, 3, 3, 12]
     mask = _mask(*lengths)
     ids = torch.from_numpy(np.where(mask, np.arange(mask.size).reshape(mask.shape) % 97 + 2, 0))
@@ -257,3 +259,24 @@ def test_an_activation_without_a_scriptable_stand_in_runs_eagerly(hidden_act):
     real = torch.from_numpy(mask).bool()
     torch.testing.assert_close(packed[real], reference[real], atol=2e-6, rtol=1e-5)
     assert not packed[~real].any()
+
+
+def test_with_torchscript_turned_off_the_stack_runs_eagerly():
+    """``PYTORCH_JIT=0`` makes ``torch.jit.script`` hand the module back uncompiled: the
+    packer then says it runs eagerly, and embeds as usual."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json\n"
+            "from hybridembed import Embedder\n"
+            "emb = Embedder('minilm', device='cpu', cache_size=0)\n"
+            "print(json.dumps([emb._runtime.packer.scripted is None,\n"
+            "                  emb.embed(['a lone text']).dense.shape[1]]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                           "PYTORCH_JIT": "0"})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.split("\n")[-2]) == [True, 384]
+
