@@ -7,10 +7,9 @@ then again to lay it out; a short batch (one query of ~20 tokens) is bound by th
 traffic, not by arithmetic. oneDNN's inner product takes a weight laid out ahead of time
 (``torch.ops.mkldnn._reorder_linear_weight``, what TorchInductor's freezing uses on a
 CPU), so each call reads it once. Off by default (``prepacked_weights=True`` in a torch
-runtime's options, or a reranker's argument, turns it on): on the 2-core machine it was
-~5% faster only while a second OpenMP team slowed every forward pass (session 9); with
-one team it is ~8% slower for a lone text and ~2% for batches (docs/BENCHMARKS.md,
-session 11).
+runtime's options, or a reranker's argument, turns it on): with one OpenMP team it was
+not faster on the machines measured (docs/BENCHMARKS.md, sessions 9 and 11). A torch
+runtime's packed layer stack runs eagerly with it (:mod:`.sequence_packing`).
 
 :func:`prepack_linears` swaps every ``nn.Linear`` under a module for a
 :class:`PrepackedLinear` holding only the laid-out weight (the plain one is freed). These

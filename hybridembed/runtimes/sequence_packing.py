@@ -31,17 +31,13 @@ torch releases the GIL for each operator called from Python and takes it back af
 so an eager forward pass of a batch takes the GIL some thousand times (every run's
 views and attention call in every layer), and waits each time while another thread
 runs Python: the server's event loop parsing requests, or the other lane's forward
-pass. A scripted stack is one call that releases the GIL once. Measured on the 2-core
-machine, a thread of small operators slowed 16% beside a Python thread busy 12% of the
-time when eager, 4% when scripted; MiniLM's forward passes got faster in process too, and
-the server's 64-client throughput came closer to in-process (docs/BENCHMARKS.md, session
-12). ``torch.jit.script`` is deprecated in
-torch 2.x without a replacement that runs without a compiler (``torch.compile`` and
-AOTInductor need one at run time), so the same module runs eagerly, with the same
-outputs, when scripting fails or is turned off (``torchscript=False``), when an
-activation has no exact ``torch.nn`` equivalent (its own module then runs), and with
-prepacked weights (:mod:`.prepacked`, opt-in), whose operator call TorchScript cannot
-compile.
+pass. A scripted stack is one call that releases the GIL once (measurements in
+docs/BENCHMARKS.md, session 12). ``torch.jit.script`` is deprecated in torch 2.x without
+a replacement that runs without a compiler (``torch.compile`` and AOTInductor need one at
+run time), so the same module runs eagerly, with the same outputs, when scripting fails
+or is turned off (``torchscript=False``), when an activation has no exact ``torch.nn``
+equivalent (its own module then runs), and with prepacked weights (:mod:`.prepacked`,
+opt-in), whose operator call TorchScript cannot compile.
 
 Encoders: the BERT layer layout (``bert``; ``roberta`` / ``xlm-roberta``, whose positions
 count from the padding id as HF's ``create_position_ids_from_input_ids`` counts them) with
@@ -289,8 +285,8 @@ def _scripted(layers: PackedLayers, like: torch.Tensor) -> torch.jit.ScriptModul
         if not isinstance(scripted, torch.jit.ScriptModule):  # PYTORCH_JIT=0
             return None
         # TorchScript profiles a module's first call and optimises its graph during the
-        # second (~50 ms for MiniLM on the 2-core machine): both happen here, at load,
-        # not in the first requests (the Embedder's warm-up is one call)
+        # second: both happen here, at load, not in the first requests (the Embedder's
+        # warm-up is one call; docs/BENCHMARKS.md, session 12)
         dummy = torch.zeros(2, layers.hidden, dtype=like.dtype, device=like.device)
         with torch.inference_mode():
             for _ in range(2):
