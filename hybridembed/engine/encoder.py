@@ -110,7 +110,8 @@ class Encoder:
         padded = not getattr(self.runtime, "packs_ragged", False)
         batches = pack_by_token_budget(
             lengths, self.max_batch_tokens, self.max_batch_size, padded=padded,
-            max_padding=CPU_MAX_PADDING if padded and self.runtime.device == "cpu" else None,
+            batch_overhead=(CPU_BATCH_OVERHEAD_TOKENS if padded and self.runtime.device == "cpu"
+                            else None),
             max_padded=None if padded else RAGGED_MAX_PADDED * self.max_batch_tokens)
 
         def finish(batch: list[int], input_ids: np.ndarray, out: RuntimeOutput) -> None:
@@ -205,13 +206,13 @@ class Encoder:
 # (87 vs 137 texts/s): the event loop needs a core too, and two tiny batches gain nothing.
 SIDE_BY_SIDE_MIN_BATCHES = 4
 
-# A padded batch on a CPU ends before a tenth of it would be padding: the server merges
-# texts of every length, and on a CPU a padded position costs what a real one does while
-# one more batch costs only a call (docs/BENCHMARKS.md, "Unpadding, one OpenMP team,
-# padding cut on CPUs").
-# Length-sorted calls are hardly cut. Not on accelerators, where a smaller batch costs
-# nearly what a full one does.
-CPU_MAX_PADDING = 0.1
+# What one more forward pass costs on a CPU, in tokens: each pass reads every layer's
+# weights once, whatever its size, so a padded batch of many lengths is cut into runs of
+# similar lengths only where the padding saved is worth more (engine/packing.py). Measured
+# on ONNX Runtime's one-thread session (docs/BENCHMARKS.md, "Batches cut by predicted
+# cost"). Not on accelerators, where a smaller batch costs nearly what a full one does:
+# there a batch is filled up to the budget.
+CPU_BATCH_OVERHEAD_TOKENS = 10
 # A runtime that skips padding is budgeted by real tokens, but hands its hidden states
 # back padded, and the heads run on that layout (SPLADE's vocabulary logits are
 # texts x longest x vocab): one 512-token text beside a hundred short ones would make

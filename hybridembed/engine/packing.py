@@ -7,6 +7,14 @@ largest batch at the front, so a batch that does not fit in memory shows up at o
 tokenisation chunk, when the Embedder pipelines a large call). A text longer than the
 budget gets a batch of its own.
 
+Padded, with a ``batch_overhead`` (CPUs), the length-sorted texts are cut where the
+predicted cost of the whole call is least: each batch costs its padded tokens plus a
+fixed overhead, the cost of one more forward pass (on a CPU every pass reads all the
+layer weights, whatever its size). Too much padding and too many small passes are both
+avoided; a server's merged batch of every length is cut into a few runs of similar
+lengths, a length-sorted call into full batches. The cut is exact under that model
+(dynamic programming over the sorted texts, as for optimal 1-D segmentation).
+
 Unpadded (and with no cap on texts per batch), a call over the budget is cut into the
 fewest batches the budget allows, of about equal tokens where such a cut fits the budget
 (else greedily, longest first): 32 texts of 37 tokens run as 16 + 16 rather than 27 + 5,
@@ -18,24 +26,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 
 def pack_by_token_budget(lengths: Sequence[int], max_tokens: int,
                          max_items: int | None = None, padded: bool = True,
-                         max_padding: float | None = None, max_padded: int | None = None
+                         batch_overhead: float | None = None, max_padded: int | None = None
                          ) -> list[list[int]]:
     """Return batches of positions into ``lengths``; every position appears exactly once.
     ``padded``: a batch costs ``longest * count`` tokens, else the sum of its lengths.
-    ``max_padding`` (padded only): a batch also ends before its padding would pass this
-    share of its tokens (texts go in longest first, so a batch's padding only grows).
+    ``batch_overhead`` (padded only): the fixed cost of one batch, in tokens; the texts are
+    then cut where ``sum(batch_overhead + longest * count)`` over the batches is least
+    (:func:`cheapest_cut`), else each batch is filled up to the budget.
     ``max_padded`` (unpadded only): nor may its ``longest * count`` pass this (a runtime
-    that skips padding still hands its outputs back padded, to the heads)."""
+    that skips padding still hands its outputs back padded, to the heads). Raises
+    ``ValueError`` for a budget or cap under 1, or a negative overhead."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if max_items is not None and max_items < 1:
         raise ValueError(f"max_items must be >= 1, got {max_items}")
+    if batch_overhead is not None and batch_overhead < 0:
+        raise ValueError(f"batch_overhead must be >= 0, got {batch_overhead}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    sizes = [max(int(lengths[i]), 1) for i in order]
+    if padded and batch_overhead is not None:
+        return [order[a:b] for a, b in cheapest_cut(sizes, max_tokens, max_items,
+                                                    batch_overhead)]
     if not padded and max_items is None:
-        sizes = [max(int(lengths[i]), 1) for i in order]
         even = _even_batches(sizes, max_tokens)
         if even is not None and (max_padded is None or all(
                 sizes[b[0]] * len(b) <= max_padded for b in even)):
@@ -43,16 +60,13 @@ def pack_by_token_budget(lengths: Sequence[int], max_tokens: int,
     batches: list[list[int]] = []
     current: list[int] = []
     longest = total = 0
-    for i in order:
-        length = max(int(lengths[i]), 1)
+    for i, length in zip(order, sizes, strict=True):
         too_big = (max(longest, length) * (len(current) + 1) if padded
                    else total + length) > max_tokens or (
             not padded and max_padded is not None
             and max(longest, length) * (len(current) + 1) > max_padded)
         too_many = max_items is not None and len(current) >= max_items
-        too_padded = (padded and max_padding is not None and current
-                      and total + length < (1 - max_padding) * longest * (len(current) + 1))
-        if current and (too_big or too_many or too_padded):
+        if current and (too_big or too_many):
             batches.append(current)
             current, longest, total = [], 0, 0
         current.append(i)
@@ -61,6 +75,42 @@ def pack_by_token_budget(lengths: Sequence[int], max_tokens: int,
     if current:
         batches.append(current)
     return batches
+
+
+def cheapest_cut(sizes: Sequence[int], max_tokens: int, max_items: int | None,
+                 overhead: float) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges that cut ``sizes`` (token counts, longest first) into
+    consecutive batches of least total cost, a batch ``[a, b)`` costing
+    ``overhead + (b - a) * sizes[a]``, each within ``max_tokens`` padded and ``max_items``
+    texts (a text over the budget alone). Dynamic programming: the cheapest cut of the
+    first ``stop`` texts is the cheapest over the last batch's start; ``O(n * k)`` for
+    ``k`` texts per batch at most, the inner minimum taken with numpy. Ties go to the
+    larger batch."""
+    n = len(sizes)
+    if n <= 1:
+        return [(0, n)] if n else []
+    width = np.asarray(sizes, dtype=np.float64)
+    position = np.arange(n, dtype=np.float64)
+    best = np.zeros(n + 1)  # best[j]: least cost of the first j texts
+    start = [0] * (n + 1)  # where the last batch of that cut starts
+    first = 0
+    for stop in range(1, n + 1):
+        # A batch grows in padded size as it starts earlier (its longest text is first),
+        # so the batches ending here that fit start at ``first`` or later, and ``first``
+        # only moves forward.
+        while first < stop - 1 and ((stop - first) * sizes[first] > max_tokens or (
+                max_items is not None and stop - first > max_items)):
+            first += 1
+        cost = best[first:stop] + (stop - position[first:stop]) * width[first:stop]
+        k = int(cost.argmin())
+        best[stop] = cost[k] + overhead
+        start[stop] = first + k
+    cuts = []
+    stop = n
+    while stop:
+        cuts.append((start[stop], stop))
+        stop = start[stop]
+    return cuts[::-1]
 
 
 def _even_batches(sizes: list[int], max_tokens: int) -> list[list[int]] | None:

@@ -48,27 +48,76 @@ def test_unpadded_cuts_a_call_into_the_fewest_even_batches():
     assert min(lengths[i] for i in batches[0]) >= max(lengths[i] for i in batches[1])
 
 
+def _cost(lengths, batches, overhead):
+    return sum(overhead + len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def _fits(lengths, batch, budget, max_items):
+    return (len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= budget) and (
+        max_items is None or len(batch) <= max_items)
+
+
 @given(st.lists(st.integers(1, 600), max_size=200), st.integers(1, 5000),
-       st.floats(0.0, 0.5))
-def test_padding_cap_every_text_once_and_each_batch_under_it(lengths, budget, cap):
-    batches = pack_by_token_budget(lengths, budget, max_padding=cap)
+       st.one_of(st.none(), st.integers(1, 64)), st.floats(0, 100))
+def test_cost_cut_every_text_once_and_within_budget(lengths, budget, max_items, overhead):
+    batches = pack_by_token_budget(lengths, budget, max_items, batch_overhead=overhead)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for batch in batches:
-        longest, real = max(lengths[i] for i in batch), sum(lengths[i] for i in batch)
-        assert longest * len(batch) <= budget or len(batch) == 1
-        assert real >= (1 - cap) * longest * len(batch) - 1e-9 or len(batch) == 1
+    assert all(_fits(lengths, b, budget, max_items) for b in batches)
 
 
-def test_padding_cap_cuts_mixed_lengths_and_leaves_sorted_ones():
+def _partitions(n):
+    """Every cut of n consecutive items into non-empty runs, as (start, stop) lists."""
+    if n == 0:
+        yield []
+        return
+    for first in range(1, n + 1):
+        for rest in _partitions(n - first):
+            yield [(0, first)] + [(a + first, b + first) for a, b in rest]
+
+
+@given(st.lists(st.integers(1, 80), max_size=9), st.integers(1, 300),
+       st.one_of(st.none(), st.integers(1, 5)), st.integers(0, 60))
+def test_cost_cut_is_the_cheapest_cut_of_the_sorted_texts(lengths, budget, max_items,
+                                                          overhead):
+    """Against every cut of the length-sorted texts that keeps the limits (2**(n-1) of
+    them): none is cheaper than the one chosen."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    cuts = ([order[a:b] for a, b in cut] for cut in _partitions(len(order)))
+    least = min(_cost(lengths, c, overhead) for c in cuts
+                if all(_fits(lengths, b, budget, max_items) for b in c))
+    got = pack_by_token_budget(lengths, budget, max_items, batch_overhead=overhead)
+    assert _cost(lengths, got, overhead) == least
+
+
+def test_cost_cut_splits_mixed_lengths_and_keeps_similar_ones_whole():
     mixed = [25 + (7 * i) % 30 for i in range(20)]  # a server's merged batch: 25-54 tokens
     assert len(pack_by_token_budget(mixed, 2048)) == 1
-    cut = pack_by_token_budget(mixed, 2048, max_padding=0.1)
-    assert 2 <= len(cut) <= 5
+    cut = pack_by_token_budget(mixed, 2048, batch_overhead=10)
+    assert 2 <= len(cut) <= 6
+    # each batch holds a run of similar lengths, longest first
+    spans = [(max(mixed[i] for i in b), min(mixed[i] for i in b)) for b in cut]
+    assert all(hi >= lo for hi, lo in spans)
+    assert all(prev[1] >= nxt[0] for prev, nxt in zip(spans, spans[1:], strict=False))
+    assert _cost(mixed, cut, 10) < min(_cost(mixed, [list(range(20))], 10),
+                                       _cost(mixed, [[i] for i in range(20)], 10))
     even = [40, 40, 39, 40, 38, 40]
-    assert pack_by_token_budget(even, 1024, max_padding=0.1) == [[0, 1, 3, 5, 2, 4]]
+    assert pack_by_token_budget(even, 1024, batch_overhead=10) == [[0, 1, 3, 5, 2, 4]]
+    # with no overhead, padding is never worth it: one batch per length
+    assert pack_by_token_budget(even, 1024, batch_overhead=0) == [[0, 1, 3, 5], [2], [4]]
 
 
-def test_the_encoder_caps_padding_on_cpus_only():
+def test_cost_cut_fills_the_budget_for_a_length_sorted_call():
+    lengths = [37] * 100  # equal lengths: no padding to save, only passes
+    batches = pack_by_token_budget(lengths, 1024, batch_overhead=10)
+    assert len(batches) == -(-100 // (1024 // 37))
+
+
+def test_bad_overhead():
+    with pytest.raises(ValueError):
+        pack_by_token_budget([1, 2], 10, batch_overhead=-1)
+
+
+def test_the_encoder_cuts_batches_by_cost_on_cpus_only():
     from hybridembed.engine import Encoder, Outputs
     from tests.engine.test_encoder import SPECIAL, ArithmeticRuntime
 
