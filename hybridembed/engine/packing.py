@@ -86,9 +86,9 @@ def cheapest_cut(sizes: Sequence[int], max_tokens: int, max_items: int | None,
     ``max_items`` texts (a text over the budget alone). Dynamic programming from the end:
     the cheapest cut of the texts from ``a`` on is the cheapest over the first batch's
     end. ``O(n * k)`` for ``k`` texts per batch at most (``max_tokens`` over the shortest
-    text), the inner minimum taken with numpy: ~3 ms for 1,024 texts, ~40 ms for 10,000
-    one-token texts in a 1,024-token budget. Among equally cheap cuts, each batch is as
-    large as it can be, so a remainder comes last."""
+    text), the inner minimum taken with numpy (timings in docs/BENCHMARKS.md, "Batches
+    cut by predicted cost"). Among equally cheap cuts, each batch is as large as it can
+    be, so a remainder comes last."""
     n = len(sizes)
     if n <= 1:
         return [(0, n)] if n else []
