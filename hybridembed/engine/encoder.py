@@ -94,6 +94,24 @@ class Encoder:
         self._stats_lock = threading.Lock()
         self._workers: ThreadPoolExecutor | None = None  # made at the first side-by-side call
 
+    @property
+    def cuts_by_cost(self) -> bool:
+        """Whether :meth:`cut` weighs padding against passes: a runtime that runs its
+        batches padded, on a CPU (``CPU_BATCH_OVERHEAD_TOKENS``). There texts of similar
+        lengths are cheaper together; elsewhere a batch is filled up to the budget."""
+        return (not getattr(self.runtime, "packs_ragged", False)
+                and self.runtime.device == "cpu")
+
+    def cut(self, lengths: Sequence[int]) -> list[list[int]]:
+        """The batches :meth:`encode` runs for texts of these token ``lengths``: lists of
+        positions into ``lengths``, each position once (see
+        :func:`~hybridembed.engine.packing.pack_by_token_budget`)."""
+        padded = not getattr(self.runtime, "packs_ragged", False)
+        return pack_by_token_budget(
+            lengths, self.max_batch_tokens, self.max_batch_size, padded=padded,
+            batch_overhead=CPU_BATCH_OVERHEAD_TOKENS if self.cuts_by_cost else None,
+            max_padded=None if padded else RAGGED_MAX_PADDED * self.max_batch_tokens)
+
     def encode(self, ids: Sequence[Sequence[int]], want: Outputs,
                origin: Sequence[int] | None = None, threads: int | None = None
                ) -> list[RawRow]:
@@ -106,13 +124,7 @@ class Encoder:
         if not want.any or not ids:
             return rows
         origin = list(origin) if origin is not None else list(range(len(ids)))
-        lengths = [len(x) for x in ids]
-        padded = not getattr(self.runtime, "packs_ragged", False)
-        batches = pack_by_token_budget(
-            lengths, self.max_batch_tokens, self.max_batch_size, padded=padded,
-            batch_overhead=(CPU_BATCH_OVERHEAD_TOKENS if padded and self.runtime.device == "cpu"
-                            else None),
-            max_padded=None if padded else RAGGED_MAX_PADDED * self.max_batch_tokens)
+        batches = self.cut([len(x) for x in ids])
 
         def finish(batch: list[int], input_ids: np.ndarray, out: RuntimeOutput) -> None:
             fill_rows(rows, batch, [len(ids[i]) for i in batch], input_ids, out,

@@ -316,10 +316,15 @@ class ModelRegistry:
                       max_queued_tokens=s.max_queued_tokens or None, on_batch=self.on_batch)
         if slot.task == "embed":
             # On a multi-core CPU, one batch per core with one compute thread each (see the
-            # batcher); elsewhere one batch at a time with the runtime's own threads.
+            # batcher); elsewhere one batch at a time with the runtime's own threads. Where
+            # batches cost their padding (a CPU runtime that pads), lanes take texts of
+            # similar lengths together.
             lanes = getattr(obj, "parallel_forwards", 1)
-            batcher = DynamicBatcher(obj, max_batch_tokens=obj.max_batch_tokens, lanes=lanes,
-                                     threads=1 if lanes > 1 else None, **limits)
+            batcher = DynamicBatcher(
+                obj, max_batch_tokens=obj.max_batch_tokens, lanes=lanes,
+                threads=1 if lanes > 1 else None,
+                by_length=obj.batch_cut if getattr(obj, "cuts_by_cost", False) else None,
+                **limits)
             await batcher.start()
             slot.embedder, slot.batcher = obj, batcher
         if slot.can_rerank:

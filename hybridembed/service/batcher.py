@@ -32,6 +32,16 @@ lone batch to a worker thread and back cost a lone client 1.3 ms per request on 
 been idle. The loop is held at most about that long, so other connections wait at most
 that long to be read.
 
+By length: given ``by_length`` (the embedder's cut of texts into batches, for a runtime
+whose batches cost their padding: ONNX Runtime on a CPU), a lane does not take every
+waiting request but those the cut puts in one batch with the oldest: texts of similar
+lengths. The rest wait for the next lane, with the requests that arrive meanwhile, so each
+cut is made over more texts than one lane's share. A server's clients send texts of every
+length in any order, and a lane that took the whole queue ran it cut into short runs of
+mixed lengths: padding, and more passes, each of which reads all the weights
+(docs/BENCHMARKS.md, "Lanes that pick by length"). The oldest request is in every batch,
+so none is passed over.
+
 Unqueued: a caller on the event loop may go one step further with :meth:`run_now`: when
 the batcher is idle, its request runs as such an inline batch at once, in the caller's own
 step, without being queued, waking the worker task and waking the caller again: on a small
@@ -43,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -58,6 +69,10 @@ log = logging.getLogger(__name__)
 # How long a lone batch may hold the event loop (see "Inline" above): a short text through
 # a small model on a CPU, any short batch on a GPU; never a large call on a CPU.
 INLINE_MAX_SECONDS = 0.1
+# Texts a lane picks from by length, oldest first: the cut runs on the event loop, and a
+# larger pool saves little more padding (docs/BENCHMARKS.md, "Lanes that pick by length":
+# 64 texts cut together cost +5.6% over no padding at all, 600 sorted +1.4%).
+BY_LENGTH_POOL_TEXTS = 256
 
 
 @dataclass
@@ -91,14 +106,17 @@ class DynamicBatcher:
     ``max_queued_texts`` / ``max_queued_tokens``: admission limits. ``on_batch`` receives a
     :class:`BatchRecord` after every batch, in the event loop's next step.
     ``inline_max_seconds``: the longest predicted run of a lone batch on the event loop's
-    thread (0: never; see the module's text)."""
+    thread (0: never; see the module's text). ``by_length``: ``lengths -> batches`` (lists
+    of positions into ``lengths``, as :meth:`Embedder.batch_cut`): take waiting requests
+    by length (see the module's text); ``None``: in queue order."""
 
     def __init__(self, embedder, *, max_batch_tokens: int, max_batch_requests: int | None = None,
                  max_queued_texts: int = 4096, max_queued_tokens: int | None = None,
                  lanes: int = 1, threads: int | None = None, settle_ms: float = 1.0,
                  max_settle_ms: float = 20.0,
                  on_batch: Callable[[BatchRecord], None] | None = None,
-                 inline_max_seconds: float = INLINE_MAX_SECONDS):
+                 inline_max_seconds: float = INLINE_MAX_SECONDS,
+                 by_length: Callable[[list[int]], list[list[int]]] | None = None):
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.embedder = embedder
@@ -112,6 +130,7 @@ class DynamicBatcher:
         self.settle = settle_ms / 1000
         self.max_settle = max_settle_ms / 1000
         self.inline_max_seconds = inline_max_seconds
+        self.by_length = by_length
         self._seconds_per_token: float | None = None  # of whole-machine batches, smoothed
         self._queue: deque[_Job] = deque()
         self._queued_texts = 0
@@ -228,9 +247,12 @@ class DynamicBatcher:
         self._queued_tokens -= job.tokens
 
     def _next_batch(self) -> list[_Job]:
-        """The oldest live request plus queued requests with the same options, in queue
+        """The next batch off the queue: :meth:`_next_by_length` with ``by_length``, else
+        the oldest live request plus queued requests with the same options, in queue
         order, up to the token budget and request cap. Cancelled requests are dropped
         here."""
+        if self.by_length:
+            return self._next_by_length()
         batch: list[_Job] = []
         tokens = 0
         keep: deque[_Job] = deque()
@@ -253,6 +275,52 @@ class DynamicBatcher:
                     break
         keep.extend(self._queue)
         self._queue = keep
+        return batch
+
+    def _next_by_length(self) -> list[_Job]:
+        """The requests that ``by_length`` cuts into one batch with the oldest live request,
+        among the queued ones with its options (the oldest :data:`BY_LENGTH_POOL_TEXTS`
+        texts; each text taken as its request's mean length), in queue order, within the
+        token budget and request cap, the oldest always; a request with a text in that
+        batch comes whole. Cancelled requests are dropped here."""
+        live: deque[_Job] = deque()
+        for job in self._queue:
+            if job.future.done():  # caller went away or timed out
+                self._take(job)
+            else:
+                live.append(job)
+        self._queue = live
+        if not live:
+            return []
+        options = live[0].request.options
+        pool: list[_Job] = []
+        lengths: list[int] = []
+        owner: list[int] = []
+        for job in live:
+            if job.request.options != options:
+                continue
+            n = len(job.request)
+            if pool and len(lengths) + n > BY_LENGTH_POOL_TEXTS:
+                break
+            lengths += [max(1, math.ceil(job.tokens / max(1, n)))] * n
+            owner += [len(pool)] * n
+            pool.append(job)
+        # the oldest request goes in any case (one without texts has no position)
+        chosen = next(({owner[i] for i in batch} for batch in self.by_length(lengths)
+                       if any(owner[i] == 0 for i in batch)), set()) | {0}
+        batch: list[_Job] = []
+        tokens = 0
+        for k in sorted(chosen):  # queue order, the oldest first
+            job = pool[k]
+            if batch and (tokens + job.tokens > self.max_batch_tokens
+                          or len(batch) == self.max_batch_requests):
+                continue
+            batch.append(job)
+            tokens += job.tokens
+        taken = {id(job) for job in batch}
+        self._queue = deque(job for job in live if id(job) not in taken)
+        for job in batch:
+            self._take(job)
         return batch
 
     async def _work(self) -> None:

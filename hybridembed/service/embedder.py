@@ -126,6 +126,18 @@ class Embedder:
         return self._encoder.max_batch_tokens
 
     @property
+    def cuts_by_cost(self) -> bool:
+        """Whether a call's texts are cut into batches of least predicted cost, padding
+        weighed against passes (runtimes that pad, on a CPU): texts of similar lengths
+        then run cheaper together (the server's batcher groups them so)."""
+        return self._encoder.cuts_by_cost
+
+    def batch_cut(self, lengths: Sequence[int]) -> list[list[int]]:
+        """The batches a call runs for texts of these token ``lengths`` (special tokens
+        included): lists of positions into ``lengths``, each once."""
+        return self._encoder.cut(lengths)
+
+    @property
     def parallel_forwards(self) -> int:
         """Forward passes the runtime can run side by side (CPU cores for torch, and for
         ONNX Runtime loaded ``side_by_side`` as the server loads it; 1 for accelerators and

@@ -312,3 +312,30 @@ def test_the_server_loads_onnx_with_lanes_and_no_spinning_between_calls(tiny_m3_
     np.testing.assert_allclose(lane.dense, whole.dense, atol=1e-5)
     for a, b in zip(lane.multivector, whole.multivector, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_the_server_takes_onnx_requests_by_length(tiny_m3_dir, minilm):
+    """Where a batch costs its padding (ONNX Runtime on a CPU), the embedder cuts texts by
+    cost and the server's batcher takes waiting requests by that same cut; torch, which
+    runs its batches packed, fills them in queue order."""
+    import asyncio
+
+    from hybridembed.config import Settings
+    from hybridembed.server.models import ModelConfig, ModelRegistry
+
+    settings = Settings(model=str(tiny_m3_dir), runtime="onnx", device="cpu")
+    registry = ModelRegistry(settings, [ModelConfig("m", str(tiny_m3_dir))])
+    slot = registry.slots["m"]
+    served = registry._construct(slot)
+
+    async def attached():
+        await registry._attach(slot, served)
+        try:
+            return slot.batcher.by_length
+        finally:
+            await registry._stop_batchers(slot)
+
+    assert served.cuts_by_cost and asyncio.run(attached()) == served.batch_cut
+    # long and short texts in runs of one length, as a call of them is encoded
+    assert served.batch_cut([40, 5, 40, 5, 40, 5]) == [[0, 2, 4], [1, 3, 5]]
+    assert not minilm.cuts_by_cost

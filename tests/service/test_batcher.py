@@ -200,7 +200,8 @@ def test_full_batches_fill_the_token_budget_exactly():
     assert [r.dense[0, 0] for r in results[1:]] == [len(f"t{i}") for i in range(45)]
 
 
-def test_sustained_concurrent_load_keeps_every_answer_with_its_caller():
+@pytest.mark.parametrize("by_length", [False, True])
+def test_sustained_concurrent_load_keeps_every_answer_with_its_caller(by_length):
     """32 clients, each sending 12 requests one after another (1-3 texts, two option sets),
     against two lanes: nothing is lost, reordered or mixed up, option sets never share a
     batch, lanes run side by side with one thread each (a call with every thread only
@@ -221,7 +222,7 @@ def test_sustained_concurrent_load_keeps_every_answer_with_its_caller():
         emb = WorkingEmbedder()
         records = []
         b = DynamicBatcher(emb, max_batch_tokens=200, lanes=2, threads=1,
-                           on_batch=records.append)
+                           on_batch=records.append, by_length=cut(200) if by_length else None)
         await b.start()
         answers = await asyncio.gather(*(client(b, c) for c in range(32)))
         await b.stop()
@@ -242,14 +243,16 @@ def test_sustained_concurrent_load_keeps_every_answer_with_its_caller():
     assert sum(r.requests for r in records) / len(records) > 3
 
 
-def test_a_call_alone_gets_the_whole_machine():
+@pytest.mark.parametrize("by_length", [False, True])
+def test_a_call_alone_gets_the_whole_machine(by_length):
     """With nothing else queued or running, a request (one text of a lone client, or one
     call of lanes x budget tokens) runs with the embedder's own threads; a large call
     that arrives while a lane is busy waits for it, then runs alone; under load, lanes."""
     async def main():
         emb = WorkingEmbedder(per_text=0, per_batch=0.05)
         b = DynamicBatcher(emb, max_batch_tokens=100, lanes=2, threads=1,
-                           inline_max_seconds=0)  # lone batches on the loop: tested below
+                           inline_max_seconds=0,  # lone batches on the loop: tested below
+                           by_length=cut(100) if by_length else None)
         await b.start()
         small = await b.submit(req(["small"]), 5)
         busy = asyncio.create_task(b.submit(req(["busy"]), 5))
@@ -482,3 +485,150 @@ def test_run_now_keeps_the_admission_limits():
         return ok
 
     assert run(main()).dense.shape[0] == 2
+
+
+def cut(budget: int):
+    """The engine's cut of padded CPU batches (cost-weighed), as ``by_length``."""
+    from hybridembed.engine.packing import pack_by_token_budget
+
+    return lambda lengths: pack_by_token_budget(lengths, budget, batch_overhead=10)
+
+
+@pytest.mark.parametrize("oldest", ["long", "short"])
+def test_by_length_a_batch_is_the_oldest_requests_length_in_queue_order(oldest):
+    """Long and short requests wait interleaved; by length, the next batch holds those of
+    the oldest one's length (a request of two short texts whole among them), in queue
+    order, and the next batch the others: not every waiting request mixed."""
+    kinds = ["long", "short"] if oldest == "long" else ["short", "long"]
+    jobs = [(req([f"{kinds[i % 2]} {i}"]), 50 if kinds[i % 2] == "long" else 5)
+            for i in range(12)] + [(req(["short pair a", "short pair b"]), 10)]
+    emb = RecordingEmbedder()
+    results = run(_behind_a_held_batch(
+        emb, DynamicBatcher(emb, max_batch_tokens=1000, by_length=cut(1000)), jobs))
+    longs = [f"long {i}" for i in range(12) if kinds[i % 2] == "long"]
+    shorts = [f"short {i}" for i in range(12) if kinds[i % 2] == "short"]
+    shorts += ["short pair a", "short pair b"]
+    assert emb.calls[1:] == ([longs, shorts] if oldest == "long" else [shorts, longs])
+    for (request, _), result in zip(jobs, results[1:], strict=True):
+        assert result.dense[:, 0].tolist() == [len(t) for t in request.texts]
+
+
+def test_by_length_keeps_the_request_cap_and_never_passes_over_the_oldest():
+    """With a cap of 2 requests per batch, each batch holds the oldest waiting request and
+    the next of its length; a lone odd length is not left behind."""
+    jobs = [(req(["odd"]), 30)] + [(req([f"s{i}"]), 5) for i in range(5)]
+    emb = RecordingEmbedder()
+    run(_behind_a_held_batch(emb, DynamicBatcher(emb, max_batch_tokens=1000,
+                                                 max_batch_requests=2, by_length=cut(1000)),
+                             jobs))
+    assert emb.calls[1:] == [["odd"], ["s0", "s1"], ["s2", "s3"], ["s4"]]
+
+
+class TextRecorder(WorkingEmbedder):
+    """A :class:`WorkingEmbedder` that also records each call's texts."""
+
+    def __init__(self, **timing):
+        super().__init__(**timing)
+        self.texts: list[list[str]] = []
+
+    def run(self, request, threads=None):
+        self.texts.append(list(request.texts))
+        return super().run(request, threads)
+
+
+@pytest.mark.parametrize("by_length", [False, True])
+def test_under_sustained_load_by_length_batches_hold_one_length(by_length):
+    """32 clients, each sending 10 single texts, long (50 tokens) and short (5) in turn,
+    against two lanes: by length, no batch mixes long and short texts (the cut puts them
+    apart); in queue order, batches mix them. Either way every caller gets its own rows."""
+    async def client(b, c):
+        answers = []
+        for k in range(10):
+            long = (c + k) % 2 == 0
+            text = f"{'long' if long else 'short'} {c} {k}"
+            answers.append((text, await b.submit(req([text]), 50 if long else 5)))
+        return answers
+
+    async def main():
+        emb = TextRecorder(per_text=0.0005, per_batch=0.005)
+        b = DynamicBatcher(emb, max_batch_tokens=1000, lanes=2, threads=1,
+                           by_length=cut(1000) if by_length else None)
+        await b.start()
+        answers = await asyncio.gather(*(client(b, c) for c in range(32)))
+        await b.stop()
+        return emb, [a for per_client in answers for a in per_client]
+
+    emb, answers = run(main())
+    assert len(answers) == 320 and sum(len(t) for t in emb.texts) == 320
+    for text, result in answers:
+        assert result.dense[0].tolist() == WorkingEmbedder.row(text)
+    mixed = [t for t in emb.texts if len({x.split()[0] for x in t}) > 1]
+    if by_length:
+        assert not mixed
+    else:
+        assert mixed
+
+
+def test_by_length_a_request_without_texts_is_answered():
+    """A request of no texts has no length: it still goes (with the oldest), and the
+    worker carries on."""
+    async def main():
+        b = DynamicBatcher(WorkingEmbedder(per_text=0, per_batch=0), max_batch_tokens=100,
+                           by_length=cut(100))
+        await b.start()
+        empty = await asyncio.wait_for(b.submit(req([]), 0), 10)
+        after = await asyncio.wait_for(b.submit(req(["after"]), 5), 10)
+        await b.stop()
+        return empty, after
+
+    empty, after = run(main())
+    assert len(empty.dense) == 0 and after.dense[0].tolist() == WorkingEmbedder.row("after")
+
+
+def test_by_length_cuts_among_the_oldest_waiting_texts_only(monkeypatch):
+    """The cut sees the oldest ``BY_LENGTH_POOL_TEXTS`` texts (it runs on the event loop):
+    a long request among short ones within that pool goes alone, though long ones wait
+    beyond it."""
+    from hybridembed.service import batcher
+
+    monkeypatch.setattr(batcher, "BY_LENGTH_POOL_TEXTS", 4)
+    jobs = ([(req(["L0"]), 50)] + [(req([f"s{i}"]), 5) for i in range(3)]
+            + [(req([f"L{i}"]), 50) for i in range(1, 6)])
+    emb = RecordingEmbedder()
+    run(_behind_a_held_batch(emb, DynamicBatcher(emb, max_batch_tokens=1000,
+                                                 by_length=cut(1000)), jobs))
+    assert emb.calls[1] == ["L0"] and emb.calls[2] == ["s0", "s1", "s2"]
+
+
+def test_by_length_stopping_answers_every_request():
+    """Stopping while lanes take their own batches: every request gets its rows or the
+    shutdown error, none is left waiting, and the lanes stop."""
+    async def main():
+        emb = WorkingEmbedder(per_text=0, per_batch=0.02)
+        b = DynamicBatcher(emb, max_batch_tokens=40, lanes=2, threads=1, by_length=cut(40))
+        await b.start()
+        futures = [b.enqueue(req([f"t{i}" + "x" * (i % 3)]), 4 + 4 * (i % 3))
+                   for i in range(40)]
+        await asyncio.sleep(0.05)
+        await b.stop()
+        calls = len(emb.calls)
+        await asyncio.sleep(0.1)
+        return futures, calls, len(emb.calls)
+
+    futures, calls_at_stop, calls_later = run(main())
+    assert all(f.done() for f in futures) and calls_later == calls_at_stop
+    outcomes = [f.exception() or f.result() for f in futures]
+    assert any(isinstance(o, EmbedResult) for o in outcomes)
+    assert any(isinstance(o, RuntimeError) and "shutting down" in str(o) for o in outcomes)
+
+
+def test_by_length_a_request_over_the_budget_runs_alone_as_in_queue_order():
+    """Requests of many texts each: by length, a batch still keeps within the token budget
+    (the oldest request always in it), so two large requests of near mean lengths are not
+    merged into one lane's batch."""
+    a = req([f"a{i}" for i in range(12)])
+    b_ = req([f"b{i}" for i in range(12)])
+    emb = RecordingEmbedder()
+    run(_behind_a_held_batch(emb, DynamicBatcher(emb, max_batch_tokens=100, by_length=cut(100)),
+                             [(a, 120), (b_, 132)]))
+    assert emb.calls[1:] == [list(a.texts), list(b_.texts)]
