@@ -302,7 +302,7 @@ class DynamicBatcher:
             n = len(job.request)
             if pool and len(lengths) + n > BY_LENGTH_POOL_TEXTS:
                 break
-            lengths += [max(1, math.ceil(job.tokens / max(1, n)))] * n
+            lengths += [math.ceil(job.tokens / max(1, n))] * n  # the cut counts 0 as 1
             owner += [len(pool)] * n
             pool.append(job)
         # the oldest request goes in any case (one without texts has no position)

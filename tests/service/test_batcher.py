@@ -1,6 +1,6 @@
 """The dynamic batcher with a recording embedder: merging, dropping callers who left,
-admission by texts, failures that reach every waiting request, and lone short batches run
-on the event loop's thread."""
+admission by texts, failures that reach every waiting request, lone short batches run on
+the event loop's thread, and batches taken by length for runtimes that pad."""
 
 import asyncio
 import threading
@@ -601,8 +601,9 @@ def test_by_length_cuts_among_the_oldest_waiting_texts_only(monkeypatch):
 
 
 def test_by_length_stopping_answers_every_request():
-    """Stopping while lanes take their own batches: every request gets its rows or the
-    shutdown error, none is left waiting, and the lanes stop."""
+    """Stopping while lanes take batches by length: every request gets its rows or the
+    shutdown error (none taken off the queue and left unanswered), and no batch starts
+    after the stop."""
     async def main():
         emb = WorkingEmbedder(per_text=0, per_batch=0.02)
         b = DynamicBatcher(emb, max_batch_tokens=40, lanes=2, threads=1, by_length=cut(40))
